@@ -1,0 +1,188 @@
+//! Daemon configuration: a TOML file whose every key has an embedded default.
+//!
+//! Unknown keys are rejected and values are validated at load, with errors naming the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the project's build tree keeps guest assets and helper tools by default, so a fresh
+/// checkout runs without installing anything system-wide.
+pub fn build_tree() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("build")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parse config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub hypervisor: HypervisorConfig,
+}
+
+/// Which VMM runs pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorKind {
+    /// The built-in VMM where KVM runs full guests, else QEMU.
+    Auto,
+    Builtin,
+    Qemu,
+}
+
+/// How QEMU executes guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelKind {
+    /// KVM where it runs full guests, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// `[hypervisor]`: the pod VM's shape and the binaries and assets that make it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HypervisorConfig {
+    pub kind: HypervisorKind,
+    pub accel: AccelKind,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Appended to the guest kernel command line.
+    pub kernel_params: String,
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+    /// How long a pod VM may take from spawn until its agent answers.
+    pub agent_ready_timeout_secs: u64,
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        let build = build_tree();
+        let tools = build.join("tools").join("bin");
+        Self {
+            kind: HypervisorKind::Auto,
+            accel: AccelKind::Auto,
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: build.join("guest").join("vmlinux"),
+            initrd: build.join("guest").join("initramfs.img"),
+            kernel_params: String::new(),
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            virtiofsd: tool_path(&tools, "virtiofsd"),
+            vhost_device_vsock: tool_path(&tools, "vhost-device-vsock"),
+            agent_ready_timeout_secs: 60,
+        }
+    }
+}
+
+/// The build tree's copy of a helper tool when present, else its name for a `PATH` lookup.
+fn tool_path(tools: &Path, name: &str) -> PathBuf {
+    let built = tools.join(name);
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks value ranges; paths are checked when a VM starts, where the error can say more.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let h = &self.hypervisor;
+        if !(1..=64).contains(&h.vcpus) {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.vcpus",
+                reason: format!("{} is outside 1..=64", h.vcpus),
+            });
+        }
+        if !(64..=65536).contains(&h.memory_mib) {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.memory_mib",
+                reason: format!("{} is outside 64..=65536", h.memory_mib),
+            });
+        }
+        if h.agent_ready_timeout_secs == 0 {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.agent_ready_timeout_secs",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.hypervisor.kind, HypervisorKind::Auto);
+        assert_eq!(c.hypervisor.memory_mib, 256);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::parse("[hypervisor]\nmemory_mb = 3\n").unwrap_err();
+        assert!(err.to_string().contains("memory_mb"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let c = Config::parse("[hypervisor]\nvcpus = 0\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn kinds_parse() {
+        let c = Config::parse("[hypervisor]\nkind = \"qemu\"\naccel = \"tcg\"\n").unwrap();
+        assert_eq!(c.hypervisor.kind, HypervisorKind::Qemu);
+        assert_eq!(c.hypervisor.accel, AccelKind::Tcg);
+    }
+}

@@ -1,0 +1,117 @@
+//! The hypervisor layer: one small trait over the VMMs that can run a pod VM.
+//!
+//! Every backend gives the guest the same devices: a console (logged to a file), virtio-fs for
+//! the pod's shared dir, and a hybrid-vsock Unix socket through which the agent is reached. The
+//! rest of the shim never knows which VMM runs.
+
+mod probe;
+mod process;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+pub use probe::{probe_kvm, select, Backend, KvmSupport, Selection};
+pub use process::{tail_file, ChildProcess};
+
+/// virtio-fs tag of the pod's shared directory.
+pub const SHARED_FS_TAG: &str = "vessel-shared";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("{what} not found at {path}")]
+    MissingAsset { what: &'static str, path: PathBuf },
+    #[error("spawn {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} exited before it was ready ({status}); its log ends with:\n{log_tail}")]
+    HelperExited {
+        program: String,
+        status: String,
+        log_tail: String,
+    },
+    #[error("{program} did not create {path} within {secs} s")]
+    SocketTimeout {
+        program: String,
+        path: PathBuf,
+        secs: u64,
+    },
+    #[error("prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("backend {0} is not available: {1}")]
+    Unavailable(&'static str, String),
+}
+
+/// Everything a backend needs to start one pod VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The pod (sandbox) id; names processes and logs.
+    pub id: String,
+    /// The pod's runtime dir: sockets, logs and the shared dir live here.
+    pub run_dir: PathBuf,
+    /// Host dir exported to the guest through virtio-fs with tag [`SHARED_FS_TAG`].
+    pub shared_dir: PathBuf,
+    /// Guest vsock context id; distinct per running VM.
+    pub cid: u32,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra guest kernel parameters.
+    pub kernel_params: String,
+}
+
+impl VmConfig {
+    /// The hybrid-vsock socket the host connects to (`CONNECT <port>\n`).
+    pub fn agent_socket(&self) -> PathBuf {
+        self.run_dir.join("agent.vsock")
+    }
+
+    /// The guest's serial console, as a file.
+    pub fn console_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+}
+
+/// A running (or startable) pod VM.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Spawns the VMM and its device helpers; returns once the VM is executing.
+    async fn start(&mut self) -> Result<(), HypervisorError>;
+
+    /// Stops the VM and every helper process; idempotent.
+    async fn stop(&mut self) -> Result<(), HypervisorError>;
+
+    /// Whether the VMM process is still alive; `Some(status)` once it exited.
+    fn exit_status(&mut self) -> Option<String>;
+
+    /// The hybrid-vsock Unix socket of the guest.
+    fn agent_socket(&self) -> PathBuf;
+
+    /// The guest console log.
+    fn console_log(&self) -> PathBuf;
+
+    /// The VMM's process id, while it runs.
+    fn pid(&self) -> Option<u32>;
+
+    /// Waits up to `timeout` for the VMM to exit by itself (after the guest powered off).
+    async fn wait_exit(&mut self, timeout: std::time::Duration) -> bool;
+}
+
+/// Fails with [`HypervisorError::MissingAsset`] unless `path` exists.
+pub(crate) fn require_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(HypervisorError::MissingAsset {
+            what,
+            path: path.to_owned(),
+        })
+    }
+}

@@ -1,0 +1,113 @@
+//! The QEMU command line of a pod VM: `-M microvm` with memfd shared memory (required by the
+//! vhost-user devices), vhost-user-vsock and vhost-user-fs devices, console into a file.
+
+use std::path::Path;
+
+use crate::hypervisor::{VmConfig, SHARED_FS_TAG};
+
+/// Guest kernel parameters every pod VM gets: serial console, and a reboot (triple fault)
+/// instead of a hang on panic or power-off, which `-no-reboot` turns into a QEMU exit.
+pub const BASE_KERNEL_PARAMS: &str = "console=ttyS0 reboot=t panic=-1 quiet";
+
+/// Socket paths the helpers create and QEMU connects to.
+pub struct HelperSockets<'a> {
+    pub vsock: &'a Path,
+    pub virtiofs: &'a Path,
+}
+
+/// Builds QEMU's arguments.
+pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> Vec<String> {
+    let mem = config.memory_mib;
+    let mut kernel_params = BASE_KERNEL_PARAMS.to_string();
+    if !config.kernel_params.trim().is_empty() {
+        kernel_params.push(' ');
+        kernel_params.push_str(config.kernel_params.trim());
+    }
+    let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
+    let args = [
+        "-name".into(),
+        format!("vessel-{},debug-threads=on", config.id),
+        "-accel".into(),
+        accel.into(),
+        "-M".into(),
+        "microvm,memory-backend=mem".into(),
+        "-cpu".into(),
+        cpu.into(),
+        "-smp".into(),
+        config.vcpus.to_string(),
+        "-m".into(),
+        format!("{mem}M"),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-chardev".into(),
+        format!("file,id=console,path={}", config.console_log().display()),
+        "-serial".into(),
+        "chardev:console".into(),
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", sockets.vsock.display()),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+        "-chardev".into(),
+        format!("socket,id=fs,path={}", sockets.virtiofs.display()),
+        "-device".into(),
+        format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
+        "-kernel".into(),
+        config.kernel.display().to_string(),
+        "-initrd".into(),
+        config.initrd.display().to_string(),
+        "-append".into(),
+        kernel_params,
+    ];
+    args.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            id: "p1".into(),
+            run_dir: PathBuf::from("/run/vessel/pods/p1"),
+            shared_dir: PathBuf::from("/run/vessel/pods/p1/shared"),
+            cid: 7,
+            vcpus: 2,
+            memory_mib: 300,
+            kernel: PathBuf::from("/k/vmlinux"),
+            initrd: PathBuf::from("/k/initrd"),
+            kernel_params: " vessel.log=debug ".into(),
+        }
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let s = HelperSockets {
+            vsock: Path::new("/r/v.sock"),
+            virtiofs: Path::new("/r/f.sock"),
+        };
+        let args = qemu_args(&config(), false, &s).join(" ");
+        assert!(args.contains("-accel tcg"), "{args}");
+        assert!(args.contains("-cpu max"), "{args}");
+        assert!(args.contains("memory-backend-memfd,id=mem,size=300M,share=on"));
+        assert!(args.contains("-smp 2"));
+        assert!(args.contains("path=/run/vessel/pods/p1/console.log"));
+        assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=vessel-shared"));
+        assert!(args.ends_with("console=ttyS0 reboot=t panic=-1 quiet vessel.log=debug"));
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu() {
+        let s = HelperSockets {
+            vsock: Path::new("/v"),
+            virtiofs: Path::new("/f"),
+        };
+        let args = qemu_args(&config(), true, &s).join(" ");
+        assert!(args.contains("-accel kvm") && args.contains("-cpu host"), "{args}");
+    }
+}

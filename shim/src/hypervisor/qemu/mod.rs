@@ -1,0 +1,158 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm`, with vhost-device-vsock providing the
+//! hybrid-vsock socket and virtiofsd serving the pod's shared dir.
+
+mod cmdline;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use cmdline::{qemu_args, HelperSockets, BASE_KERNEL_PARAMS};
+
+use super::{require_file, ChildProcess, Hypervisor, HypervisorError, VmConfig};
+use crate::config::HypervisorConfig;
+
+/// Programs the QEMU backend runs.
+#[derive(Debug, Clone)]
+pub struct QemuBinaries {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+}
+
+impl From<&HypervisorConfig> for QemuBinaries {
+    fn from(c: &HypervisorConfig) -> Self {
+        Self {
+            qemu: c.qemu.clone(),
+            virtiofsd: c.virtiofsd.clone(),
+            vhost_device_vsock: c.vhost_device_vsock.clone(),
+        }
+    }
+}
+
+/// One pod VM run by QEMU.
+pub struct QemuVm {
+    config: VmConfig,
+    binaries: QemuBinaries,
+    kvm: bool,
+    vsock: Option<ChildProcess>,
+    virtiofsd: Option<ChildProcess>,
+    qemu: Option<ChildProcess>,
+}
+
+impl QemuVm {
+    pub fn new(config: VmConfig, binaries: QemuBinaries, kvm: bool) -> Self {
+        Self {
+            config,
+            binaries,
+            kvm,
+            vsock: None,
+            virtiofsd: None,
+            qemu: None,
+        }
+    }
+
+    fn vhost_vsock_socket(&self) -> PathBuf {
+        self.config.run_dir.join("vhost-vsock.sock")
+    }
+
+    fn virtiofs_socket(&self) -> PathBuf {
+        self.config.run_dir.join("virtiofs.sock")
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.config.run_dir.join(format!("{name}.log"))
+    }
+
+    async fn spawn_helpers(&mut self) -> Result<(), HypervisorError> {
+        let vhost_sock = self.vhost_vsock_socket();
+        let mut vsock = ChildProcess::spawn(
+            "vhost-device-vsock",
+            &self.binaries.vhost_device_vsock,
+            &[
+                "--guest-cid".into(),
+                self.config.cid.to_string(),
+                "--socket".into(),
+                vhost_sock.display().to_string(),
+                "--uds-path".into(),
+                self.config.agent_socket().display().to_string(),
+            ],
+            &self.log("vhost-device-vsock"),
+        )?;
+        let ready = vsock.wait_for_socket(&vhost_sock).await;
+        self.vsock = Some(vsock);
+        ready?;
+
+        let fs_sock = self.virtiofs_socket();
+        let mut virtiofsd = ChildProcess::spawn(
+            "virtiofsd",
+            &self.binaries.virtiofsd,
+            &[
+                "--socket-path".into(),
+                fs_sock.display().to_string(),
+                "--shared-dir".into(),
+                self.config.shared_dir.display().to_string(),
+                "--cache".into(),
+                "auto".into(),
+                "--announce-submounts".into(),
+            ],
+            &self.log("virtiofsd"),
+        )?;
+        let ready = virtiofsd.wait_for_socket(&fs_sock).await;
+        self.virtiofsd = Some(virtiofsd);
+        ready
+    }
+}
+
+#[async_trait]
+impl Hypervisor for QemuVm {
+    async fn start(&mut self) -> Result<(), HypervisorError> {
+        require_file("guest kernel (hypervisor.kernel)", &self.config.kernel)?;
+        require_file("guest initramfs (hypervisor.initrd)", &self.config.initrd)?;
+        self.spawn_helpers().await?;
+        let sockets = HelperSockets {
+            vsock: &self.vhost_vsock_socket(),
+            virtiofs: &self.virtiofs_socket(),
+        };
+        let args = qemu_args(&self.config, self.kvm, &sockets);
+        let qemu = ChildProcess::spawn("qemu", &self.binaries.qemu, &args, &self.log("qemu"))?;
+        tracing::info!(pod_id = %self.config.id, pid = ?qemu.pid(), kvm = self.kvm, "qemu started");
+        self.qemu = Some(qemu);
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<(), HypervisorError> {
+        // QEMU first: the vhost-user backends then see their frontend go away.
+        for helper in [&mut self.qemu, &mut self.virtiofsd, &mut self.vsock]
+            .into_iter()
+            .flatten()
+        {
+            helper.terminate().await;
+        }
+        Ok(())
+    }
+
+    fn exit_status(&mut self) -> Option<String> {
+        self.qemu.as_mut().and_then(ChildProcess::exit_status)
+    }
+
+    fn agent_socket(&self) -> PathBuf {
+        self.config.agent_socket()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.config.console_log()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.qemu.as_ref().and_then(ChildProcess::pid)
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        match self.qemu.as_mut() {
+            Some(q) => q.wait_timeout(timeout).await,
+            None => true,
+        }
+    }
+}

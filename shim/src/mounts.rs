@@ -1,0 +1,115 @@
+//! Host mount bookkeeping: find and detach every mount below a directory before it is deleted,
+//! so removing a pod's dir can never reach into a bind-mounted source.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{umount2, MntFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("read /proc/self/mountinfo: {0}")]
+    MountInfo(std::io::Error),
+    #[error("unmount {path}: {source}")]
+    Unmount { path: PathBuf, source: nix::Error },
+    #[error("remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, MountError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
+    Ok(parse_mounts_under(&info, dir))
+}
+
+fn parse_mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            let oct = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Detaches every mount at or below `dir`, deepest first.
+pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
+    for mount in mounts_under(dir)? {
+        match umount2(&mount, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+            Err(source) => return Err(MountError::Unmount { path: mount, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts everything below `dir`, then deletes it; a missing `dir` is fine.
+pub fn remove_dir_unmounted(dir: &Path) -> Result<(), MountError> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    unmount_all_under(dir)?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(MountError::Remove {
+            path: dir.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "\
+22 1 8:1 / / rw shared:1 - ext4 /dev/vda rw
+30 22 0:5 / /run/vessel/pods/a/shared/c1/rootfs rw - overlay overlay rw
+31 30 0:6 / /run/vessel/pods/a/shared/c1/rootfs/proc rw - proc proc rw
+32 22 0:7 / /run/vessel/pods/ab rw - tmpfs tmpfs rw
+33 22 0:8 / /run/vessel/pods/a/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn finds_nested_mounts_deepest_first_and_not_siblings() {
+        let found = parse_mounts_under(INFO, Path::new("/run/vessel/pods/a"));
+        assert_eq!(
+            found,
+            vec![
+                PathBuf::from("/run/vessel/pods/a/shared/c1/rootfs/proc"),
+                PathBuf::from("/run/vessel/pods/a/shared/c1/rootfs"),
+                PathBuf::from("/run/vessel/pods/a/with space"),
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_a_missing_dir_is_ok() {
+        remove_dir_unmounted(Path::new("/nonexistent/vessel/x")).unwrap();
+    }
+}

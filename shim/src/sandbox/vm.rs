@@ -1,0 +1,267 @@
+//! A pod's microVM: its runtime dir, the hypervisor running it and the connected agent.
+//!
+//! Start is all-or-nothing: a VM whose agent does not answer within the deadline is torn down
+//! (processes, sockets, dir) and the error carries the tail of the guest console.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vessel_protocols::agent as api;
+
+use super::agent_client::{AgentClient, AgentError, WaitError};
+use super::cid::{CidAllocator, CidLease};
+use crate::config::HypervisorConfig;
+use crate::hypervisor::qemu::{QemuBinaries, QemuVm};
+use crate::hypervisor::{
+    tail_file, Backend, Hypervisor, HypervisorError, VmConfig, SHARED_FS_TAG,
+};
+use crate::mounts::{self, MountError};
+use crate::oci::GUEST_SHARED_DIR;
+
+/// Console lines quoted in a start failure.
+const CONSOLE_TAIL_LINES: usize = 25;
+/// How long a powered-off guest's VMM gets to exit before it is stopped.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("sandbox id {0:?} is invalid: use 1-128 characters of [A-Za-z0-9_.-]")]
+    InvalidId(String),
+    #[error("pod VM {0} already exists")]
+    AlreadyExists(String),
+    #[error("create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("agent of pod {id} did not come up within {secs} s: {cause}\nconsole tail:\n{console}")]
+    AgentNotReady {
+        id: String,
+        secs: u64,
+        cause: WaitError,
+        console: String,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Cleanup(#[from] MountError),
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct PodVmSpec {
+    pub id: String,
+    /// Runtime state root (`--state`, default /run/vessel); the VM lives in `<state>/pods/<id>`.
+    pub state_dir: PathBuf,
+    pub hypervisor: HypervisorConfig,
+    pub backend: Backend,
+    /// The guest's hostname (the pod's).
+    pub hostname: String,
+    /// resolv.conf lines for the pod.
+    pub dns: Vec<String>,
+}
+
+/// A running pod VM with a healthy agent.
+pub struct PodVm {
+    id: String,
+    run_dir: PathBuf,
+    shared_dir: PathBuf,
+    hypervisor: Box<dyn Hypervisor>,
+    agent: AgentClient,
+    boot_time: Duration,
+    _cid: CidLease,
+}
+
+/// Checks a sandbox id before it names files and processes.
+pub fn validate_id(id: &str) -> Result<(), VmError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && id != "."
+        && id != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(VmError::InvalidId(id.to_owned()))
+    }
+}
+
+impl PodVm {
+    /// Boots the VM and waits until its agent is healthy.
+    pub async fn start(spec: PodVmSpec) -> Result<Self, VmError> {
+        validate_id(&spec.id)?;
+        let run_dir = spec.state_dir.join("pods").join(&spec.id);
+        if run_dir.exists() {
+            return Err(VmError::AlreadyExists(spec.id));
+        }
+        let shared_dir = run_dir.join("shared");
+        std::fs::create_dir_all(&shared_dir).map_err(|source| VmError::Dir {
+            path: shared_dir.clone(),
+            source,
+        })?;
+        let cid = CidAllocator::global().allocate();
+        let config = VmConfig {
+            id: spec.id.clone(),
+            run_dir: run_dir.clone(),
+            shared_dir: shared_dir.clone(),
+            cid: cid.cid(),
+            vcpus: spec.hypervisor.vcpus,
+            memory_mib: spec.hypervisor.memory_mib,
+            kernel: spec.hypervisor.kernel.clone(),
+            initrd: spec.hypervisor.initrd.clone(),
+            kernel_params: spec.hypervisor.kernel_params.clone(),
+        };
+        let mut hypervisor: Box<dyn Hypervisor> = match spec.backend {
+            Backend::Qemu { kvm } => Box::new(QemuVm::new(
+                config,
+                QemuBinaries::from(&spec.hypervisor),
+                kvm,
+            )),
+            Backend::Builtin => {
+                let err = HypervisorError::Unavailable(
+                    "builtin",
+                    "vessel-vmm cannot boot Linux guests yet".into(),
+                );
+                let _ = mounts::remove_dir_unmounted(&run_dir);
+                return Err(err.into());
+            }
+        };
+        let timeout = Duration::from_secs(spec.hypervisor.agent_ready_timeout_secs);
+        let started = Instant::now();
+        let booted = match boot(hypervisor.as_mut(), &spec.id, started + timeout).await {
+            Ok(agent) => setup_sandbox(&agent, &spec).await.map(|()| agent),
+            Err(e) => Err(e),
+        };
+        match booted {
+            Ok(agent) => {
+                let boot_time = started.elapsed();
+                tracing::info!(pod_id = %spec.id, cid = cid.cid(), ?boot_time, "pod VM ready");
+                Ok(Self {
+                    id: spec.id,
+                    run_dir,
+                    shared_dir,
+                    hypervisor,
+                    agent,
+                    boot_time,
+                    _cid: cid,
+                })
+            }
+            Err(err) => {
+                tracing::warn!(pod_id = %spec.id, error = %err, "pod VM start failed; rolling back");
+                let _ = hypervisor.stop().await;
+                if let Err(e) = mounts::remove_dir_unmounted(&run_dir) {
+                    tracing::error!(pod_id = %spec.id, error = %e, "rollback left files behind");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// Host side of the guest's shared dir (mounted at the agent's shared_fs mount point).
+    pub fn shared_dir(&self) -> &Path {
+        &self.shared_dir
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.hypervisor.console_log()
+    }
+
+    /// The VMM's pid while it runs.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.hypervisor.pid()
+    }
+
+    /// Spawn → agent healthy.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    /// Asks the agent to clean up and power off, then stops every process and deletes the
+    /// pod's runtime dir. Nothing of the VM remains afterwards, even if the agent is gone.
+    pub async fn destroy(mut self) -> Result<(), VmError> {
+        let mut req = api::DestroySandboxRequest::new();
+        req.power_off = true;
+        match self.agent.destroy_sandbox(req).await {
+            Ok(_) => {
+                if !self.hypervisor.wait_exit(POWER_OFF_GRACE).await {
+                    tracing::warn!(pod_id = %self.id, "VM did not power off; stopping it");
+                }
+            }
+            Err(e) => tracing::warn!(pod_id = %self.id, error = %e, "agent DestroySandbox failed"),
+        }
+        self.hypervisor.stop().await?;
+        mounts::remove_dir_unmounted(&self.run_dir)?;
+        tracing::info!(pod_id = %self.id, "pod VM destroyed");
+        Ok(())
+    }
+}
+
+/// Mounts the shared dir in the guest and sets the pod's identity.
+async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmError> {
+    let mut shared = api::Storage::new();
+    shared.driver = "virtiofs".into();
+    shared.source = SHARED_FS_TAG.into();
+    shared.mount_point = GUEST_SHARED_DIR.into();
+    let mut req = api::CreateSandboxRequest::new();
+    req.sandbox_id = spec.id.clone();
+    req.hostname = spec.hostname.clone();
+    req.shared_fs = protobuf::MessageField::some(shared);
+    req.dns = spec.dns.clone();
+    agent.create_sandbox(req).await?;
+    Ok(())
+}
+
+/// Starts the hypervisor and waits for the agent, failing early if the VMM exits.
+async fn boot(
+    hypervisor: &mut dyn Hypervisor,
+    id: &str,
+    deadline: Instant,
+) -> Result<AgentClient, VmError> {
+    hypervisor.start().await?;
+    let socket = hypervisor.agent_socket();
+    let console = hypervisor.console_log();
+    let secs = deadline
+        .saturating_duration_since(Instant::now())
+        .as_secs()
+        .max(1);
+    let alive = || hypervisor.exit_status().map(|s| format!("VMM exited ({s})"));
+    AgentClient::wait_ready(&socket, deadline, alive)
+        .await
+        .map_err(|cause| VmError::AgentNotReady {
+            id: id.to_owned(),
+            secs,
+            cause,
+            console: tail_file(&console, CONSOLE_TAIL_LINES),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "pod-1", "x.y_z", &"a".repeat(128)] {
+            validate_id(ok).unwrap();
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"a".repeat(129), "é"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+}
