@@ -9,7 +9,9 @@ use serde::Deserialize;
 /// Where the project's build tree keeps guest assets and helper tools by default, so a fresh
 /// checkout runs without installing anything system-wide.
 pub fn build_tree() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("build")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("build")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -61,7 +61,12 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
     for mount in mounts_under(dir)? {
         match umount2(&mount, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-            Err(source) => return Err(MountError::Unmount { path: mount, source }),
+            Err(source) => {
+                return Err(MountError::Unmount {
+                    path: mount,
+                    source,
+                })
+            }
         }
     }
     Ok(())

@@ -47,7 +47,9 @@ fn probe_kvm_at(dev: &Path, cpuinfo: &Path) -> KvmSupport {
 pub enum Backend {
     Builtin,
     /// QEMU; `kvm` false means TCG.
-    Qemu { kvm: bool },
+    Qemu {
+        kvm: bool,
+    },
 }
 
 /// The decision and the reason, as logged at start.
@@ -108,7 +110,10 @@ mod tests {
         std::fs::write(&dev, "").unwrap();
         let cpuinfo = dir.path().join("cpuinfo");
         std::fs::write(&cpuinfo, "flags\t\t: fpu sse2 lm\n").unwrap();
-        assert!(matches!(probe_kvm_at(&dev, &cpuinfo), KvmSupport::Unusable(_)));
+        assert!(matches!(
+            probe_kvm_at(&dev, &cpuinfo),
+            KvmSupport::Unusable(_)
+        ));
         std::fs::write(&cpuinfo, "flags\t\t: fpu vmx lm\n").unwrap();
         assert_eq!(probe_kvm_at(&dev, &cpuinfo), KvmSupport::FullGuests);
     }
@@ -118,7 +123,11 @@ mod tests {
         let cfg = HypervisorConfig::default();
         let s = select(&cfg, &KvmSupport::Unusable("no vmx".into()));
         assert_eq!(s.backend, Backend::Qemu { kvm: false });
-        assert!(s.reason.contains("tcg") && s.reason.contains("no vmx"), "{}", s.reason);
+        assert!(
+            s.reason.contains("tcg") && s.reason.contains("no vmx"),
+            "{}",
+            s.reason
+        );
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub async fn connect_hybrid_vsock(path: &Path, port: u32) -> Result<UnixStream, 
 
 /// Accepts exactly `OK <decimal>`.
 fn parse_ok_reply(line: &[u8]) -> Result<u32, AgentError> {
-    let text = std::str::from_utf8(line).map_err(|_| AgentError::Handshake("non-UTF-8 reply".into()))?;
+    let text =
+        std::str::from_utf8(line).map_err(|_| AgentError::Handshake("non-UTF-8 reply".into()))?;
     text.strip_prefix("OK ")
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|n| n.parse().ok())
@@ -185,23 +186,88 @@ impl AgentClient {
         }
     }
 
-    rpc!(get_guest_details, api::GetGuestDetailsRequest, api::GuestDetails, Some(CONTROL_TIMEOUT));
-    rpc!(set_guest_date_time, api::SetGuestDateTimeRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(create_sandbox, api::CreateSandboxRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(destroy_sandbox, api::DestroySandboxRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(create_container, api::CreateContainerRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(start_container, api::StartContainerRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(remove_container, api::RemoveContainerRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(stats_container, api::StatsContainerRequest, api::ContainerStats, Some(CONTROL_TIMEOUT));
-    rpc!(update_container, api::UpdateContainerRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(exec_process, api::ExecProcessRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(signal_process, api::SignalProcessRequest, api::Empty, Some(CONTROL_TIMEOUT));
+    rpc!(
+        get_guest_details,
+        api::GetGuestDetailsRequest,
+        api::GuestDetails,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        set_guest_date_time,
+        api::SetGuestDateTimeRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        create_sandbox,
+        api::CreateSandboxRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        destroy_sandbox,
+        api::DestroySandboxRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        create_container,
+        api::CreateContainerRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        start_container,
+        api::StartContainerRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        remove_container,
+        api::RemoveContainerRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        stats_container,
+        api::StatsContainerRequest,
+        api::ContainerStats,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        update_container,
+        api::UpdateContainerRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        exec_process,
+        api::ExecProcessRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        signal_process,
+        api::SignalProcessRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
     rpc!(
         /// Blocks until the process exits: no timeout.
         wait_process, api::WaitProcessRequest, api::WaitProcessResponse, None
     );
-    rpc!(write_stdin, api::WriteStdinRequest, api::WriteStdinResponse, Some(CONTROL_TIMEOUT));
-    rpc!(close_stdin, api::CloseStdinRequest, api::Empty, Some(CONTROL_TIMEOUT));
+    rpc!(
+        write_stdin,
+        api::WriteStdinRequest,
+        api::WriteStdinResponse,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        close_stdin,
+        api::CloseStdinRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
     rpc!(
         /// Blocks until output or end of stream: no timeout.
         read_stdout, api::ReadStreamRequest, api::ReadStreamResponse, None
@@ -210,9 +276,24 @@ impl AgentClient {
         /// Blocks until output or end of stream: no timeout.
         read_stderr, api::ReadStreamRequest, api::ReadStreamResponse, None
     );
-    rpc!(tty_win_resize, api::TtyWinResizeRequest, api::Empty, Some(CONTROL_TIMEOUT));
-    rpc!(update_interface, api::UpdateInterfaceRequest, api::Interface, Some(CONTROL_TIMEOUT));
-    rpc!(update_routes, api::UpdateRoutesRequest, api::Routes, Some(CONTROL_TIMEOUT));
+    rpc!(
+        tty_win_resize,
+        api::TtyWinResizeRequest,
+        api::Empty,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        update_interface,
+        api::UpdateInterfaceRequest,
+        api::Interface,
+        Some(CONTROL_TIMEOUT)
+    );
+    rpc!(
+        update_routes,
+        api::UpdateRoutesRequest,
+        api::Routes,
+        Some(CONTROL_TIMEOUT)
+    );
 }
 
 /// Why waiting for the agent failed.
@@ -234,7 +315,11 @@ mod tests {
         assert_eq!(parse_ok_reply(b"OK 1024").unwrap(), 1024);
         assert_eq!(parse_ok_reply(b"OK 3").unwrap(), 3);
         for bad in [&b"OK"[..], b"OK ", b"ok 12", b"OK 12x", b"ERR 1", b"OK -1"] {
-            assert!(parse_ok_reply(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_ok_reply(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

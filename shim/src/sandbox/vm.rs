@@ -12,9 +12,7 @@ use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
 use crate::config::HypervisorConfig;
 use crate::hypervisor::qemu::{QemuBinaries, QemuVm};
-use crate::hypervisor::{
-    tail_file, Backend, Hypervisor, HypervisorError, VmConfig, SHARED_FS_TAG,
-};
+use crate::hypervisor::{tail_file, Backend, Hypervisor, HypervisorError, VmConfig, SHARED_FS_TAG};
 use crate::mounts::{self, MountError};
 use crate::oci::GUEST_SHARED_DIR;
 
@@ -36,7 +34,9 @@ pub enum VmError {
     },
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
-    #[error("agent of pod {id} did not come up within {secs} s: {cause}\nconsole tail:\n{console}")]
+    #[error(
+        "agent of pod {id} did not come up within {secs} s: {cause}\nconsole tail:\n{console}"
+    )]
     AgentNotReady {
         id: String,
         secs: u64,
@@ -240,7 +240,11 @@ async fn boot(
         .saturating_duration_since(Instant::now())
         .as_secs()
         .max(1);
-    let alive = || hypervisor.exit_status().map(|s| format!("VMM exited ({s})"));
+    let alive = || {
+        hypervisor
+            .exit_status()
+            .map(|s| format!("VMM exited ({s})"))
+    };
     AgentClient::wait_ready(&socket, deadline, alive)
         .await
         .map_err(|cause| VmError::AgentNotReady {

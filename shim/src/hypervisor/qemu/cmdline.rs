@@ -15,16 +15,11 @@ pub struct HelperSockets<'a> {
     pub virtiofs: &'a Path,
 }
 
-/// Builds QEMU's arguments.
-pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> Vec<String> {
+/// Machine, CPU and memory: `-M microvm` with memfd shared memory, no default devices.
+pub fn machine_args(config: &VmConfig, kvm: bool) -> Vec<String> {
     let mem = config.memory_mib;
-    let mut kernel_params = BASE_KERNEL_PARAMS.to_string();
-    if !config.kernel_params.trim().is_empty() {
-        kernel_params.push(' ');
-        kernel_params.push_str(config.kernel_params.trim());
-    }
     let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
-    let args = [
+    [
         "-name".into(),
         format!("vessel-{},debug-threads=on", config.id),
         "-accel".into(),
@@ -44,6 +39,32 @@ pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> V
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
+    ]
+    .into()
+}
+
+/// Kernel, initramfs and kernel command line.
+pub fn boot_args(config: &VmConfig) -> Vec<String> {
+    let mut kernel_params = BASE_KERNEL_PARAMS.to_string();
+    if !config.kernel_params.trim().is_empty() {
+        kernel_params.push(' ');
+        kernel_params.push_str(config.kernel_params.trim());
+    }
+    [
+        "-kernel".into(),
+        config.kernel.display().to_string(),
+        "-initrd".into(),
+        config.initrd.display().to_string(),
+        "-append".into(),
+        kernel_params,
+    ]
+    .into()
+}
+
+/// Builds QEMU's arguments for a pod VM.
+pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> Vec<String> {
+    let mut args = machine_args(config, kvm);
+    args.extend([
         "-chardev".into(),
         format!("file,id=console,path={}", config.console_log().display()),
         "-serial".into(),
@@ -56,14 +77,9 @@ pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> V
         format!("socket,id=fs,path={}", sockets.virtiofs.display()),
         "-device".into(),
         format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
-        "-kernel".into(),
-        config.kernel.display().to_string(),
-        "-initrd".into(),
-        config.initrd.display().to_string(),
-        "-append".into(),
-        kernel_params,
-    ];
-    args.into()
+    ]);
+    args.extend(boot_args(config));
+    args
 }
 
 #[cfg(test)]
@@ -108,6 +124,9 @@ mod tests {
             virtiofs: Path::new("/f"),
         };
         let args = qemu_args(&config(), true, &s).join(" ");
-        assert!(args.contains("-accel kvm") && args.contains("-cpu host"), "{args}");
+        assert!(
+            args.contains("-accel kvm") && args.contains("-cpu host"),
+            "{args}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cmdline::{qemu_args, HelperSockets, BASE_KERNEL_PARAMS};
+pub use cmdline::{boot_args, machine_args, qemu_args, HelperSockets, BASE_KERNEL_PARAMS};
 
 use super::{require_file, ChildProcess, Hypervisor, HypervisorError, VmConfig};
 use crate::config::HypervisorConfig;

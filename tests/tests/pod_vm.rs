@@ -1,0 +1,255 @@
+//! A container runs in a pod microVM: boot through the hypervisor layer, agent health, a real
+//! OCI container on a virtio-fs rootfs, exec, signals, exit statuses, teardown without
+//! leftovers; two VMs at once; bad input; an agent that never comes up.
+
+use std::time::{Duration, Instant};
+
+use vessel_protocols::ttrpc::Code;
+use vessel_shim::sandbox::PodVm;
+use vessel_tests::leftovers::leftovers;
+use vessel_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_lifecycle_in_a_pod_vm() {
+    let Some(env) = TestEnv::detect("container_lifecycle_in_a_pod_vm") else {
+        return;
+    };
+    let vm = env.start_vm("lifecycle").await;
+    println!("pod VM ready in {:?}", vm.boot_time());
+    vm.agent()
+        .check_with(Duration::from_secs(5))
+        .await
+        .expect("agent health");
+
+    // A container that prints and exits 3.
+    create_busybox_container(&vm, "c1", &["sh", "-c", "echo hello; exit 3"])
+        .await
+        .expect("create c1");
+    start_container(&vm, "c1").await.expect("start c1");
+    let done = within(60, "c1", finish(vm.agent(), "c1", ""))
+        .await
+        .expect("c1 output");
+    assert_eq!(done.stdout, "hello\n", "stderr: {}", done.stderr);
+    assert_eq!((done.wait.status, done.wait.signal), (3, 0));
+    remove_container(&vm, "c1").await.expect("remove c1");
+
+    // A long-running container: its shell is pid 1 of its own pid namespace.
+    create_busybox_container(&vm, "c2", &["sh", "-c", "echo pid=$$; exec sleep 1000"])
+        .await
+        .expect("create c2");
+    start_container(&vm, "c2").await.expect("start c2");
+    let mut first = String::new();
+    while !first.contains('\n') {
+        let mut req = vessel_protocols::agent::ReadStreamRequest::new();
+        req.container_id = "c2".into();
+        let chunk = within(30, "c2 output", vm.agent().read_stdout(req))
+            .await
+            .expect("read c2");
+        assert!(!chunk.data.is_empty(), "c2 stdout ended early: {first:?}");
+        first.push_str(&String::from_utf8_lossy(&chunk.data));
+    }
+    assert_eq!(first, "pid=1\n");
+
+    // An exec in the same container sees the same pid namespace.
+    exec(
+        &vm,
+        "c2",
+        "e1",
+        &["sh", "-c", "echo exec-ok; cat /proc/1/cmdline; exit 7"],
+    )
+    .await
+    .expect("exec e1");
+    let e1 = within(60, "e1", finish(vm.agent(), "c2", "e1"))
+        .await
+        .expect("e1");
+    assert!(e1.stdout.starts_with("exec-ok\nsleep"), "{e1:?}");
+    assert_eq!((e1.wait.status, e1.wait.signal), (7, 0));
+
+    // A long-running exec stopped by SIGTERM reports the signal.
+    exec(&vm, "c2", "e2", &["sleep", "1000"])
+        .await
+        .expect("exec e2");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(&vm, "c2", "e2", 15).await.expect("SIGTERM e2");
+    let e2 = within(30, "e2", finish(vm.agent(), "c2", "e2"))
+        .await
+        .expect("e2");
+    assert_eq!((e2.wait.status, e2.wait.signal), (128 + 15, 15), "{e2:?}");
+
+    // The container's init (pid 1 ignores SIGTERM without a handler) stops on SIGKILL.
+    signal(&vm, "c2", "", 9).await.expect("SIGKILL c2");
+    let mut wait = vessel_protocols::agent::WaitProcessRequest::new();
+    wait.container_id = "c2".into();
+    let w = within(30, "c2 wait", vm.agent().wait_process(wait))
+        .await
+        .expect("wait c2");
+    assert_eq!((w.status, w.signal), (137, 9));
+    remove_container(&vm, "c2").await.expect("remove c2");
+
+    let run_dir = vm.run_dir().to_owned();
+    let vmm_pid = vm.vmm_pid().expect("qemu pid");
+    vm.destroy().await.expect("destroy");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{vmm_pid}")).exists(),
+        "qemu {vmm_pid} still running"
+    );
+    let left = leftovers(&run_dir);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pod_vms_run_side_by_side() {
+    let Some(env) = TestEnv::detect("two_pod_vms_run_side_by_side") else {
+        return;
+    };
+    let (a, b) = tokio::join!(env.start_vm("pod-a"), env.start_vm("pod-b"));
+    assert_ne!(a.run_dir(), b.run_dir());
+    assert_ne!(a.vmm_pid(), b.vmm_pid());
+    // Same container name in both pods: each sees its own hostname and files.
+    for vm in [&a, &b] {
+        create_busybox_container(vm, "c", &["sh", "-c", "cat /etc/marker"])
+            .await
+            .expect("create");
+        let marker = vm.shared_dir().join("c/rootfs/etc/marker");
+        std::fs::write(&marker, format!("{}\n", vm.id())).expect("marker");
+    }
+    for vm in [&a, &b] {
+        start_container(vm, "c").await.expect("start");
+    }
+    let (ra, rb) = tokio::join!(finish(a.agent(), "c", ""), finish(b.agent(), "c", ""));
+    assert_eq!(ra.expect("a").stdout, "pod-a\n");
+    assert_eq!(rb.expect("b").stdout, "pod-b\n");
+    let dirs = [a.run_dir().to_owned(), b.run_dir().to_owned()];
+    a.destroy().await.expect("destroy a");
+    // b still serves after a is gone.
+    b.agent()
+        .check_with(Duration::from_secs(5))
+        .await
+        .expect("b healthy");
+    b.destroy().await.expect("destroy b");
+    for dir in dirs {
+        let left = leftovers(&dir);
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_get_named_errors_and_the_vm_keeps_serving() {
+    let Some(env) = TestEnv::detect("bad_specs_get_named_errors_and_the_vm_keeps_serving") else {
+        return;
+    };
+    let vm = env.start_vm("badinput").await;
+
+    // A rootfs that does not exist.
+    let args = vec!["sh".to_string()];
+    let spec = vessel_shim::oci::container_spec("norootfs", &args, &[]).expect("spec");
+    let err = create_container(&vm, "norootfs", &spec).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NOT_FOUND), "{err}");
+    assert!(
+        err.to_string()
+            .contains("/run/vessel/shared/norootfs/rootfs"),
+        "{err}"
+    );
+
+    // A command that does not exist in the rootfs.
+    let err = create_busybox_container(&vm, "nocmd", &["no-such-binary", "x"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-binary"), "{err}");
+
+    // An exec of a missing binary, and an exec into a missing container.
+    create_busybox_container(&vm, "ok", &["sleep", "1000"])
+        .await
+        .expect("create ok");
+    start_container(&vm, "ok").await.expect("start ok");
+    let err = exec(&vm, "ok", "x", &["/bin/nothing-here"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("/bin/nothing-here"), "{err}");
+    let err = exec(&vm, "ghost", "x", &["sh"]).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::NOT_FOUND), "{err}");
+    assert!(err.to_string().contains("ghost"), "{err}");
+
+    // Invalid JSON names the field.
+    let mut req = vessel_protocols::agent::CreateContainerRequest::new();
+    req.container_id = "badjson".into();
+    req.spec_json = b"{not json".to_vec();
+    let err = vm.agent().create_container(req).await.unwrap_err();
+    assert_eq!(err.code(), Some(Code::INVALID_ARGUMENT), "{err}");
+    assert!(err.to_string().contains("spec_json"), "{err}");
+
+    // The VM still serves: a good container runs.
+    exec(&vm, "ok", "good", &["echo", "still-serving"])
+        .await
+        .expect("exec good");
+    let good = within(60, "good", finish(vm.agent(), "ok", "good"))
+        .await
+        .expect("good");
+    assert_eq!(good.stdout, "still-serving\n");
+
+    let run_dir = vm.run_dir().to_owned();
+    vm.destroy().await.expect("destroy");
+    let left = leftovers(&run_dir);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_initramfs_fails_within_deadline_with_console_tail() {
+    let Some(env) = TestEnv::detect("broken_initramfs_fails_within_deadline_with_console_tail")
+    else {
+        return;
+    };
+    // Not a cpio archive: the kernel finds no init and panics; with panic=-1 and -no-reboot,
+    // QEMU exits and the start fails at once rather than at the deadline.
+    let broken = env.state_dir().join("broken-initramfs.img");
+    std::fs::write(&broken, vec![0x5a_u8; 4096]).expect("write broken initramfs");
+    let mut spec = env.vm_spec("broken");
+    spec.hypervisor.initrd = broken;
+    spec.hypervisor.agent_ready_timeout_secs = 30;
+    let run_dir = env.state_dir().join("pods/broken");
+    let started = Instant::now();
+    let err = match PodVm::start(spec).await {
+        Ok(_) => panic!("a VM with a broken initramfs came up"),
+        Err(e) => e.to_string(),
+    };
+    let took = started.elapsed();
+    println!("broken initramfs failed after {took:?}: {err}");
+    assert!(took < Duration::from_secs(35), "took {took:?}");
+    assert!(err.contains("console tail"), "{err}");
+    assert!(
+        err.contains("Kernel panic") || err.contains("init"),
+        "{err}"
+    );
+    let left = leftovers(&run_dir);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_guest_fails_at_the_deadline_and_leaves_nothing() {
+    let Some(env) = TestEnv::detect("silent_guest_fails_at_the_deadline_and_leaves_nothing") else {
+        return;
+    };
+    // A guest that boots fine but whose init is busybox's, not the agent: nothing ever
+    // listens on vsock 1024, so the start must end at the deadline.
+    let initrd = env.state_dir().join("busybox-initramfs.img");
+    vessel_tests::rootfs::busybox_initramfs(&initrd).expect("busybox initramfs");
+    let mut spec = env.vm_spec("silent");
+    spec.hypervisor.initrd = initrd;
+    spec.hypervisor.agent_ready_timeout_secs = 8;
+    let run_dir = env.state_dir().join("pods/silent");
+    let started = Instant::now();
+    let err = match PodVm::start(spec).await {
+        Ok(_) => panic!("a guest whose agent hangs came up"),
+        Err(e) => e.to_string(),
+    };
+    let took = started.elapsed();
+    println!("silent guest failed after {took:?}");
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(20),
+        "took {took:?}"
+    );
+    assert!(err.contains("did not come up within 8 s"), "{err}");
+    assert!(err.contains("console tail"), "{err}");
+    let left = leftovers(&run_dir);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
