@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod hypervisor;
+pub mod logs;
 pub mod mounts;
 pub mod oci;
 pub mod sandbox;
+pub mod server;

@@ -1,0 +1,3 @@
+//! The CRI server: gRPC services on the CRI Unix socket.
+
+pub mod authority;
