@@ -11,3 +11,4 @@ pub mod mounts;
 pub mod oci;
 pub mod sandbox;
 pub mod server;
+pub mod store;
