@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 pub use probe::{probe_kvm, select, Backend, KvmSupport, Selection};
-pub use process::{tail_file, ChildProcess};
+pub use process::{process_start_time, tail_file, ChildProcess, ProcessId};
 
 /// virtio-fs tag of the pod's shared directory.
 pub const SHARED_FS_TAG: &str = "vessel-shared";
@@ -49,7 +49,7 @@ pub enum HypervisorError {
 }
 
 /// Everything a backend needs to start one pod VM.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     /// The pod (sandbox) id; names processes and logs.
     pub id: String,
@@ -79,6 +79,54 @@ impl VmConfig {
     }
 }
 
+/// What the daemon records of a running VM to adopt it after a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmRecord {
+    pub config: VmConfig,
+    pub backend: Backend,
+    /// Helper name → process.
+    pub processes: std::collections::BTreeMap<String, ProcessId>,
+}
+
+/// Builds the backend for a new VM.
+pub fn new_vm(
+    config: VmConfig,
+    backend: Backend,
+    hypervisor: &crate::config::HypervisorConfig,
+) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    match backend {
+        Backend::Qemu { kvm } => Ok(Box::new(qemu::QemuVm::new(
+            config,
+            qemu::QemuBinaries::from(hypervisor),
+            kvm,
+        ))),
+        Backend::Builtin => Err(HypervisorError::Unavailable(
+            "builtin",
+            "vessel-vmm cannot boot Linux guests yet".into(),
+        )),
+    }
+}
+
+/// Takes over a VM started by an earlier run of the daemon. Helpers that are gone are simply
+/// absent: [`Hypervisor::exit_status`] then reports the VM as exited.
+pub fn adopt_vm(
+    record: &VmRecord,
+    hypervisor: &crate::config::HypervisorConfig,
+) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    match record.backend {
+        Backend::Qemu { kvm } => Ok(Box::new(qemu::QemuVm::adopt(
+            record.config.clone(),
+            qemu::QemuBinaries::from(hypervisor),
+            kvm,
+            &record.processes,
+        ))),
+        Backend::Builtin => Err(HypervisorError::Unavailable(
+            "builtin",
+            "vessel-vmm cannot boot Linux guests yet".into(),
+        )),
+    }
+}
+
 /// A running (or startable) pod VM.
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
@@ -102,6 +150,9 @@ pub trait Hypervisor: Send + Sync {
 
     /// Waits up to `timeout` for the VMM to exit by itself (after the guest powered off).
     async fn wait_exit(&mut self, timeout: std::time::Duration) -> bool;
+
+    /// What to persist to adopt this VM after a daemon restart.
+    fn record(&self) -> VmRecord;
 }
 
 /// Fails with [`HypervisorError::MissingAsset`] unless `path` exists.

@@ -43,7 +43,7 @@ fn probe_kvm_at(dev: &Path, cpuinfo: &Path) -> KvmSupport {
 }
 
 /// Which VMM runs pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backend {
     Builtin,
     /// QEMU; `kvm` false means TCG.

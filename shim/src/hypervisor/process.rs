@@ -16,13 +16,46 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a helper gets to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 
-/// A spawned helper whose stdout and stderr go to `log`.
+/// A helper process whose stdout and stderr go to `log`: spawned by this daemon, or adopted
+/// from a previous run of it (after a restart the VMs keep running).
 #[derive(Debug)]
 pub struct ChildProcess {
     name: String,
     log: PathBuf,
-    child: Child,
+    handle: Handle,
     exited: Option<String>,
+}
+
+#[derive(Debug)]
+enum Handle {
+    Child(Child),
+    /// Not our child: identified by pid and kernel start time, so a recycled pid is never
+    /// mistaken for it.
+    Adopted {
+        pid: i32,
+        start_time: u64,
+    },
+}
+
+/// What identifies a running helper across daemon restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+/// The start time (clock ticks since boot) of `pid`, from /proc/<pid>/stat; None if gone or a
+/// zombie.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    // Field 22 of stat; `fields` now starts at field 4.
+    fields.nth(18)?.parse().ok()
 }
 
 impl ChildProcess {
@@ -58,24 +91,62 @@ impl ChildProcess {
         Ok(Self {
             name: name.to_owned(),
             log: log.to_owned(),
-            child,
+            handle: Handle::Child(child),
+            exited: None,
+        })
+    }
+
+    /// Takes over a helper started by an earlier run of the daemon; `None` if it is gone.
+    pub fn adopt(name: &str, id: ProcessId, log: &Path) -> Option<Self> {
+        let start_time = process_start_time(id.pid).filter(|t| *t == id.start_time)?;
+        Some(Self {
+            name: name.to_owned(),
+            log: log.to_owned(),
+            handle: Handle::Adopted {
+                pid: i32::try_from(id.pid).ok()?,
+                start_time,
+            },
             exited: None,
         })
     }
 
     pub fn pid(&self) -> Option<u32> {
         if self.exited.is_some() {
-            None
-        } else {
-            self.child.id()
+            return None;
         }
+        match &self.handle {
+            Handle::Child(child) => child.id(),
+            Handle::Adopted { pid, .. } => u32::try_from(*pid).ok(),
+        }
+    }
+
+    /// Pid and start time, for the daemon's records.
+    pub fn process_id(&self) -> Option<ProcessId> {
+        let pid = self.pid()?;
+        Some(ProcessId {
+            pid,
+            start_time: process_start_time(pid)?,
+        })
     }
 
     /// `Some(status)` once the process exited.
     pub fn exit_status(&mut self) -> Option<String> {
         if self.exited.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exited = Some(status.to_string());
+            match &mut self.handle {
+                Handle::Child(child) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        self.exited = Some(status.to_string());
+                    }
+                }
+                Handle::Adopted { pid, start_time } => {
+                    let alive = u32::try_from(*pid)
+                        .ok()
+                        .and_then(process_start_time)
+                        .is_some_and(|t| t == *start_time);
+                    if !alive {
+                        self.exited = Some("exited (status unknown: adopted process)".into());
+                    }
+                }
             }
         }
         self.exited.clone()
@@ -119,31 +190,51 @@ impl ChildProcess {
         if self.exited.is_some() {
             return true;
         }
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(Ok(status)) => {
-                self.exited = Some(status.to_string());
+        match &mut self.handle {
+            Handle::Child(child) => match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(Ok(status)) => {
+                    self.exited = Some(status.to_string());
+                    true
+                }
+                Ok(Err(_)) => {
+                    self.exited = Some("unknown".into());
+                    true
+                }
+                Err(_) => false,
+            },
+            Handle::Adopted { .. } => {
+                let deadline = Instant::now() + timeout;
+                while self.exit_status().is_none() {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 true
             }
-            Ok(Err(_)) => {
-                self.exited = Some("unknown".into());
-                true
-            }
-            Err(_) => false,
         }
     }
 
-    /// SIGTERM, then SIGKILL after a grace period; reaps the process.
+    fn signal(&mut self, signal: Signal) {
+        // A child is unreaped until we wait for it and an adopted pid was just checked
+        // against its start time, so neither can name a recycled process.
+        if self.exit_status().is_some() {
+            return;
+        }
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period; reaps the process if it is our child.
     pub async fn terminate(&mut self) {
         if self.exit_status().is_some() {
             return;
         }
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            // The pid is our own unreaped child, so it cannot have been recycled.
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+        self.signal(Signal::SIGTERM);
         if !self.wait_timeout(TERM_GRACE).await {
             tracing::warn!(helper = %self.name, "did not exit on SIGTERM; sending SIGKILL");
-            let _ = self.child.start_kill();
+            self.signal(Signal::SIGKILL);
             self.wait_timeout(TERM_GRACE).await;
         }
     }
@@ -162,6 +253,29 @@ pub fn tail_file(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn adopted_process_is_watched_and_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a.log");
+        // A process that is not our child: started by a shell that exits at once.
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", "sleep 30 >/dev/null 2>&1 & echo $!"])
+            .output()
+            .unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let start_time = process_start_time(pid).unwrap();
+        let wrong = ProcessId {
+            pid,
+            start_time: start_time + 1,
+        };
+        assert!(ChildProcess::adopt("sleep", wrong, &log).is_none());
+        let mut p = ChildProcess::adopt("sleep", ProcessId { pid, start_time }, &log).unwrap();
+        assert_eq!(p.pid(), Some(pid));
+        assert!(p.exit_status().is_none());
+        p.terminate().await;
+        assert!(p.exit_status().is_some());
+    }
 
     #[test]
     fn tail_takes_last_lines() {
@@ -203,6 +317,8 @@ mod tests {
         )
         .unwrap();
         assert!(p.pid().is_some());
+        let id = p.process_id().unwrap();
+        assert_eq!(process_start_time(id.pid), Some(id.start_time));
         p.terminate().await;
         assert!(p.exit_status().is_some());
         assert!(p.pid().is_none());

@@ -40,6 +40,16 @@ impl CidAllocator {
         GLOBAL.get_or_init(Default::default).clone()
     }
 
+    /// Marks a CID of an adopted VM as used (it is already the VM's).
+    pub fn claim(self: &Arc<Self>, cid: u32) -> CidLease {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        used.insert(cid);
+        CidLease {
+            cid,
+            owner: self.clone(),
+        }
+    }
+
     /// The lowest free CID.
     pub fn allocate(self: &Arc<Self>) -> CidLease {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());

@@ -5,4 +5,4 @@ pub mod cid;
 pub mod vm;
 
 pub use agent_client::{AgentClient, AgentError};
-pub use vm::{PodVm, PodVmSpec, VmError};
+pub use vm::{AdoptFailure, PodVm, PodVmRecord, PodVmSpec, VmError, VmRemains};

@@ -11,8 +11,10 @@ use vessel_protocols::agent as api;
 use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
 use crate::config::HypervisorConfig;
-use crate::hypervisor::qemu::{QemuBinaries, QemuVm};
-use crate::hypervisor::{tail_file, Backend, Hypervisor, HypervisorError, VmConfig, SHARED_FS_TAG};
+use crate::hypervisor::{
+    adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmRecord,
+    SHARED_FS_TAG,
+};
 use crate::mounts::{self, MountError};
 use crate::oci::GUEST_SHARED_DIR;
 
@@ -20,6 +22,8 @@ use crate::oci::GUEST_SHARED_DIR;
 const CONSOLE_TAIL_LINES: usize = 25;
 /// How long a powered-off guest's VMM gets to exit before it is stopped.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(3);
+/// Health check of an adopted VM's agent.
+const ADOPT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -115,19 +119,11 @@ impl PodVm {
             initrd: spec.hypervisor.initrd.clone(),
             kernel_params: spec.hypervisor.kernel_params.clone(),
         };
-        let mut hypervisor: Box<dyn Hypervisor> = match spec.backend {
-            Backend::Qemu { kvm } => Box::new(QemuVm::new(
-                config,
-                QemuBinaries::from(&spec.hypervisor),
-                kvm,
-            )),
-            Backend::Builtin => {
-                let err = HypervisorError::Unavailable(
-                    "builtin",
-                    "vessel-vmm cannot boot Linux guests yet".into(),
-                );
+        let mut hypervisor = match new_vm(config, spec.backend, &spec.hypervisor) {
+            Ok(h) => h,
+            Err(e) => {
                 let _ = mounts::remove_dir_unmounted(&run_dir);
-                return Err(err.into());
+                return Err(e.into());
             }
         };
         let timeout = Duration::from_secs(spec.hypervisor.agent_ready_timeout_secs);
@@ -159,6 +155,67 @@ impl PodVm {
                 Err(err)
             }
         }
+    }
+
+    /// Takes over a VM started by an earlier run of the daemon and reconnects to its agent.
+    pub async fn adopt(
+        record: &PodVmRecord,
+        hypervisor: &HypervisorConfig,
+    ) -> Result<Self, AdoptFailure> {
+        let remains = |hv, reason: String| AdoptFailure {
+            reason,
+            remains: VmRemains {
+                id: record.vm.config.id.clone(),
+                run_dir: record.vm.config.run_dir.clone(),
+                hypervisor: hv,
+            },
+        };
+        let mut hv = match adopt_vm(&record.vm, hypervisor) {
+            Ok(hv) => hv,
+            Err(e) => {
+                return Err(AdoptFailure {
+                    reason: e.to_string(),
+                    remains: VmRemains {
+                        id: record.vm.config.id.clone(),
+                        run_dir: record.vm.config.run_dir.clone(),
+                        hypervisor: None,
+                    },
+                })
+            }
+        };
+        if let Some(status) = hv.exit_status() {
+            return Err(remains(Some(hv), status));
+        }
+        let agent = match AgentClient::connect(&hv.agent_socket()).await {
+            Ok(agent) => agent,
+            Err(e) => return Err(remains(Some(hv), format!("agent unreachable: {e}"))),
+        };
+        if let Err(e) = agent.check_with(ADOPT_CHECK_TIMEOUT).await {
+            return Err(remains(Some(hv), format!("agent unhealthy: {e}")));
+        }
+        let config = &record.vm.config;
+        Ok(Self {
+            id: config.id.clone(),
+            run_dir: config.run_dir.clone(),
+            shared_dir: config.shared_dir.clone(),
+            hypervisor: hv,
+            agent,
+            boot_time: Duration::from_millis(record.boot_time_ms),
+            _cid: CidAllocator::global().claim(config.cid),
+        })
+    }
+
+    /// What the daemon persists to adopt this VM after a restart.
+    pub fn record(&self) -> PodVmRecord {
+        PodVmRecord {
+            vm: self.hypervisor.record(),
+            boot_time_ms: u64::try_from(self.boot_time.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// `Some(reason)` once the VMM process has exited.
+    pub fn exit_status(&mut self) -> Option<String> {
+        self.hypervisor.exit_status()
     }
 
     pub fn id(&self) -> &str {
@@ -205,7 +262,43 @@ impl PodVm {
             }
             Err(e) => tracing::warn!(pod_id = %self.id, error = %e, "agent DestroySandbox failed"),
         }
-        self.hypervisor.stop().await?;
+        VmRemains {
+            id: self.id,
+            run_dir: self.run_dir,
+            hypervisor: Some(self.hypervisor),
+        }
+        .destroy()
+        .await
+    }
+}
+
+/// A persisted pod VM, for [`PodVm::adopt`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PodVmRecord {
+    pub vm: VmRecord,
+    pub boot_time_ms: u64,
+}
+
+/// Why a VM could not be adopted, and what of it is left to clean up.
+pub struct AdoptFailure {
+    pub reason: String,
+    pub remains: VmRemains,
+}
+
+/// What is left of a pod VM that no longer runs (or is being torn down): helper processes,
+/// mounts and its runtime dir.
+pub struct VmRemains {
+    id: String,
+    run_dir: PathBuf,
+    hypervisor: Option<Box<dyn Hypervisor>>,
+}
+
+impl VmRemains {
+    /// Stops every process of the VM and deletes its runtime dir.
+    pub async fn destroy(self) -> Result<(), VmError> {
+        if let Some(mut hv) = self.hypervisor {
+            hv.stop().await?;
+        }
         mounts::remove_dir_unmounted(&self.run_dir)?;
         tracing::info!(pod_id = %self.id, "pod VM destroyed");
         Ok(())

@@ -3,6 +3,7 @@
 
 mod cmdline;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use async_trait::async_trait;
 
 pub use cmdline::{boot_args, machine_args, qemu_args, HelperSockets, BASE_KERNEL_PARAMS};
 
-use super::{require_file, ChildProcess, Hypervisor, HypervisorError, VmConfig};
+use super::{
+    require_file, Backend, ChildProcess, Hypervisor, HypervisorError, ProcessId, VmConfig, VmRecord,
+};
 use crate::config::HypervisorConfig;
 
 /// Programs the QEMU backend runs.
@@ -39,7 +42,12 @@ pub struct QemuVm {
     vsock: Option<ChildProcess>,
     virtiofsd: Option<ChildProcess>,
     qemu: Option<ChildProcess>,
+    adopted_dead: bool,
 }
+
+const QEMU: &str = "qemu";
+const VIRTIOFSD: &str = "virtiofsd";
+const VHOST_VSOCK: &str = "vhost-device-vsock";
 
 impl QemuVm {
     pub fn new(config: VmConfig, binaries: QemuBinaries, kvm: bool) -> Self {
@@ -50,7 +58,31 @@ impl QemuVm {
             vsock: None,
             virtiofsd: None,
             qemu: None,
+            adopted_dead: false,
         }
+    }
+
+    /// Takes over the processes of a VM started by an earlier run of the daemon.
+    pub fn adopt(
+        config: VmConfig,
+        binaries: QemuBinaries,
+        kvm: bool,
+        processes: &BTreeMap<String, ProcessId>,
+    ) -> Self {
+        let mut vm = Self::new(config, binaries, kvm);
+        let adopt = |name: &str| {
+            let log = vm.log(name);
+            processes
+                .get(name)
+                .and_then(|id| ChildProcess::adopt(name, *id, &log))
+        };
+        let (qemu, virtiofsd, vsock) = (adopt(QEMU), adopt(VIRTIOFSD), adopt(VHOST_VSOCK));
+        vm.qemu = qemu;
+        vm.virtiofsd = virtiofsd;
+        vm.vsock = vsock;
+        // A VM whose QEMU is gone must read as exited, not as "never started".
+        vm.adopted_dead = vm.qemu.is_none();
+        vm
     }
 
     fn vhost_vsock_socket(&self) -> PathBuf {
@@ -68,7 +100,7 @@ impl QemuVm {
     async fn spawn_helpers(&mut self) -> Result<(), HypervisorError> {
         let vhost_sock = self.vhost_vsock_socket();
         let mut vsock = ChildProcess::spawn(
-            "vhost-device-vsock",
+            VHOST_VSOCK,
             &self.binaries.vhost_device_vsock,
             &[
                 "--guest-cid".into(),
@@ -78,7 +110,7 @@ impl QemuVm {
                 "--uds-path".into(),
                 self.config.agent_socket().display().to_string(),
             ],
-            &self.log("vhost-device-vsock"),
+            &self.log(VHOST_VSOCK),
         )?;
         let ready = vsock.wait_for_socket(&vhost_sock).await;
         self.vsock = Some(vsock);
@@ -86,7 +118,7 @@ impl QemuVm {
 
         let fs_sock = self.virtiofs_socket();
         let mut virtiofsd = ChildProcess::spawn(
-            "virtiofsd",
+            VIRTIOFSD,
             &self.binaries.virtiofsd,
             &[
                 "--socket-path".into(),
@@ -97,7 +129,7 @@ impl QemuVm {
                 "auto".into(),
                 "--announce-submounts".into(),
             ],
-            &self.log("virtiofsd"),
+            &self.log(VIRTIOFSD),
         )?;
         let ready = virtiofsd.wait_for_socket(&fs_sock).await;
         self.virtiofsd = Some(virtiofsd);
@@ -116,7 +148,7 @@ impl Hypervisor for QemuVm {
             virtiofs: &self.virtiofs_socket(),
         };
         let args = qemu_args(&self.config, self.kvm, &sockets);
-        let qemu = ChildProcess::spawn("qemu", &self.binaries.qemu, &args, &self.log("qemu"))?;
+        let qemu = ChildProcess::spawn(QEMU, &self.binaries.qemu, &args, &self.log(QEMU))?;
         tracing::info!(pod_id = %self.config.id, pid = ?qemu.pid(), kvm = self.kvm, "qemu started");
         self.qemu = Some(qemu);
         Ok(())
@@ -134,6 +166,9 @@ impl Hypervisor for QemuVm {
     }
 
     fn exit_status(&mut self) -> Option<String> {
+        if self.adopted_dead {
+            return Some("QEMU was gone when the daemon restarted".into());
+        }
         self.qemu.as_mut().and_then(ChildProcess::exit_status)
     }
 
@@ -153,6 +188,22 @@ impl Hypervisor for QemuVm {
         match self.qemu.as_mut() {
             Some(q) => q.wait_timeout(timeout).await,
             None => true,
+        }
+    }
+
+    fn record(&self) -> VmRecord {
+        let processes = [
+            (QEMU, &self.qemu),
+            (VIRTIOFSD, &self.virtiofsd),
+            (VHOST_VSOCK, &self.vsock),
+        ]
+        .into_iter()
+        .filter_map(|(name, p)| Some((name.to_string(), p.as_ref()?.process_id()?)))
+        .collect();
+        VmRecord {
+            config: self.config.clone(),
+            backend: Backend::Qemu { kvm: self.kvm },
+            processes,
         }
     }
 }
