@@ -25,7 +25,11 @@ impl TestEnv {
     /// Checks for root, QEMU, the helper tools and the built guest image.
     pub fn detect(test: &str) -> Option<Self> {
         init_tracing();
-        let hypervisor = HypervisorConfig::default();
+        let mut hypervisor = HypervisorConfig::default();
+        // For debugging a failing boot: e.g. "loglevel=7 vessel.log=debug".
+        if let Ok(params) = std::env::var("VESSEL_TEST_KERNEL_PARAMS") {
+            hypervisor.kernel_params = params;
+        }
         let mut missing = Vec::new();
         if !nix::unistd::Uid::effective().is_root() {
             missing.push("not running as root".to_string());

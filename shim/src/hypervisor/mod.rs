@@ -145,6 +145,9 @@ pub trait Hypervisor: Send + Sync {
     /// The guest console log.
     fn console_log(&self) -> PathBuf;
 
+    /// The VMM's own output (errors about devices, sockets, the command line).
+    fn vmm_log(&self) -> PathBuf;
+
     /// The VMM's process id, while it runs.
     fn pid(&self) -> Option<u32>;
 

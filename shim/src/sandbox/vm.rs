@@ -39,13 +39,14 @@ pub enum VmError {
     #[error(transparent)]
     Hypervisor(#[from] HypervisorError),
     #[error(
-        "agent of pod {id} did not come up within {secs} s: {cause}\nconsole tail:\n{console}"
+        "agent of pod {id} did not come up within {secs} s: {cause}\nconsole tail:\n{console}\nVMM log tail:\n{vmm_log}"
     )]
     AgentNotReady {
         id: String,
         secs: u64,
         cause: WaitError,
         console: String,
+        vmm_log: String,
     },
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -128,7 +129,7 @@ impl PodVm {
         };
         let timeout = Duration::from_secs(spec.hypervisor.agent_ready_timeout_secs);
         let started = Instant::now();
-        let booted = match boot(hypervisor.as_mut(), &spec.id, started + timeout).await {
+        let booted = match boot(hypervisor.as_mut(), &spec.id, timeout).await {
             Ok(agent) => setup_sandbox(&agent, &spec).await.map(|()| agent),
             Err(e) => Err(e),
         };
@@ -324,15 +325,14 @@ async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmEr
 async fn boot(
     hypervisor: &mut dyn Hypervisor,
     id: &str,
-    deadline: Instant,
+    timeout: Duration,
 ) -> Result<AgentClient, VmError> {
+    let deadline = Instant::now() + timeout;
     hypervisor.start().await?;
     let socket = hypervisor.agent_socket();
     let console = hypervisor.console_log();
-    let secs = deadline
-        .saturating_duration_since(Instant::now())
-        .as_secs()
-        .max(1);
+    let secs = timeout.as_secs();
+    let vmm_log = hypervisor.vmm_log();
     let alive = || {
         hypervisor
             .exit_status()
@@ -345,6 +345,7 @@ async fn boot(
             secs,
             cause,
             console: tail_file(&console, CONSOLE_TAIL_LINES),
+            vmm_log: tail_file(&vmm_log, CONSOLE_TAIL_LINES),
         })
 }
 

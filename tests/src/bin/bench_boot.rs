@@ -79,7 +79,7 @@ fn bare_boot(env: &TestEnv, kvm: bool, i: usize) -> Result<Duration> {
     };
     let mut args = machine_args(&config, kvm);
     args.extend(["-serial".into(), "stdio".into()]);
-    args.extend(boot_args(&config));
+    args.extend(boot_args(&config, kvm));
     let started = Instant::now();
     let mut child = Command::new(&h.qemu)
         .args(&args)

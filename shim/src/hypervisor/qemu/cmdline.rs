@@ -43,9 +43,37 @@ pub fn machine_args(config: &VmConfig, kvm: bool) -> Vec<String> {
     .into()
 }
 
+/// Kernel parameters for a guest under TCG. Its TSC runs at the host's TSC rate, but the
+/// kernel's PIT calibration of it fails when the host is busy (TCG timing jitters), and with no
+/// HPET or ACPI PM timer on microvm the boot then stalls. Giving the rate up front skips the
+/// calibration; `tsc=reliable` keeps the clocksource watchdog from discarding the TSC later.
+fn tcg_timing_params() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    host_tsc_khz(&cpuinfo).map(|khz| format!("tsc_early_khz={khz} tsc=reliable"))
+}
+
+/// The host TSC rate in kHz, from /proc/cpuinfo's first `cpu MHz` line.
+fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
 /// Kernel, initramfs and kernel command line.
-pub fn boot_args(config: &VmConfig) -> Vec<String> {
+pub fn boot_args(config: &VmConfig, kvm: bool) -> Vec<String> {
     let mut kernel_params = BASE_KERNEL_PARAMS.to_string();
+    if !kvm {
+        if let Some(timing) = tcg_timing_params() {
+            kernel_params.push(' ');
+            kernel_params.push_str(&timing);
+        }
+    }
     if !config.kernel_params.trim().is_empty() {
         kernel_params.push(' ');
         kernel_params.push_str(config.kernel_params.trim());
@@ -78,7 +106,7 @@ pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> V
         "-device".into(),
         format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
     ]);
-    args.extend(boot_args(config));
+    args.extend(boot_args(config, kvm));
     args
 }
 
@@ -114,7 +142,15 @@ mod tests {
         assert!(args.contains("-smp 2"));
         assert!(args.contains("path=/run/vessel/pods/p1/console.log"));
         assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=vessel-shared"));
-        assert!(args.ends_with("console=ttyS0 reboot=t panic=-1 quiet vessel.log=debug"));
+        assert!(args.contains("-append console=ttyS0 reboot=t panic=-1 quiet"));
+        assert!(args.ends_with(" vessel.log=debug"), "{args}");
+    }
+
+    #[test]
+    fn tsc_rate_from_cpuinfo() {
+        let info = "processor\t: 0\ncpu MHz\t\t: 2596.118\nprocessor\t: 1\ncpu MHz\t\t: 1.0\n";
+        assert_eq!(host_tsc_khz(info), Some(2_596_118));
+        assert_eq!(host_tsc_khz("flags: fpu\n"), None);
     }
 
     #[test]

@@ -180,6 +180,10 @@ impl Hypervisor for QemuVm {
         self.config.console_log()
     }
 
+    fn vmm_log(&self) -> PathBuf {
+        self.log(QEMU)
+    }
+
     fn pid(&self) -> Option<u32> {
         self.qemu.as_ref().and_then(ChildProcess::pid)
     }

@@ -1,0 +1,242 @@
+//! Containers of the pod: the table of live containers, their lifecycle (create, start,
+//! remove), their processes' I/O, signals and exits, and cgroup stats and updates.
+//! libcontainer does the OS work (namespaces, cgroups, pivot_root, capabilities, rlimits,
+//! user) in a helper process (see [`runtime`]).
+
+mod cgroup;
+mod create;
+pub mod helper;
+mod process;
+mod resolve;
+pub mod runtime;
+mod spec;
+mod state;
+mod stdio;
+mod tty;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use cgroup::Stats;
+pub use create::{CreateParams, ExecParams};
+pub use process::{ExitInfo, Stream};
+pub use spec::validate_id;
+
+use self::runtime::{Request, Runtime};
+use self::state::{Container, State};
+use crate::error::{AgentError, Result};
+use crate::init::reaper::{lock, Reaper};
+use crate::storage;
+
+/// How long RemoveContainer waits for a killed container when the request gives no timeout.
+pub const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Table {
+    live: HashMap<String, Arc<Container>>,
+    /// Ids being created.
+    reserved: HashSet<String>,
+    /// Whether containers share one pid namespace, and whose it is.
+    share_pid_ns: bool,
+    pid_ns_holder: Option<String>,
+}
+
+/// The pod's containers.
+pub struct Containers {
+    runtime: Runtime,
+    reaper: Arc<Reaper>,
+    table: Mutex<Table>,
+}
+
+/// Releases an id reservation when creation ends, successfully or not.
+struct Reservation<'a> {
+    table: &'a Mutex<Table>,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(self.table).reserved.remove(&self.id);
+    }
+}
+
+impl Containers {
+    pub fn new(reaper: Arc<Reaper>) -> Self {
+        Containers {
+            runtime: Runtime::new(Arc::clone(&reaper)),
+            reaper,
+            table: Mutex::new(Table::default()),
+        }
+    }
+
+    /// Later containers join the first one's pid namespace (CRI NamespaceMode POD).
+    pub fn share_pid_namespace(&self, share: bool) {
+        lock(&self.table).share_pid_ns = share;
+    }
+
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
+        let mut t = lock(&self.table);
+        if t.live.contains_key(id) || t.reserved.contains(id) {
+            return Err(AgentError::AlreadyExists(format!(
+                "container {id} already exists"
+            )));
+        }
+        t.reserved.insert(id.to_string());
+        Ok(Reservation {
+            table: &self.table,
+            id: id.to_string(),
+        })
+    }
+
+    fn insert(&self, container: Arc<Container>) {
+        let mut t = lock(&self.table);
+        if t.share_pid_ns && t.pid_ns_holder.is_none() {
+            t.pid_ns_holder = Some(container.id.clone());
+        }
+        t.live.insert(container.id.clone(), container);
+    }
+
+    /// `/proc/<pid>/ns/pid` of the pod's pid-namespace holder, when sharing and it lives.
+    fn pid_namespace_to_join(&self) -> Option<PathBuf> {
+        let t = lock(&self.table);
+        if !t.share_pid_ns {
+            return None;
+        }
+        let holder = t.live.get(t.pid_ns_holder.as_ref()?)?;
+        if holder.init.exited().is_some() {
+            return None;
+        }
+        Some(PathBuf::from(format!("/proc/{}/ns/pid", holder.init.pid)))
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        lock(&self.table)
+            .live
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("container {id} not found")))
+    }
+
+    /// Lets a created container's init exec its command.
+    pub async fn start(&self, id: &str) -> Result<()> {
+        let c = self.get(id)?;
+        let _op = c.lifecycle.lock().await;
+        c.require(&[State::Created], "start")?;
+        self.runtime
+            .call(Request::Start { id: id.to_string() }, Vec::new())
+            .await?;
+        c.mark_started();
+        tracing::info!(container_id = %id, pid = c.init.pid, "container started");
+        Ok(())
+    }
+
+    /// Kills (if needed) and deletes a container, unmounts its storages and forgets it.
+    pub async fn remove(&self, id: &str, timeout: Duration) -> Result<()> {
+        let c = self.get(id)?;
+        let _op = c.lifecycle.lock().await;
+        if c.state() != State::Stopped {
+            if let Err(e) = c.cgroup.signal_all(libc::SIGKILL) {
+                tracing::warn!(container_id = %id, error = %e, "kill cgroup members");
+            }
+            let _ = c.init.signal(libc::SIGKILL);
+            if tokio::time::timeout(timeout, c.init.wait()).await.is_err() {
+                return Err(AgentError::DeadlineExceeded(format!(
+                    "container {id} did not stop within {}s of SIGKILL",
+                    timeout.as_secs()
+                )));
+            }
+        }
+        self.runtime
+            .call(Request::Delete { id: id.to_string() }, Vec::new())
+            .await?;
+        storage::unmount_all(&c.storages);
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        let mut t = lock(&self.table);
+        t.live.remove(id);
+        if t.pid_ns_holder.as_deref() == Some(id) {
+            t.pid_ns_holder = None;
+        }
+        tracing::info!(container_id = %id, "container removed");
+        Ok(())
+    }
+
+    /// Removes every container (DestroySandbox); failures are logged.
+    pub async fn remove_all(&self) {
+        let ids: Vec<String> = lock(&self.table).live.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.remove(&id, DEFAULT_REMOVE_TIMEOUT).await {
+                tracing::error!(container_id = %id, error = %e, "remove failed during teardown");
+            }
+        }
+    }
+
+    /// Signals one process, or with `all` every process of the container.
+    pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        let sig = i32::try_from(signal)
+            .map_err(|_| AgentError::InvalidArgument(format!("signal {signal} is not valid")))?;
+        if all {
+            c.cgroup.signal_all(sig)
+        } else {
+            p.signal(sig)
+        }
+    }
+
+    /// Waits for a process to exit.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        let info = p.wait().await?;
+        c.forget_exec_if_finished(&p);
+        Ok(info)
+    }
+
+    pub async fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<usize> {
+        let p = self.get(id)?.process(exec_id)?;
+        p.write_stdin(data).await
+    }
+
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let p = self.get(id)?.process(exec_id)?;
+        p.close_stdin().await
+    }
+
+    /// Reads output; empty is end of stream.
+    pub async fn read(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stream: Stream,
+        len: usize,
+    ) -> Result<Vec<u8>> {
+        let c = self.get(id)?;
+        let p = c.process(exec_id)?;
+        let data = p.read(stream, len).await;
+        c.forget_exec_if_finished(&p);
+        Ok(data)
+    }
+
+    pub fn resize(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
+        let p = self.get(id)?.process(exec_id)?;
+        let dim = |v: u32, what: &str| {
+            u16::try_from(v)
+                .map_err(|_| AgentError::InvalidArgument(format!("{what} {v} is too large")))
+        };
+        p.resize(dim(rows, "rows")?, dim(cols, "cols")?)
+    }
+
+    pub fn stats(&self, id: &str) -> Result<Stats> {
+        Ok(self.get(id)?.cgroup.stats())
+    }
+
+    /// Applies new resource limits (OCI LinuxResources JSON).
+    pub fn update(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        let c = self.get(id)?;
+        let resources = cgroup::parse_resources(resources_json)?;
+        c.require(&[State::Created, State::Running], "update resources")?;
+        c.cgroup.update(&resources)
+    }
+}

@@ -1,0 +1,233 @@
+//! A process the agent started in a container (its init, exec_id "", or an exec): pid,
+//! stdio, terminal and exit status.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Mutex};
+
+use super::cgroup::Cgroup;
+use super::stdio::{spawn_pump, StreamBuffer, STREAM_CAPACITY};
+use crate::error::{AgentError, Result};
+use crate::init::reaper::Reaper;
+
+/// How a process ended, as WaitProcess reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub status: i32,
+    pub signal: i32,
+    pub exited_at_ns: i64,
+    pub oom_killed: bool,
+}
+
+/// Where the process's stdin goes.
+pub type StdinWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Which output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// The agent's ends of a process's I/O.
+pub struct ProcessIo {
+    /// `None` when the process was created without stdin.
+    pub stdin: Option<StdinWriter>,
+    pub stdout: Arc<StreamBuffer>,
+    pub stderr: Arc<StreamBuffer>,
+    /// The terminal's master side, for window resizes.
+    pub tty: Option<OwnedFd>,
+}
+
+impl ProcessIo {
+    /// I/O over pipes (non-terminal processes); starts the output pumps.
+    pub fn from_pipes(agent: super::stdio::AgentStdio) -> Self {
+        let stdout = StreamBuffer::new(STREAM_CAPACITY);
+        let stderr = StreamBuffer::new(STREAM_CAPACITY);
+        spawn_pump(agent.stdout, Arc::clone(&stdout));
+        spawn_pump(agent.stderr, Arc::clone(&stderr));
+        ProcessIo {
+            stdin: agent.stdin.map(|s| Box::new(s) as StdinWriter),
+            stdout,
+            stderr,
+            tty: None,
+        }
+    }
+}
+
+/// A started process.
+pub struct Process {
+    pub exec_id: String,
+    pub pid: i32,
+    had_stdin: bool,
+    stdin: Mutex<Option<StdinWriter>>,
+    stdout: Arc<StreamBuffer>,
+    stderr: Arc<StreamBuffer>,
+    tty: Option<OwnedFd>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    waited: AtomicBool,
+    stdout_ended: AtomicBool,
+    stderr_ended: AtomicBool,
+}
+
+impl Process {
+    /// Tracks `pid`: its exit is taken from the reaper and OOM kills are counted against the
+    /// cgroup's count at this moment.
+    pub fn track(
+        exec_id: &str,
+        pid: i32,
+        io: ProcessIo,
+        reaper: &Reaper,
+        cgroup: &Cgroup,
+    ) -> Arc<Self> {
+        let (tx, rx) = watch::channel(None);
+        let exited = reaper.watch(pid);
+        let oom_before = cgroup.oom_kills();
+        let cgroup = cgroup.clone();
+        let id = exec_id.to_string();
+        tokio::spawn(async move {
+            let Ok(exit) = exited.await else { return };
+            let oom_killed = cgroup.oom_kills() > oom_before;
+            tracing::info!(exec_id = %id, pid, status = exit.status, oom_killed, "process exited");
+            let _ = tx.send(Some(ExitInfo {
+                status: exit.status,
+                signal: exit.signal,
+                exited_at_ns: exit.at_unix_nanos(),
+                oom_killed,
+            }));
+        });
+        Arc::new(Process {
+            exec_id: exec_id.to_string(),
+            pid,
+            had_stdin: io.stdin.is_some(),
+            stdin: Mutex::new(io.stdin),
+            stdout: io.stdout,
+            stderr: io.stderr,
+            tty: io.tty,
+            exit: rx,
+            waited: AtomicBool::new(false),
+            stdout_ended: AtomicBool::new(false),
+            stderr_ended: AtomicBool::new(false),
+        })
+    }
+
+    /// The exit, if the process has exited.
+    pub fn exited(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&self) -> Result<ExitInfo> {
+        let mut rx = self.exit.clone();
+        let info = rx.wait_for(Option::is_some).await.map_err(|_| {
+            AgentError::Internal(format!("process {} lost its exit status", self.pid))
+        })?;
+        let info = info.ok_or_else(|| AgentError::Internal("exit status vanished".into()))?;
+        self.waited.store(true, Ordering::SeqCst);
+        Ok(info)
+    }
+
+    /// Sends a signal unless the process has already exited (its pid may be reused).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        if self.exited().is_some() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "process {:?} (pid {}) has already exited",
+                self.exec_id, self.pid
+            )));
+        }
+        send_signal(self.pid, signal)
+    }
+
+    /// Writes to stdin; returns the bytes written.
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<usize> {
+        let mut guard = self.stdin.lock().await;
+        let w = guard.as_mut().ok_or_else(|| self.stdin_unavailable())?;
+        w.write_all(data).await.map_err(|e| {
+            AgentError::FailedPrecondition(format!("stdin of process {:?}: {e}", self.exec_id))
+        })?;
+        w.flush().await.ok();
+        Ok(data.len())
+    }
+
+    /// Closes stdin (the process reads EOF). Closing twice is fine.
+    pub async fn close_stdin(&self) -> Result<()> {
+        if !self.had_stdin {
+            return Err(self.stdin_unavailable());
+        }
+        let mut guard = self.stdin.lock().await;
+        if let Some(mut w) = guard.take() {
+            let _ = w.shutdown().await;
+        }
+        Ok(())
+    }
+
+    fn stdin_unavailable(&self) -> AgentError {
+        if self.had_stdin {
+            AgentError::FailedPrecondition(format!("stdin of process {:?} is closed", self.exec_id))
+        } else {
+            AgentError::FailedPrecondition(format!(
+                "process {:?} was created without stdin",
+                self.exec_id
+            ))
+        }
+    }
+
+    /// Reads output; empty means end of stream.
+    pub async fn read(&self, stream: Stream, max: usize) -> Vec<u8> {
+        let (buf, ended) = match stream {
+            Stream::Stdout => (&self.stdout, &self.stdout_ended),
+            Stream::Stderr => (&self.stderr, &self.stderr_ended),
+        };
+        let data = buf.read(max).await;
+        if data.is_empty() {
+            ended.store(true, Ordering::SeqCst);
+        }
+        data
+    }
+
+    /// Sets the terminal's window size.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        let tty = self.tty.as_ref().ok_or_else(|| {
+            AgentError::FailedPrecondition(format!("process {:?} has no terminal", self.exec_id))
+        })?;
+        super::tty::set_window_size(tty.as_raw_fd(), rows, cols)
+            .map_err(|e| AgentError::internal("TIOCSWINSZ", e))
+    }
+
+    /// Exited, waited for, and both streams read to their end: nothing left to deliver.
+    pub fn is_finished(&self) -> bool {
+        self.exited().is_some()
+            && self.waited.load(Ordering::SeqCst)
+            && self.stdout_ended.load(Ordering::SeqCst)
+            && self.stderr_ended.load(Ordering::SeqCst)
+    }
+}
+
+/// kill(2) with a raw signal number (real-time signals included).
+pub fn send_signal(pid: i32, signal: i32) -> Result<()> {
+    if pid <= 0 {
+        // kill(0) or kill(-1) would hit the agent's own group or every process.
+        return Err(AgentError::Internal(format!(
+            "refusing to signal pid {pid}"
+        )));
+    }
+    if !(1..=libc::SIGRTMAX()).contains(&signal) {
+        return Err(AgentError::InvalidArgument(format!(
+            "signal {signal} is not valid"
+        )));
+    }
+    // SAFETY: kill(2) takes two integers and accesses no memory of ours.
+    let rc = unsafe { libc::kill(pid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        // Gone between our check and the signal: as good as delivered.
+        return Ok(());
+    }
+    Err(AgentError::internal(format!("kill({pid}, {signal})"), err))
+}

@@ -1,0 +1,46 @@
+//! vessel-agent: PID 1 of a pod's microVM. Boots the guest (init/), then serves the agent
+//! API over ttrpc on vsock port 1024 (rpc/), creating the pod's containers with
+//! libcontainer (container/) on storage it mounts (storage/). Started with
+//! `__vessel-libcontainer` it is instead the one-shot libcontainer helper.
+
+mod container;
+mod error;
+mod init;
+mod rpc;
+mod sandbox;
+mod storage;
+
+use std::process::ExitCode;
+
+use vessel_protocols::AGENT_VSOCK_PORT;
+
+/// Overrides the listen address in dev runs (e.g. `unix:///tmp/agent.sock`).
+const LISTEN_ENV: &str = "VESSEL_AGENT_LISTEN";
+
+fn main() -> ExitCode {
+    if container::helper::is_helper_invocation() {
+        return container::helper::main();
+    }
+    let boot = init::boot();
+    if boot.pid1 {
+        // PID 1 must never exit or abort (the kernel would panic): power off instead.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("vessel-agent: panic: {info}");
+            init::power::power_off(true);
+        }));
+    }
+    let listen =
+        std::env::var(LISTEN_ENV).unwrap_or_else(|_| format!("vsock://-1:{AGENT_VSOCK_PORT}"));
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(rpc::serve(&listen, boot.pid1)));
+    if let Err(e) = result {
+        tracing::error!(error = format!("{e:#}"), listen, "agent failed");
+    }
+    if boot.pid1 {
+        init::power::power_off(true);
+    }
+    ExitCode::FAILURE
+}

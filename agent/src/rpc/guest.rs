@@ -1,0 +1,110 @@
+//! Check, GetGuestDetails, SetGuestDateTime.
+
+use nix::sys::time::TimeSpec;
+use nix::time::{clock_settime, ClockId};
+use vessel_protocols::agent as api;
+
+use crate::error::{AgentError, Result};
+
+pub fn check() -> api::CheckResponse {
+    let mut r = api::CheckResponse::new();
+    r.status = api::check_response::ServingStatus::SERVING.into();
+    r
+}
+
+pub fn guest_details() -> Result<api::GuestDetails> {
+    let read =
+        |path: &str| std::fs::read_to_string(path).map_err(|e| AgentError::internal(path, e));
+    let mut d = api::GuestDetails::new();
+    d.agent_version = env!("CARGO_PKG_VERSION").to_string();
+    d.kernel_release = read("/proc/sys/kernel/osrelease")?.trim().to_string();
+    d.mem_total_bytes = mem_total_bytes(&read("/proc/meminfo")?);
+    d.online_cpus = count_cpus(&read("/sys/devices/system/cpu/online")?);
+    d.uptime_seconds = uptime_seconds(&read("/proc/uptime")?);
+    Ok(d)
+}
+
+pub fn set_date_time(req: &api::SetGuestDateTimeRequest) -> Result<()> {
+    if !(0..1_000_000_000).contains(&req.nsec) || req.sec < 0 {
+        return Err(AgentError::InvalidArgument(format!(
+            "time {}s {}ns is not valid",
+            req.sec, req.nsec
+        )));
+    }
+    let ts = TimeSpec::new(req.sec as _, req.nsec as _);
+    clock_settime(ClockId::CLOCK_REALTIME, ts)
+        .map_err(|e| AgentError::internal("clock_settime", e))?;
+    tracing::info!(sec = req.sec, "guest clock set");
+    Ok(())
+}
+
+/// `MemTotal:  123 kB` of /proc/meminfo, in bytes.
+pub fn mem_total_bytes(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Counts a CPU list such as `0-3,5,7-8`.
+pub fn count_cpus(list: &str) -> u32 {
+    list.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
+                (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                _ => 0,
+            },
+            None => u32::from(part.parse::<u32>().is_ok()),
+        })
+        .sum()
+}
+
+/// First field of /proc/uptime.
+pub fn uptime_seconds(uptime: &str) -> f64 {
+    uptime
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        assert_eq!(
+            mem_total_bytes("MemTotal:        2014732 kB\nMemFree: 1 kB\n"),
+            2014732 * 1024
+        );
+        assert_eq!(mem_total_bytes("nothing"), 0);
+        assert_eq!(count_cpus("0\n"), 1);
+        assert_eq!(count_cpus("0-3,5,7-8\n"), 7);
+        assert_eq!(count_cpus(""), 0);
+        assert_eq!(uptime_seconds("12.34 40.00\n"), 12.34);
+    }
+
+    #[test]
+    fn rejects_bad_time() {
+        let mut req = api::SetGuestDateTimeRequest::new();
+        req.sec = 1;
+        req.nsec = 1_000_000_000;
+        assert!(matches!(
+            set_date_time(&req),
+            Err(AgentError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn check_says_serving() {
+        assert_eq!(
+            check().status.enum_value(),
+            Ok(api::check_response::ServingStatus::SERVING)
+        );
+    }
+}
