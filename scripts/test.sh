@@ -9,4 +9,6 @@ scripts/setup.sh
 scripts/build-guest.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The end-to-end CRI tests start the daemon binary.
+cargo build --workspace --bins --quiet
 cargo test --workspace -- --test-threads=2

@@ -3,12 +3,19 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{umount2, MntFlags};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("read /proc/self/mountinfo: {0}")]
     MountInfo(std::io::Error),
+    #[error("create mount point {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mount {path}: {source}")]
+    Mount { path: PathBuf, source: nix::Error },
     #[error("unmount {path}: {source}")]
     Unmount { path: PathBuf, source: nix::Error },
     #[error("remove {path}: {source}")]
@@ -67,6 +74,46 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
                     source,
                 })
             }
+        }
+    }
+    Ok(())
+}
+
+/// Bind-mounts `source` (recursively) at `target`, creating the target (a file for a file
+/// source), read-only when asked.
+pub fn bind(source: &Path, target: &Path, is_file: bool, readonly: bool) -> Result<(), MountError> {
+    let io = |e: std::io::Error| MountError::Create {
+        path: target.to_owned(),
+        source: e,
+    };
+    if is_file {
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(target)
+            .map_err(io)?;
+    } else {
+        std::fs::create_dir_all(target).map_err(io)?;
+    }
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(|source| {
+        MountError::Mount {
+            path: target.to_owned(),
+            source,
+        }
+    })?;
+    if readonly {
+        let ro = flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(source) = mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            return Err(MountError::Mount {
+                path: target.to_owned(),
+                source,
+            });
         }
     }
     Ok(())

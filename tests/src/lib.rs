@@ -2,6 +2,7 @@
 //! printed SKIPPED line when something real is missing), pod VMs on the real guest image, and
 //! busybox container rootfs trees.
 
+pub mod cri;
 pub mod leftovers;
 pub mod rootfs;
 

@@ -105,6 +105,7 @@ async fn two_pod_vms_run_side_by_side() {
     let (a, b) = tokio::join!(env.start_vm("pod-a"), env.start_vm("pod-b"));
     assert_ne!(a.run_dir(), b.run_dir());
     assert_ne!(a.vmm_pid(), b.vmm_pid());
+    assert_ne!(a.record().vm.config.cid, b.record().vm.config.cid);
     // Same container name in both pods: each sees its own hostname and files.
     for vm in [&a, &b] {
         create_busybox_container(vm, "c", &["sh", "-c", "cat /etc/marker"])

@@ -86,11 +86,11 @@ impl QemuVm {
     }
 
     fn vhost_vsock_socket(&self) -> PathBuf {
-        self.config.run_dir.join("vhost-vsock.sock")
+        self.config.run_dir.join("vsock.sock")
     }
 
     fn virtiofs_socket(&self) -> PathBuf {
-        self.config.run_dir.join("virtiofs.sock")
+        self.config.run_dir.join("fs.sock")
     }
 
     fn log(&self, name: &str) -> PathBuf {
