@@ -119,6 +119,25 @@ pub fn bind(source: &Path, target: &Path, is_file: bool, readonly: bool) -> Resu
     Ok(())
 }
 
+/// Makes `dir` a mount point of its own with shared propagation, so mounts made below it
+/// later (container rootfs overlays, CRI volumes) also appear in mount namespaces copied from
+/// it before they were made, such as virtiofsd's sandbox.
+pub fn make_shared_mountpoint(dir: &Path) -> Result<(), MountError> {
+    let err = |source| MountError::Mount {
+        path: dir.to_owned(),
+        source,
+    };
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(err)
+}
+
 /// Unmounts everything below `dir`, then deletes it; a missing `dir` is fine.
 pub fn remove_dir_unmounted(dir: &Path) -> Result<(), MountError> {
     if !dir.exists() {

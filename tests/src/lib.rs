@@ -102,6 +102,14 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// A failed test may leave mounts below the state dir: detach them before the temp dir
+    /// is deleted, so deletion never reaches into a bind-mounted source.
+    fn drop(&mut self) {
+        let _ = vessel_shim::mounts::unmount_all_under(self.state.path());
+    }
+}
+
 /// Resolves a program like a shell would.
 pub fn which(program: &Path) -> Option<PathBuf> {
     if program.components().count() > 1 {

@@ -21,10 +21,15 @@ async fn container_lifecycle_in_a_pod_vm() {
         .await
         .expect("agent health");
 
-    // A container that prints and exits 3.
-    create_busybox_container(&vm, "c1", &["sh", "-c", "echo hello; exit 3"])
-        .await
-        .expect("create c1");
+    // A container that prints and exits 3. Its rootfs is bind-mounted into the shared dir
+    // after the VM started, as container rootfs overlays are: the mount must reach the guest.
+    let source = env.state_dir().join("c1-rootfs");
+    vessel_tests::rootfs::busybox_rootfs(&source).expect("busybox rootfs");
+    vessel_shim::mounts::bind(&source, &vm.shared_dir().join("c1/rootfs"), false, true)
+        .expect("bind rootfs into the shared dir");
+    let args: Vec<String> = ["sh", "-c", "echo hello; exit 3"].map(String::from).into();
+    let spec = vessel_shim::oci::container_spec("c1", &args, &[]).expect("spec");
+    create_container(&vm, "c1", &spec).await.expect("create c1");
     start_container(&vm, "c1").await.expect("start c1");
     let done = within(60, "c1", finish(vm.agent(), "c1", ""))
         .await

@@ -108,6 +108,10 @@ impl PodVm {
             path: shared_dir.clone(),
             source,
         })?;
+        if let Err(e) = mounts::make_shared_mountpoint(&shared_dir) {
+            let _ = mounts::remove_dir_unmounted(&run_dir);
+            return Err(e.into());
+        }
         let cid = CidAllocator::global().allocate();
         let config = VmConfig {
             id: spec.id.clone(),
