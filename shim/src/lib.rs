@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod hypervisor;
+pub mod image;
 pub mod logs;
 pub mod mounts;
 pub mod oci;

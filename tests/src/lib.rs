@@ -4,6 +4,7 @@
 
 pub mod cri;
 pub mod leftovers;
+pub mod oci_layout;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};
