@@ -10,6 +10,7 @@ pub mod image;
 pub mod logs;
 pub mod mounts;
 pub mod oci;
+pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod store;

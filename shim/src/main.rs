@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use vessel_shim::config::Config;
 use vessel_shim::hypervisor::{probe_kvm, select};
+use vessel_shim::runtime::{Dirs, Runtime};
+use vessel_shim::server::serve;
 
 /// vessel's host daemon: one KVM microVM per Kubernetes pod.
 #[derive(Debug, Parser)]
@@ -44,16 +46,37 @@ async fn main() -> Result<()> {
             tracing::warn!(path = %path.display(), "{what} missing: build it with scripts/build-guest.sh");
         }
     }
-    for dir in [&flags.root, &flags.state] {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let dirs = Dirs {
+        root: flags.root.clone(),
+        state: flags.state.clone(),
+    };
+    let runtime = Runtime::start(config, dirs, selection)
+        .await
+        .context("start runtime")?;
+    serve(runtime.clone(), &flags.socket, shutdown_signal())
+        .await
+        .context("serve CRI")?;
+    tracing::info!("vessel-shim stopped; pod VMs keep running and are adopted at the next start");
+    // Exit without dropping the runtime: dropping would stop the pod VMs' processes.
+    std::process::exit(0);
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
     }
-    tracing::info!(
-        socket = %flags.socket.display(),
-        root = %flags.root.display(),
-        state = %flags.state.display(),
-        "vessel-shim started; the CRI server is not wired in yet"
-    );
-    tokio::signal::ctrl_c().await.context("wait for signal")?;
-    tracing::info!("vessel-shim stopping");
-    Ok(())
+    tracing::info!("shutdown signal received");
 }

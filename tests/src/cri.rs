@@ -131,7 +131,10 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kills the daemon; a test that failed midway may leave pod VMs and mounts, which are
+    /// cleaned up too (a passing test has removed them through the CRI already).
     fn drop(&mut self) {
         self.kill();
+        crate::leftovers::kill_and_unmount(self.dir.path());
     }
 }

@@ -3,27 +3,45 @@
 
 use std::path::Path;
 
+/// Pid and command line of every process whose command line names `dir`.
+fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
+    let needle = dir.display().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// After a failed test: SIGKILLs every process naming `dir` (VMs a killed daemon left
+/// running) and detaches every mount below it, so deleting `dir` is safe.
+pub fn kill_and_unmount(dir: &Path) {
+    for (pid, _) in processes_naming(dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_naming(dir).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = vessel_shim::mounts::unmount_all_under(dir);
+}
+
 /// Every leftover of the pod whose runtime dir is `run_dir`, as readable lines.
 pub fn leftovers(run_dir: &Path) -> Vec<String> {
     let needle = run_dir.display().to_string();
     let mut found = Vec::new();
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(pid) = name
-                .to_str()
-                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-            else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&needle) {
-                found.push(format!("process {pid}: {cmdline}"));
-            }
-        }
+    for (pid, cmdline) in processes_naming(run_dir) {
+        found.push(format!("process {pid}: {cmdline}"));
     }
     if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
         for line in info.lines() {

@@ -18,23 +18,13 @@ mod test_layout;
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 pub use layout::{open_layout, LocalImage};
 pub use reference::{parse_reference, LayoutRef};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
 pub use unpack::{unpack_layer, Compression, LayerError};
 
 /// The defaults an image gives its containers (from the image config's `config` object).
-// TODO(lead): move to oci (crate::oci::ImageDefaults is being written there; same shape).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ImageDefaults {
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub env: Vec<String>,
-    pub working_dir: String,
-    pub user: String,
-}
+pub use crate::oci::ImageDefaults;
 
 /// Why an image could not be opened or its rootfs mounted. Messages name the image reference
 /// and the file or digest at fault.

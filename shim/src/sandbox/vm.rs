@@ -312,6 +312,15 @@ impl VmRemains {
 
 /// Mounts the shared dir in the guest and sets the pod's identity.
 async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmError> {
+    // The guest booted with the RTC's whole seconds: give it the host's time, so times the
+    // agent reports (process exits) compare with the host's.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut time = api::SetGuestDateTimeRequest::new();
+    time.sec = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    time.nsec = i64::from(now.subsec_nanos());
+    agent.set_guest_date_time(time).await?;
     let mut shared = api::Storage::new();
     shared.driver = "virtiofs".into();
     shared.source = SHARED_FS_TAG.into();

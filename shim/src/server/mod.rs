@@ -1,3 +1,165 @@
-//! The CRI server: gRPC services on the CRI Unix socket.
+//! The CRI server: RuntimeService on the CRI Unix socket, behind the `:authority` fix for
+//! older gRPC clients.
 
 pub mod authority;
+pub mod instrument;
+pub mod runtime;
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+use vessel_protocols::cri;
+use vessel_protocols::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
+
+use self::authority::AuthorityFixStream;
+use self::instrument::call;
+use crate::runtime::{Runtime, RuntimeError};
+
+/// kubelet's default gRPC message limit; ExecSync output can be that large.
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// The RuntimeService over the runtime core.
+#[derive(Clone)]
+pub struct CriService {
+    runtime: Arc<Runtime>,
+}
+
+impl CriService {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+impl Connected for AuthorityFixStream<UnixStream> {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+/// Serves CRI on `socket` until `shutdown` completes. A stale socket file is replaced.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    socket: &Path,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ServeError::Bind(socket.to_owned(), e))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ServeError::Bind(socket.to_owned(), e)),
+    }
+    let listener =
+        UnixListener::bind(socket).map_err(|e| ServeError::Bind(socket.to_owned(), e))?;
+    tracing::info!(socket = %socket.display(), "serving CRI");
+    let incoming = UnixListenerStream::new(listener).map(|s| s.map(AuthorityFixStream::new));
+    let service = RuntimeServiceServer::new(CriService::new(runtime))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    let _ = std::fs::remove_file(socket);
+    result.map_err(ServeError::Serve)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("bind CRI socket {0}: {1}")]
+    Bind(std::path::PathBuf, std::io::Error),
+    #[error("CRI server: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+/// Implements RuntimeService: each listed RPC calls its handler through [`call`]; the
+/// remaining items are written out. (`async_trait` must see the expanded methods, so the
+/// whole impl block is generated here.)
+macro_rules! runtime_service {
+    ($($name:ident: $req:ident -> $resp:ident = $handler:path;)* { $($rest:tt)* }) => {
+        #[tonic::async_trait]
+        impl RuntimeService for CriService {
+            $(
+                async fn $name(&self, request: Request<cri::$req>) -> Result<Response<cri::$resp>, Status> {
+                    call(stringify!($name), $handler(&self.runtime, request.into_inner())).await
+                }
+            )*
+            $($rest)*
+        }
+    };
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    instrument::status(&RuntimeError::Unimplemented(format!(
+        "{rpc} is not supported by vessel"
+    )))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+runtime_service! {
+        version: VersionRequest -> VersionResponse = runtime::version::version;
+        status: StatusRequest -> StatusResponse = runtime::version::status;
+        update_runtime_config: UpdateRuntimeConfigRequest -> UpdateRuntimeConfigResponse = runtime::version::update_runtime_config;
+        runtime_config: RuntimeConfigRequest -> RuntimeConfigResponse = runtime::version::runtime_config;
+        run_pod_sandbox: RunPodSandboxRequest -> RunPodSandboxResponse = runtime::sandbox::run;
+        stop_pod_sandbox: StopPodSandboxRequest -> StopPodSandboxResponse = runtime::sandbox::stop;
+        remove_pod_sandbox: RemovePodSandboxRequest -> RemovePodSandboxResponse = runtime::sandbox::remove;
+        pod_sandbox_status: PodSandboxStatusRequest -> PodSandboxStatusResponse = runtime::sandbox::status;
+        list_pod_sandbox: ListPodSandboxRequest -> ListPodSandboxResponse = runtime::sandbox::list;
+        create_container: CreateContainerRequest -> CreateContainerResponse = runtime::container::create;
+        start_container: StartContainerRequest -> StartContainerResponse = runtime::container::start;
+        stop_container: StopContainerRequest -> StopContainerResponse = runtime::container::stop;
+        remove_container: RemoveContainerRequest -> RemoveContainerResponse = runtime::container::remove;
+        list_containers: ListContainersRequest -> ListContainersResponse = runtime::container::list;
+        container_status: ContainerStatusRequest -> ContainerStatusResponse = runtime::container::status;
+        update_container_resources: UpdateContainerResourcesRequest -> UpdateContainerResourcesResponse = runtime::container::update_resources;
+        reopen_container_log: ReopenContainerLogRequest -> ReopenContainerLogResponse = runtime::container::reopen_log;
+        exec_sync: ExecSyncRequest -> ExecSyncResponse = runtime::exec::exec_sync;
+        exec: ExecRequest -> ExecResponse = runtime::exec::exec;
+        attach: AttachRequest -> AttachResponse = runtime::exec::attach;
+        port_forward: PortForwardRequest -> PortForwardResponse = runtime::exec::port_forward;
+        container_stats: ContainerStatsRequest -> ContainerStatsResponse = runtime::stats::container;
+        list_container_stats: ListContainerStatsRequest -> ListContainerStatsResponse = runtime::stats::list_containers;
+        pod_sandbox_stats: PodSandboxStatsRequest -> PodSandboxStatsResponse = runtime::stats::pod;
+        list_pod_sandbox_stats: ListPodSandboxStatsRequest -> ListPodSandboxStatsResponse = runtime::stats::list_pods;
+    {
+
+    type GetContainerEventsStream = EventStream;
+
+    async fn checkpoint_container(
+        &self,
+        _: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    async fn get_container_events(
+        &self,
+        _: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+}
+}

@@ -1,0 +1,373 @@
+//! OCI runtime specs for containers in a pod VM, in guest terms (paths as the agent sees them),
+//! derived from the CRI config the way containerd's CRI plugin derives them
+//! (`internal/cri/server/container_create_linux.go`, `internal/cri/opts/spec_opts.go`).
+//!
+//! [`build_container_spec`] is the entry point; each part of the spec has its own module:
+//! `process` (args, env, cwd, rlimits), `user` (uid/gid, names resolved by `etc_files`),
+//! `capabilities`, `mounts`, `resources` (both directions, for UpdateContainerResources
+//! too), `security` (privileged, masked paths, namespaces), `sysctls` (container or guest)
+//! and `annotations`.
+//! Every validation error is [`SpecError::Invalid`] naming the CRI field at fault, so the
+//! gRPC status can name it.
+
+mod annotations;
+mod capabilities;
+mod etc_files;
+mod mounts;
+mod process;
+mod resources;
+mod security;
+mod sysctls;
+mod user;
+
+#[cfg(test)]
+mod testing;
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{RootBuilder, Spec};
+use vessel_protocols::cri;
+
+pub use resources::{cri_to_oci_resources, oci_to_cri_resources};
+pub use sysctls::{pod_sysctls, PodSysctls};
+
+/// Where the agent mounts the pod's shared dir (virtio-fs) in the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/vessel/shared";
+
+/// The default `PATH` of a container process.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why a spec could not be built. [`SpecError::Invalid`] is the caller's fault (a CRI field);
+/// the rest are the image's or ours.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A CRI field is invalid; `field` is its path in the request (`linux.resources.cpu_period`,
+    /// `mounts[2].container_path`, `sandbox_config.linux.sysctls[kernel.x]`, …).
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// The image's `User` does not resolve in the container's rootfs.
+    #[error("image user {user:?}: {reason}")]
+    ImageUser { user: String, reason: String },
+    /// A file of the rootfs (/etc/passwd, /etc/group) could not be read.
+    #[error("read {}: {source}", path.display())]
+    Rootfs {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("build OCI spec: {0}")]
+    Build(#[from] oci_spec::OciSpecError),
+    #[error("encode OCI spec: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl SpecError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Puts `prefix.` in front of the field of an [`SpecError::Invalid`].
+    pub(crate) fn within(self, prefix: &str) -> Self {
+        match self {
+            Self::Invalid { field, reason } => Self::Invalid {
+                field: format!("{prefix}.{field}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+}
+
+/// What the image says about running it (from the OCI image config's `config` object).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageDefaults {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// A CRI mount after the runtime made the host path visible in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestMount {
+    pub container_path: String,
+    pub guest_source: String,
+    pub readonly: bool,
+    /// A `cri::MountPropagation`.
+    pub propagation: i32,
+}
+
+/// Everything a container's spec is derived from.
+#[derive(Debug, Clone)]
+pub struct ContainerSpecInput<'a> {
+    pub container_id: &'a str,
+    pub pod: &'a cri::PodSandboxConfig,
+    pub container: &'a cri::ContainerConfig,
+    pub image: &'a ImageDefaults,
+    /// Host path of the container rootfs, to resolve user and group names from its
+    /// /etc/passwd and /etc/group. Empty: no rootfs to consult (names then fail to resolve,
+    /// numeric ids are taken as they are).
+    pub rootfs_host: &'a Path,
+    /// Guest path of the rootfs (usually [`guest_rootfs`]`(container_id)`).
+    pub rootfs_guest: String,
+    /// The guest view of `container.mounts`, in the same order.
+    pub mounts: Vec<GuestMount>,
+    /// Guest paths of the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname, bind-mounted
+    /// unless the container mounts its own there.
+    pub etc_hosts: Option<String>,
+    pub resolv_conf: Option<String>,
+    pub hostname_file: Option<String>,
+    /// Guest path of the pid namespace to join (e.g. `/proc/<pid>/ns/pid`) when the pod
+    /// shares one; `None`: the container's own pid namespace.
+    pub pod_pid_namespace: Option<String>,
+}
+
+/// Guest path of a container's rootfs, below the shared dir.
+pub fn guest_rootfs(container_id: &str) -> String {
+    format!("{GUEST_SHARED_DIR}/{container_id}/rootfs")
+}
+
+/// The hostname of a pod's containers: the pod's, else its name.
+pub fn pod_hostname(pod: &cri::PodSandboxConfig) -> String {
+    if !pod.hostname.is_empty() {
+        return pod.hostname.clone();
+    }
+    pod.metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default()
+}
+
+/// Derives the OCI spec of a container from its CRI config, the pod's, and its image.
+pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, SpecError> {
+    let security = security::Security::of(input.pod, input.container)?;
+    let hostname = pod_hostname(input.pod);
+    let user = user::resolve(input.rootfs_host, input.container, input.image)?;
+    let caps = capabilities::for_container(security.privileged, security.context)?;
+    let resources = input
+        .container
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref());
+    let process = process::build(&process::ProcessInput {
+        container: input.container,
+        image: input.image,
+        hostname: &hostname,
+        user,
+        capabilities: caps,
+        no_new_privileges: security.context.is_some_and(|c| c.no_new_privs),
+        oom_score_adj: resources.map(|r| r.oom_score_adj),
+    })?;
+    let (mounts, rootfs_propagation) = mounts::build(&mounts::MountInput {
+        cri_mounts: &input.mounts,
+        privileged: security.privileged,
+        readonly_rootfs: security.readonly_rootfs(),
+        etc_hosts: input.etc_hosts.as_deref(),
+        resolv_conf: input.resolv_conf.as_deref(),
+        hostname_file: input.hostname_file.as_deref(),
+    })?;
+    let mut linux = security.linux(input.pod_pid_namespace.as_deref())?;
+    linux.set_cgroups_path(Some(PathBuf::from(format!(
+        "/vessel/{}",
+        input.container_id
+    ))));
+    linux.set_rootfs_propagation(rootfs_propagation);
+    let mut oci_resources = match resources {
+        Some(r) => resources::convert(r).map_err(|e| e.within("linux.resources"))?,
+        None => Default::default(),
+    };
+    oci_resources.set_devices(Some(security.device_rules()?));
+    linux.set_resources(Some(oci_resources));
+
+    let mut spec = Spec::default();
+    spec.set_hostname((!hostname.is_empty()).then_some(hostname));
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(&input.rootfs_guest)
+            .readonly(security.readonly_rootfs())
+            .build()?,
+    ));
+    spec.set_mounts(Some(mounts));
+    spec.set_process(Some(process));
+    spec.set_linux(Some(linux));
+    spec.set_annotations(Some(annotations::build(input.pod, input.container)));
+    Ok(spec)
+}
+
+/// A spec for `args` with the runtime defaults and no CRI config: what tests use to run a
+/// command in a bare container. `env` (`KEY=value`) is added to the default `PATH`; the
+/// hostname is the container id (cut to 63 characters); no_new_privileges is set.
+pub fn container_spec(
+    container_id: &str,
+    args: &[String],
+    env: &[String],
+) -> Result<Spec, SpecError> {
+    let pod = cri::PodSandboxConfig {
+        hostname: container_id.chars().take(63).collect(),
+        ..Default::default()
+    };
+    let container = cri::ContainerConfig {
+        command: args.to_vec(),
+        envs: env
+            .iter()
+            .map(|e| {
+                let (key, value) = e.split_once('=').unwrap_or((e, ""));
+                cri::KeyValue {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                }
+            })
+            .collect(),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                no_new_privs: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    build_container_spec(&ContainerSpecInput {
+        container_id,
+        pod: &pod,
+        container: &container,
+        image: &ImageDefaults::default(),
+        rootfs_host: Path::new(""),
+        rootfs_guest: guest_rootfs(container_id),
+        mounts: Vec::new(),
+        etc_hosts: None,
+        resolv_conf: None,
+        hostname_file: None,
+        pod_pid_namespace: None,
+    })
+}
+
+/// The spec as the agent API carries it.
+pub fn to_json(spec: &Spec) -> Result<Vec<u8>, SpecError> {
+    Ok(serde_json::to_vec(spec)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::LinuxNamespaceType;
+
+    use super::testing::{container, input, pod, Rootfs};
+    use super::*;
+
+    #[test]
+    fn legacy_spec_has_own_namespaces_but_not_network() {
+        let spec = container_spec("c1", &["sh".into(), "-c".into(), "true".into()], &[]).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let types: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(types.contains(&LinuxNamespaceType::Pid));
+        assert!(types.contains(&LinuxNamespaceType::Mount));
+        assert!(!types.contains(&LinuxNamespaceType::Network));
+        assert_eq!(
+            spec.root().as_ref().unwrap().path().to_str(),
+            Some("/run/vessel/shared/c1/rootfs")
+        );
+        assert_eq!(spec.hostname().as_deref(), Some("c1"));
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.args().as_ref().unwrap()[0], "sh");
+        let json = String::from_utf8(to_json(&spec).unwrap()).unwrap();
+        assert!(json.contains("\"cgroupsPath\":\"/vessel/c1\""), "{json}");
+    }
+
+    #[test]
+    fn legacy_spec_keeps_given_env() {
+        let spec = container_spec("c1", &["true".into()], &["A=1".into(), "B=x=y".into()]).unwrap();
+        let env = spec.process().as_ref().unwrap().env().clone().unwrap();
+        assert!(env.contains(&DEFAULT_PATH.to_string()), "{env:?}");
+        assert!(env.contains(&"A=1".to_string()), "{env:?}");
+        assert!(env.contains(&"B=x=y".to_string()), "{env:?}");
+    }
+
+    #[test]
+    fn builds_a_complete_spec() {
+        let rootfs = Rootfs::new();
+        let pod = pod();
+        let mut ctr = container(&["/bin/app"]);
+        ctr.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: 512,
+                memory_limit_in_bytes: 64 << 20,
+                oom_score_adj: 100,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                readonly_rootfs: true,
+                run_as_username: "app".into(),
+                ..Default::default()
+            }),
+        });
+        let image = ImageDefaults::default();
+        let spec = build_container_spec(&input("c9", &pod, &ctr, &image, rootfs.path())).unwrap();
+        assert_eq!(spec.hostname().as_deref(), Some("web-0"));
+        let root = spec.root().as_ref().unwrap();
+        assert_eq!(root.readonly(), Some(true));
+        assert_eq!(root.path(), Path::new(&guest_rootfs("c9")));
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.user().uid(), 1000);
+        assert_eq!(process.oom_score_adj(), Some(100));
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/vessel/c9"))
+        );
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.cpu().as_ref().unwrap().shares(), Some(512));
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert!(res.devices().as_ref().is_some_and(|d| !d.is_empty()));
+        let annotations = spec.annotations().as_ref().unwrap();
+        assert_eq!(annotations["io.kubernetes.cri.container-name"], "app");
+        // The whole spec goes through the agent's JSON and back unchanged.
+        let back: Spec = serde_json::from_slice(&to_json(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn resource_errors_name_the_container_field() {
+        let pod = pod();
+        let mut ctr = container(&["/bin/app"]);
+        ctr.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_period: -1,
+                ..Default::default()
+            }),
+            security_context: None,
+        });
+        let image = ImageDefaults::default();
+        let e = build_container_spec(&input("c1", &pod, &ctr, &image, Path::new(""))).unwrap_err();
+        assert!(
+            matches!(&e, SpecError::Invalid { field, .. } if field == "linux.resources.cpu_period"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("invalid linux.resources.cpu_period: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn hostname_falls_back_to_the_pod_name() {
+        let mut p = pod();
+        p.hostname.clear();
+        assert_eq!(pod_hostname(&p), "web-0-pod");
+        assert_eq!(pod_hostname(&cri::PodSandboxConfig::default()), "");
+        let ctr = container(&["x"]);
+        let image = ImageDefaults::default();
+        let spec = build_container_spec(&input("c1", &p, &ctr, &image, Path::new(""))).unwrap();
+        assert_eq!(spec.hostname().as_deref(), Some("web-0-pod"));
+    }
+}

@@ -1,0 +1,375 @@
+//! CreateContainer: image → overlay rootfs in the pod's shared dir, CRI mounts bound there,
+//! the OCI spec derived from the CRI config, the container created by the agent. Any failure
+//! undoes what was done.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use vessel_protocols::agent as api;
+use vessel_protocols::cri;
+
+use super::names::container_key;
+use super::watch::start_pumps;
+use super::{
+    lock, new_id, now_ns, write, Container, ContainerRecord, ContainerState, Runtime, RuntimeError,
+};
+use crate::image;
+use crate::logs::LogFile;
+use crate::mounts;
+use crate::oci::{self, ContainerSpecInput, GuestMount, GUEST_SHARED_DIR};
+
+/// Where a pod's shared files for all containers live, relative to the shared dir.
+const POD_FILES: &str = ".pod";
+
+/// The absolute CRI log path: `log_directory/log_path`, which must not escape the directory.
+pub(super) fn log_path(
+    pod: &cri::PodSandboxConfig,
+    container: &cri::ContainerConfig,
+) -> Result<Option<PathBuf>, RuntimeError> {
+    if container.log_path.is_empty() {
+        return Ok(None);
+    }
+    if pod.log_directory.is_empty() {
+        return Err(RuntimeError::invalid(
+            "log_path",
+            "set but the pod has no log_directory",
+        ));
+    }
+    let rel = Path::new(&container.log_path);
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(RuntimeError::invalid(
+            "log_path",
+            format!("{:?} escapes the pod's log directory", container.log_path),
+        ));
+    }
+    Ok(Some(Path::new(&pod.log_directory).join(rel)))
+}
+
+/// Host-side files of a container being created, removed again if creation fails.
+struct Staged {
+    dir: PathBuf,
+    rootfs: PathBuf,
+    scratch: PathBuf,
+    mount_dir: PathBuf,
+}
+
+impl Staged {
+    fn undo(&self) {
+        let _ = image::unmount_rootfs(&self.rootfs);
+        let _ = mounts::remove_dir_unmounted(&self.dir);
+        let _ = mounts::remove_dir_unmounted(&self.scratch);
+    }
+}
+
+impl Runtime {
+    /// Creates a container in a ready pod; returns its id.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+        pod_config: Option<cri::PodSandboxConfig>,
+    ) -> Result<String, RuntimeError> {
+        let pod = self.pod(pod_id)?;
+        let agent = pod.agent()?;
+        let pod_config = pod_config.unwrap_or_else(|| pod.record().config);
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| RuntimeError::invalid("config.metadata", "missing"))?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::invalid("config.metadata.name", "empty"));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(RuntimeError::invalid("config.image.image", "empty"));
+        }
+        let log_path = log_path(&pod_config, &config)?;
+        let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
+        let key = container_key(pod_id, &meta.name, meta.attempt);
+        let reserved = lock(&self.names).reserve(key.clone(), &id);
+        if let Err(existing) = reserved {
+            return Err(RuntimeError::AlreadyExists(format!(
+                "container name {:?} (attempt {}) is already used by {existing} in pod {pod_id}",
+                meta.name, meta.attempt
+            )));
+        }
+        let created = self
+            .create_in_pod(
+                &id,
+                pod_id,
+                &pod_config,
+                &config,
+                &image_name,
+                log_path,
+                &agent,
+            )
+            .await;
+        match created {
+            Ok(container) => {
+                let container = Arc::new(container);
+                container.set_pumps(start_pumps(&container, &agent));
+                write(&self.containers).insert(id.clone(), container);
+                Ok(id)
+            }
+            Err(e) => {
+                lock(&self.names).release(&key);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in_pod(
+        &self,
+        id: &str,
+        pod_id: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: &cri::ContainerConfig,
+        image_name: &str,
+        log_path: Option<PathBuf>,
+        agent: &crate::sandbox::AgentClient,
+    ) -> Result<Container, RuntimeError> {
+        let image =
+            image::open_layout(image_name, &self.dirs.root.join("layers")).map_err(|e| {
+                RuntimeError::NotFound {
+                    what: "image",
+                    id: format!("{image_name} ({e})"),
+                }
+            })?;
+        let pod_dir = self.dirs.state.join("pods").join(pod_id);
+        let shared = pod_dir.join("shared");
+        let dir = shared.join(id);
+        let staged = Staged {
+            rootfs: dir.join("rootfs"),
+            mount_dir: dir.join("mounts"),
+            scratch: pod_dir.join("scratch").join(id),
+            dir,
+        };
+        let result = self
+            .stage_and_create(id, pod_config, config, &image, &shared, &staged, agent)
+            .await;
+        match result {
+            Ok(process) => {
+                let log = match &log_path {
+                    Some(path) => Some(Arc::new(LogFile::open(path).map_err(|e| {
+                        RuntimeError::Internal(format!("open log {}: {e}", path.display()))
+                    })?)),
+                    None => None,
+                };
+                let record = ContainerRecord {
+                    id: id.to_owned(),
+                    sandbox_id: pod_id.to_owned(),
+                    config: config.clone(),
+                    image: image_name.to_owned(),
+                    image_ref: image.id.clone(),
+                    log_path,
+                    process,
+                    rootfs: staged.rootfs.clone(),
+                    scratch: staged.scratch.clone(),
+                    mount_dir: staged.dir.clone(),
+                    created_at_ns: now_ns(),
+                    started_at_ns: 0,
+                    finished_at_ns: 0,
+                    exit_code: 0,
+                    reason: String::new(),
+                    message: String::new(),
+                    state: ContainerState::Created,
+                };
+                self.persist_container(&record)?;
+                Ok(Container::new(record, log))
+            }
+            Err(e) => {
+                staged.undo();
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn stage_and_create(
+        &self,
+        id: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: &cri::ContainerConfig,
+        image: &image::LocalImage,
+        shared: &Path,
+        staged: &Staged,
+        agent: &crate::sandbox::AgentClient,
+    ) -> Result<oci_spec::runtime::Process, RuntimeError> {
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| RuntimeError::Internal(format!("{what}: {e}"));
+        std::fs::create_dir_all(&staged.rootfs).map_err(|e| internal("create rootfs dir", &e))?;
+        image::mount_rootfs(&image.layers, &staged.scratch, &staged.rootfs)
+            .map_err(|e| internal("mount rootfs", &e))?;
+        let guest_mounts = bind_cri_mounts(id, config, &staged.mount_dir)?;
+        let pod_files = write_pod_files(shared, pod_config)?;
+        let spec = oci::build_container_spec(&ContainerSpecInput {
+            container_id: id,
+            pod: pod_config,
+            container: config,
+            image: &image.defaults,
+            rootfs_host: &staged.rootfs,
+            rootfs_guest: oci::guest_rootfs(id),
+            mounts: guest_mounts,
+            etc_hosts: Some(pod_files.hosts),
+            resolv_conf: Some(pod_files.resolv_conf),
+            hostname_file: Some(pod_files.hostname),
+            pod_pid_namespace: None,
+        })
+        .map_err(spec_error)?;
+        let mut req = api::CreateContainerRequest::new();
+        req.container_id = id.to_owned();
+        req.spec_json = oci::to_json(&spec).map_err(spec_error)?;
+        req.stdin = config.stdin;
+        agent.create_container(req).await?;
+        Ok(spec.process().clone().unwrap_or_default())
+    }
+
+    /// Unmounts and deletes a container's host files (rootfs, scratch, CRI mount points).
+    pub(super) fn release_container_files(&self, record: &ContainerRecord) {
+        let _ = image::unmount_rootfs(&record.rootfs);
+        for dir in [&record.mount_dir, &record.scratch] {
+            if let Err(e) = mounts::remove_dir_unmounted(dir) {
+                tracing::warn!(container_id = %record.id, error = %e, "remove container files");
+            }
+        }
+    }
+}
+
+fn spec_error(e: oci::SpecError) -> RuntimeError {
+    match e {
+        oci::SpecError::Invalid { field, reason } => {
+            RuntimeError::InvalidArgument { field, reason }
+        }
+        oci::SpecError::ImageUser { user, reason } => RuntimeError::InvalidArgument {
+            field: "user".into(),
+            reason: format!("{user:?}: {reason}"),
+        },
+        other => RuntimeError::Internal(other.to_string()),
+    }
+}
+
+/// Bind-mounts each CRI mount's host path into the container's mount dir (inside the shared
+/// dir), read-only where asked; returns the guest view of each.
+fn bind_cri_mounts(
+    id: &str,
+    config: &cri::ContainerConfig,
+    mount_dir: &Path,
+) -> Result<Vec<GuestMount>, RuntimeError> {
+    let mut out = Vec::new();
+    for (i, m) in config.mounts.iter().enumerate() {
+        let field = format!("mounts[{i}].host_path");
+        if !m.host_path.starts_with('/') {
+            return Err(RuntimeError::invalid(
+                field,
+                format!("{:?} is not absolute", m.host_path),
+            ));
+        }
+        if !m.container_path.starts_with('/') {
+            return Err(RuntimeError::invalid(
+                format!("mounts[{i}].container_path"),
+                format!("{:?} is not absolute", m.container_path),
+            ));
+        }
+        let source = Path::new(&m.host_path);
+        let is_file = source.metadata().map(|md| !md.is_dir()).unwrap_or(false);
+        if !source.exists() {
+            std::fs::create_dir_all(source).map_err(|e| {
+                RuntimeError::invalid(field.clone(), format!("create {}: {e}", m.host_path))
+            })?;
+        }
+        let target = mount_dir.join(i.to_string());
+        mounts::bind(source, &target, is_file, m.readonly)
+            .map_err(|e| RuntimeError::invalid(field, e.to_string()))?;
+        out.push(GuestMount {
+            container_path: m.container_path.clone(),
+            guest_source: format!("{GUEST_SHARED_DIR}/{id}/mounts/{i}"),
+            readonly: m.readonly,
+            propagation: m.propagation,
+        });
+    }
+    Ok(out)
+}
+
+/// Guest paths of the pod's /etc files.
+struct PodFiles {
+    hosts: String,
+    resolv_conf: String,
+    hostname: String,
+}
+
+/// Writes the pod's hosts, resolv.conf and hostname into the shared dir (once per pod).
+fn write_pod_files(shared: &Path, pod: &cri::PodSandboxConfig) -> Result<PodFiles, RuntimeError> {
+    let dir = shared.join(POD_FILES);
+    let io = |e: std::io::Error| {
+        RuntimeError::Internal(format!("write pod files in {}: {e}", dir.display()))
+    };
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let meta = pod.metadata.clone().unwrap_or_default();
+    let hostname = if pod.hostname.is_empty() {
+        meta.name
+    } else {
+        pod.hostname.clone()
+    };
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    let mut resolv = String::new();
+    if let Some(dns) = &pod.dns_config {
+        for s in &dns.servers {
+            resolv.push_str(&format!("nameserver {s}\n"));
+        }
+        if !dns.searches.is_empty() {
+            resolv.push_str(&format!("search {}\n", dns.searches.join(" ")));
+        }
+        if !dns.options.is_empty() {
+            resolv.push_str(&format!("options {}\n", dns.options.join(" ")));
+        }
+    }
+    std::fs::write(dir.join("hosts"), hosts).map_err(io)?;
+    std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io)?;
+    let guest = |name: &str| format!("{GUEST_SHARED_DIR}/{POD_FILES}/{name}");
+    Ok(PodFiles {
+        hosts: guest("hosts"),
+        resolv_conf: guest("resolv.conf"),
+        hostname: guest("hostname"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(dir: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            log_directory: dir.into(),
+            ..Default::default()
+        }
+    }
+
+    fn ctr(path: &str) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            log_path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn log_path_stays_in_the_log_directory() {
+        assert_eq!(
+            log_path(&pod("/var/log/pods/x"), &ctr("c/0.log")).unwrap(),
+            Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+        );
+        assert_eq!(log_path(&pod("/l"), &ctr("")).unwrap(), None);
+        for bad in ["../x.log", "/etc/passwd", "c/../../x"] {
+            let err = log_path(&pod("/l"), &ctr(bad)).unwrap_err();
+            assert!(err.to_string().contains("log_path"), "{err}");
+        }
+        assert!(log_path(&pod(""), &ctr("c.log")).is_err());
+    }
+}

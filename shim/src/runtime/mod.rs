@@ -1,0 +1,147 @@
+//! The runtime core: pods and containers, their persisted records, and the pod VMs that run
+//! them. CRI handlers (`server::runtime`) are thin adapters over this; this module knows
+//! domain types and the agent API, not gRPC.
+
+mod container;
+mod container_create;
+mod container_lifecycle;
+mod error;
+mod exec;
+mod names;
+mod pod;
+mod pod_lifecycle;
+mod records;
+mod restore;
+mod stats;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use container::Container;
+pub use error::{Code, RuntimeError};
+pub use exec::ExecOutput;
+pub use pod::Pod;
+pub use records::{new_id, now_ns, ContainerRecord, ContainerState, PodState, SandboxRecord};
+pub use stats::ContainerUsage;
+
+use crate::config::Config;
+use crate::hypervisor::Selection;
+use crate::store::{Kind, Store};
+use names::Names;
+
+/// Runtime handler names this runtime serves; the empty handler is the default (microVM).
+pub const HANDLERS: &[&str] = &["kata", ""];
+
+/// Where the daemon keeps state.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    /// Persistent: the metadata store and unpacked image layers.
+    pub root: PathBuf,
+    /// Runtime: pod VM dirs.
+    pub state: PathBuf,
+}
+
+/// The pods and containers of this host.
+pub struct Runtime {
+    pub config: Config,
+    pub dirs: Dirs,
+    pub selection: Selection,
+    store: Store,
+    pods: RwLock<BTreeMap<String, Arc<Pod>>>,
+    containers: RwLock<BTreeMap<String, Arc<Container>>>,
+    names: Mutex<Names>,
+}
+
+impl Runtime {
+    /// Opens the store, then adopts the pod VMs that survived a restart of the daemon.
+    pub async fn start(
+        config: Config,
+        dirs: Dirs,
+        selection: Selection,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        for dir in [&dirs.root, &dirs.state] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::Internal(format!("create {}: {e}", dir.display())))?;
+        }
+        let store = Store::open(&dirs.root.join("vessel.redb"))?;
+        let runtime = Arc::new(Self {
+            config,
+            dirs,
+            selection,
+            store,
+            pods: RwLock::default(),
+            containers: RwLock::default(),
+            names: Mutex::default(),
+        });
+        restore::restore(&runtime).await?;
+        Ok(runtime)
+    }
+
+    /// The pod with this id.
+    pub fn pod(&self, id: &str) -> Result<Arc<Pod>, RuntimeError> {
+        if id.is_empty() {
+            return Err(RuntimeError::invalid("pod_sandbox_id", "empty"));
+        }
+        read(&self.pods)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "pod sandbox",
+                id: id.to_owned(),
+            })
+    }
+
+    /// The container with this id.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
+        if id.is_empty() {
+            return Err(RuntimeError::invalid("container_id", "empty"));
+        }
+        read(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "container",
+                id: id.to_owned(),
+            })
+    }
+
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        read(&self.pods).values().cloned().collect()
+    }
+
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        read(&self.containers).values().cloned().collect()
+    }
+
+    /// Containers of one pod.
+    pub fn pod_containers(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        read(&self.containers)
+            .values()
+            .filter(|c| c.sandbox_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    fn persist_pod(&self, record: &SandboxRecord) -> Result<(), RuntimeError> {
+        Ok(self.store.put(Kind::Sandbox, &record.id, record)?)
+    }
+
+    fn persist_container(&self, record: &ContainerRecord) -> Result<(), RuntimeError> {
+        Ok(self.store.put(Kind::Container, &record.id, record)?)
+    }
+}
+
+/// Reads a lock, recovering from a panicked writer (the maps stay consistent per operation).
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

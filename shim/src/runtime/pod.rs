@@ -1,0 +1,63 @@
+//! A pod in the runtime: its record, its VM and a lock that serializes its lifecycle
+//! operations (operations on different pods run concurrently).
+
+use std::sync::Mutex;
+
+use crate::sandbox::{AgentClient, PodVm};
+
+use super::{lock, PodState, RuntimeError, SandboxRecord};
+
+pub struct Pod {
+    pub id: String,
+    /// Held by RunPodSandbox, StopPodSandbox and RemovePodSandbox of this pod.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    record: Mutex<SandboxRecord>,
+    /// The VM while it runs; taken by StopPodSandbox.
+    pub(super) vm: tokio::sync::Mutex<Option<PodVm>>,
+    /// A clone of the VM's agent client, for calls that must not wait on `vm`'s lock.
+    agent: Mutex<Option<AgentClient>>,
+}
+
+impl Pod {
+    pub(super) fn new(record: SandboxRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            lifecycle: tokio::sync::Mutex::new(()),
+            record: Mutex::new(record),
+            vm: tokio::sync::Mutex::new(None),
+            agent: Mutex::new(None),
+        }
+    }
+
+    /// A snapshot of the record.
+    pub fn record(&self) -> SandboxRecord {
+        lock(&self.record).clone()
+    }
+
+    /// Applies `f` to the record and returns the new value (the caller persists it).
+    pub(super) fn update(&self, f: impl FnOnce(&mut SandboxRecord)) -> SandboxRecord {
+        let mut record = lock(&self.record);
+        f(&mut record);
+        record.clone()
+    }
+
+    pub(super) fn set_agent(&self, agent: Option<AgentClient>) {
+        *lock(&self.agent) = agent;
+    }
+
+    /// The agent of a ready pod.
+    pub fn agent(&self) -> Result<AgentClient, RuntimeError> {
+        let state = lock(&self.record).state;
+        match (state, lock(&self.agent).clone()) {
+            (PodState::Ready, Some(agent)) => Ok(agent),
+            _ => Err(RuntimeError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                self.id
+            ))),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        lock(&self.record).state == PodState::Ready
+    }
+}

@@ -1,0 +1,283 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox.
+//!
+//! Run is idempotent on (name, namespace, uid, attempt) and all-or-nothing: a failed start
+//! leaves no VM, dir, record or name behind. Stop and Remove of a missing pod succeed.
+
+use std::sync::Arc;
+
+use vessel_protocols::cri;
+
+use super::names::{container_key, pod_key};
+use super::watch::{mark_lost, monitor_vm};
+use super::{
+    lock, new_id, now_ns, write, Pod, PodState, Runtime, RuntimeError, SandboxRecord, HANDLERS,
+};
+use crate::sandbox::{PodVm, PodVmSpec};
+use crate::store::Kind;
+
+/// The pod's resolv.conf lines.
+fn dns_lines(config: &cri::PodSandboxConfig) -> Vec<String> {
+    let Some(dns) = &config.dns_config else {
+        return Vec::new();
+    };
+    let mut lines: Vec<String> = dns
+        .servers
+        .iter()
+        .map(|s| format!("nameserver {s}"))
+        .collect();
+    if !dns.searches.is_empty() {
+        lines.push(format!("search {}", dns.searches.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        lines.push(format!("options {}", dns.options.join(" ")));
+    }
+    lines
+}
+
+fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<(), RuntimeError> {
+    if !HANDLERS.contains(&handler) {
+        return Err(RuntimeError::invalid(
+            "runtime_handler",
+            format!("unknown runtime handler {handler:?} (this runtime serves \"kata\")"),
+        ));
+    }
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| RuntimeError::invalid("config.metadata", "missing"))?;
+    for (field, value) in [
+        ("config.metadata.name", &meta.name),
+        ("config.metadata.namespace", &meta.namespace),
+        ("config.metadata.uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(RuntimeError::invalid(field, "empty"));
+        }
+    }
+    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
+        return Err(RuntimeError::invalid(
+            "config.log_directory",
+            format!("{:?} is not an absolute path", config.log_directory),
+        ));
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Starts a pod VM for `config`; returns the pod id (the existing one for a repeat).
+    pub async fn run_pod_sandbox(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, RuntimeError> {
+        validate(&config, handler)?;
+        let meta = config.metadata.clone().unwrap_or_default();
+        let key = pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
+        let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
+        let reserved = lock(&self.names).reserve(key.clone(), &id);
+        if let Err(existing) = reserved {
+            // A repeat: once any creation in flight has finished, answer with the same pod.
+            if let Ok(pod) = self.pod(&existing) {
+                let _ = pod.lifecycle.lock().await;
+            }
+            return match self.pod(&existing) {
+                Ok(_) => Ok(existing),
+                Err(_) => Err(RuntimeError::FailedPrecondition(format!(
+                    "pod {}/{} attempt {} failed to start; retry",
+                    meta.namespace, meta.name, meta.attempt
+                ))),
+            };
+        }
+        let record = SandboxRecord {
+            id: id.clone(),
+            runtime_handler: handler.to_owned(),
+            created_at_ns: now_ns(),
+            state: PodState::NotReady,
+            reason: "starting".into(),
+            vm: None,
+            config,
+        };
+        let pod = Arc::new(Pod::new(record));
+        let guard = pod.lifecycle.lock().await;
+        write(&self.pods).insert(id.clone(), pod.clone());
+        let result = self.boot_pod(&pod).await;
+        drop(guard);
+        if let Err(e) = result {
+            write(&self.pods).remove(&id);
+            lock(&self.names).release(&key);
+            let _ = self.store.delete(&[(Kind::Sandbox, &id)]);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn boot_pod(self: &Arc<Self>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
+        let record = pod.record();
+        let meta = record.config.metadata.clone().unwrap_or_default();
+        let hostname = if record.config.hostname.is_empty() {
+            meta.name.clone()
+        } else {
+            record.config.hostname.clone()
+        };
+        let spec = PodVmSpec {
+            id: pod.id.clone(),
+            state_dir: self.dirs.state.clone(),
+            hypervisor: self.config.hypervisor.clone(),
+            backend: self.selection.backend,
+            hostname,
+            dns: dns_lines(&record.config),
+        };
+        tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
+        let vm = PodVm::start(spec).await?;
+        let vm_record = vm.record();
+        let vmm = vm_record.vm.processes.get("qemu").copied();
+        let record = pod.update(|r| {
+            r.state = PodState::Ready;
+            r.reason.clear();
+            r.vm = Some(vm_record);
+        });
+        pod.set_agent(Some(vm.agent().clone()));
+        *pod.vm.lock().await = Some(vm);
+        if let Err(e) = self.persist_pod(&record) {
+            // Not recorded means not started: undo the VM.
+            if let Some(vm) = pod.vm.lock().await.take() {
+                let _ = vm.destroy().await;
+            }
+            return Err(e);
+        }
+        if let Some(vmm) = vmm {
+            monitor_vm(self, pod, vmm);
+        }
+        Ok(())
+    }
+
+    /// Stops the pod's containers and its VM; the pod stays listed as NOTREADY.
+    pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let pod = match self.pod(id) {
+            Ok(pod) => pod,
+            Err(RuntimeError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _guard = pod.lifecycle.lock().await;
+        let record = pod.update(|r| {
+            if r.state == PodState::Ready {
+                r.state = PodState::NotReady;
+                r.reason = "stopped".into();
+            }
+        });
+        pod.set_agent(None);
+        self.persist_pod(&record)?;
+        for container in self.pod_containers(id) {
+            mark_lost(self, &container, "pod sandbox stopped");
+        }
+        let vm = pod.vm.lock().await.take();
+        if let Some(vm) = vm {
+            if let Err(e) = vm.destroy().await {
+                let record = pod.update(|r| r.reason = format!("cleanup failed: {e}"));
+                self.persist_pod(&record)?;
+                return Err(e.into());
+            }
+        } else if let Some(vm_record) = record.vm.as_ref() {
+            // Adopted VM that could not be reconnected, or a failed earlier stop.
+            match PodVm::adopt(vm_record, &self.config.hypervisor).await {
+                Ok(vm) => vm.destroy().await?,
+                Err(failure) => failure.remains.destroy().await?,
+            }
+        }
+        let record = pod.update(|r| r.vm = None);
+        self.persist_pod(&record)?;
+        Ok(())
+    }
+
+    /// Stops the pod if needed and forgets it and its containers.
+    pub async fn remove_pod_sandbox(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let pod = match self.pod(id) {
+            Ok(pod) => pod,
+            Err(RuntimeError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_pod_sandbox(id).await?;
+        let _guard = pod.lifecycle.lock().await;
+        let containers = self.pod_containers(id);
+        for c in &containers {
+            self.release_container_files(&c.record());
+        }
+        let mut ids: Vec<(Kind, &str)> = vec![(Kind::Sandbox, id)];
+        ids.extend(containers.iter().map(|c| (Kind::Container, c.id.as_str())));
+        self.store.delete(&ids)?;
+        {
+            let mut names = lock(&self.names);
+            for c in &containers {
+                let r = c.record();
+                let meta = r.config.metadata.unwrap_or_default();
+                names.release(&container_key(id, &meta.name, meta.attempt));
+            }
+            let meta = pod.record().config.metadata.unwrap_or_default();
+            names.release(&pod_key(
+                &meta.name,
+                &meta.namespace,
+                &meta.uid,
+                meta.attempt,
+            ));
+        }
+        let mut map = write(&self.containers);
+        for c in &containers {
+            map.remove(&c.id);
+        }
+        drop(map);
+        write(&self.pods).remove(id);
+        tracing::info!(pod_id = id, "pod sandbox removed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_handler_is_named() {
+        let config = cri::PodSandboxConfig::default();
+        let err = validate(&config, "runc").unwrap_err();
+        assert!(err.to_string().contains("runtime_handler") && err.to_string().contains("runc"));
+    }
+
+    #[test]
+    fn metadata_fields_are_named() {
+        let mut config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "p".into(),
+                namespace: "ns".into(),
+                uid: String::new(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        };
+        assert!(validate(&config, "kata")
+            .unwrap_err()
+            .to_string()
+            .contains("config.metadata.uid"));
+        config.metadata.as_mut().unwrap().uid = "u".into();
+        validate(&config, "").unwrap();
+    }
+
+    #[test]
+    fn dns_config_becomes_resolv_conf_lines() {
+        let config = cri::PodSandboxConfig {
+            dns_config: Some(cri::DnsConfig {
+                servers: vec!["10.0.0.10".into()],
+                searches: vec!["ns.svc".into(), "svc".into()],
+                options: vec!["ndots:5".into()],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            dns_lines(&config),
+            [
+                "nameserver 10.0.0.10",
+                "search ns.svc svc",
+                "options ndots:5"
+            ]
+        );
+    }
+}

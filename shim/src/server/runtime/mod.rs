@@ -1,0 +1,9 @@
+//! CRI RuntimeService handlers, one file per RPC family; each is a thin adapter from CRI
+//! messages to the runtime core.
+
+pub mod container;
+pub mod convert;
+pub mod exec;
+pub mod sandbox;
+pub mod stats;
+pub mod version;

@@ -1,0 +1,79 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+
+use std::sync::Arc;
+
+use vessel_protocols::cri;
+
+use super::convert::{labels_match, pod_sandbox, pod_sandbox_status, pod_state};
+use crate::runtime::{Runtime, RuntimeError};
+
+pub async fn run(
+    rt: &Arc<Runtime>,
+    req: cri::RunPodSandboxRequest,
+) -> Result<cri::RunPodSandboxResponse, RuntimeError> {
+    let config = req
+        .config
+        .ok_or_else(|| RuntimeError::invalid("config", "missing"))?;
+    let pod_sandbox_id = rt.run_pod_sandbox(config, &req.runtime_handler).await?;
+    Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
+}
+
+pub async fn stop(
+    rt: &Arc<Runtime>,
+    req: cri::StopPodSandboxRequest,
+) -> Result<cri::StopPodSandboxResponse, RuntimeError> {
+    rt.stop_pod_sandbox(&req.pod_sandbox_id).await?;
+    Ok(cri::StopPodSandboxResponse {})
+}
+
+pub async fn remove(
+    rt: &Arc<Runtime>,
+    req: cri::RemovePodSandboxRequest,
+) -> Result<cri::RemovePodSandboxResponse, RuntimeError> {
+    rt.remove_pod_sandbox(&req.pod_sandbox_id).await?;
+    Ok(cri::RemovePodSandboxResponse {})
+}
+
+pub async fn status(
+    rt: &Arc<Runtime>,
+    req: cri::PodSandboxStatusRequest,
+) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
+    let record = rt.pod(&req.pod_sandbox_id)?.record();
+    let mut info = std::collections::HashMap::new();
+    if req.verbose && !record.reason.is_empty() {
+        info.insert("reason".to_string(), record.reason.clone());
+    }
+    let containers_statuses = rt
+        .pod_containers(&record.id)
+        .iter()
+        .map(|c| super::convert::container_status(&c.record()))
+        .collect();
+    Ok(cri::PodSandboxStatusResponse {
+        status: Some(pod_sandbox_status(&record)),
+        info,
+        containers_statuses,
+        timestamp: crate::runtime::now_ns(),
+    })
+}
+
+pub async fn list(
+    rt: &Arc<Runtime>,
+    req: cri::ListPodSandboxRequest,
+) -> Result<cri::ListPodSandboxResponse, RuntimeError> {
+    let filter = req.filter.unwrap_or_default();
+    let items = rt
+        .pods()
+        .iter()
+        .map(|p| p.record())
+        .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
+        .filter(|r| {
+            filter
+                .state
+                .as_ref()
+                .is_none_or(|s| pod_state(r.state) as i32 == s.state)
+        })
+        .filter(|r| labels_match(&filter.label_selector, &r.config.labels))
+        .map(|r| pod_sandbox(&r))
+        .collect();
+    Ok(cri::ListPodSandboxResponse { items })
+}

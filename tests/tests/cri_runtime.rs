@@ -1,0 +1,377 @@
+//! CRI RuntimeService end to end: a real vessel-shim daemon on its socket, a tonic client,
+//! real pod VMs (QEMU), a busybox image from a local OCI layout.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vessel_protocols::cri;
+use vessel_tests::cri::Daemon;
+use vessel_tests::leftovers::leftovers;
+use vessel_tests::oci_layout::busybox_layout;
+use vessel_tests::TestEnv;
+
+fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: HashMap::from([("app".into(), name.into())]),
+        annotations: HashMap::from([("note".into(), "test".into())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("ctr".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_and_container_lifecycle_through_the_cri_socket() {
+    let Some(env) = TestEnv::detect("pod_and_container_lifecycle_through_the_cri_socket") else {
+        return;
+    };
+    let daemon = Daemon::start().await;
+    let mut cri = daemon.client().await;
+    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
+    let logs = env.state_dir().join("logs");
+
+    let v = cri
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("version")
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("vessel", "v1")
+    );
+    let status = cri
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner();
+    let conditions = status.status.expect("conditions").conditions;
+    let ready = conditions
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .expect("RuntimeReady");
+    assert!(ready.status, "{ready:?}");
+    let net = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady");
+    assert!(!net.status && !net.reason.is_empty(), "{net:?}");
+
+    // RunPodSandbox; the same (name, namespace, uid, attempt) again returns the same pod.
+    let config = pod_config("web", &logs);
+    let run = cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: "kata".into(),
+    };
+    let pod_id = cri
+        .run_pod_sandbox(run.clone())
+        .await
+        .expect("runp")
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(pod_id.len(), 64);
+    let again = cri
+        .run_pod_sandbox(run)
+        .await
+        .expect("runp again")
+        .into_inner()
+        .pod_sandbox_id;
+    assert_eq!(again, pod_id);
+
+    let st = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("pod status")
+        .into_inner()
+        .status
+        .expect("status");
+    assert_eq!(st.state, cri::PodSandboxState::SandboxReady as i32);
+    assert!(st.created_at > 0);
+    let meta = st.metadata.expect("metadata");
+    assert_eq!(
+        (
+            meta.name.as_str(),
+            meta.namespace.as_str(),
+            meta.uid.as_str()
+        ),
+        ("web", "default", "uid-web")
+    );
+    assert_eq!(st.runtime_handler, "kata");
+    assert_eq!(st.labels.get("app").map(String::as_str), Some("web"));
+    assert!(st.linux.is_some());
+
+    // A container that prints, then one that runs.
+    let create = |name: &str, cmd: &[&str]| cri::CreateContainerRequest {
+        pod_sandbox_id: pod_id.clone(),
+        config: Some(container_config(name, &image, cmd)),
+        sandbox_config: Some(config.clone()),
+    };
+    let hello = cri
+        .create_container(create(
+            "hello",
+            &["sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        ))
+        .await
+        .expect("create hello")
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: hello.clone(),
+    })
+    .await
+    .expect("start hello");
+    let status = wait_state(&mut cri, &hello, cri::ContainerState::ContainerExited).await;
+    assert_eq!(status.exit_code, 3);
+    assert_eq!(status.reason, "Error");
+    assert!(status.finished_at >= status.started_at && status.started_at >= status.created_at);
+    assert_eq!(
+        status.image.as_ref().map(|i| i.image.as_str()),
+        Some(image.as_str())
+    );
+    assert!(!status.image_ref.is_empty());
+    let log_path = std::path::PathBuf::from(&status.log_path);
+    assert!(log_path.is_absolute(), "{}", status.log_path);
+    let log = std::fs::read_to_string(&log_path).expect("CRI log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(" stdout F hello")),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l.ends_with(" stderr F oops")), "{log}");
+
+    let sleeper = cri
+        .create_container(create("sleeper", &["sh", "-c", "trap '' TERM; sleep 1000"]))
+        .await
+        .expect("create sleeper")
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: sleeper.clone(),
+    })
+    .await
+    .expect("start sleeper");
+
+    // ExecSync: output and exit code; a timeout kills the command.
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: sleeper.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 5".into(),
+            ],
+            timeout: 0,
+        })
+        .await
+        .expect("exec sync")
+        .into_inner();
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 5)
+    );
+    let started = Instant::now();
+    let err = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: sleeper.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ps = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: sleeper.clone(),
+            cmd: vec!["ps".into()],
+            timeout: 10,
+        })
+        .await
+        .expect("ps")
+        .into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(
+        !ps.contains("sleep 30"),
+        "timed-out exec still running:\n{ps}"
+    );
+
+    // Filters.
+    let list = |filter: cri::ContainerFilter| cri::ListContainersRequest {
+        filter: Some(filter),
+    };
+    let all = cri
+        .list_containers(list(Default::default()))
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert_eq!(all.len(), 2);
+    let running = cri
+        .list_containers(list(cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("list running")
+        .into_inner()
+        .containers;
+    assert_eq!(
+        running.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [sleeper.as_str()]
+    );
+    let by_label = cri
+        .list_containers(list(cri::ContainerFilter {
+            label_selector: HashMap::from([("ctr".into(), "hello".into())]),
+            ..Default::default()
+        }))
+        .await
+        .expect("list by label")
+        .into_inner()
+        .containers;
+    assert_eq!(
+        by_label.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [hello.as_str()]
+    );
+    let by_prefix = cri
+        .list_containers(list(cri::ContainerFilter {
+            id: sleeper[..12].into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("list by id")
+        .into_inner()
+        .containers;
+    assert_eq!(by_prefix.len(), 1);
+
+    // StopContainer: SIGTERM is ignored, SIGKILL follows after the timeout.
+    let started = Instant::now();
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: sleeper.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("stop sleeper");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    let status = container_status(&mut cri, &sleeper).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 137);
+
+    // Remove, stop and remove the pod; repeats and unknown ids succeed.
+    for id in [&hello, &sleeper] {
+        cri.remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove container");
+        cri.remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove container again");
+    }
+    let err = cri
+        .container_status(cri::ContainerStatusRequest {
+            container_id: hello.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .expect("stopp");
+    let pods = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .expect("rmp");
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod_id.clone(),
+    })
+    .await
+    .expect("rmp again");
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: "unknown".into(),
+    })
+    .await
+    .expect("stopp unknown");
+    let left = leftovers(&daemon.state().join("pods").join(&pod_id));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+async fn container_status(
+    cri: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> cri::ContainerStatus {
+    cri.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("container status")
+    .into_inner()
+    .status
+    .expect("status")
+}
+
+async fn wait_state(
+    cri: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+    state: cri::ContainerState,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = container_status(cri, id).await;
+        if status.state == state as i32 {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} never reached {state:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
