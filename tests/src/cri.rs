@@ -1,22 +1,28 @@
 //! A real vessel-shim daemon for end-to-end CRI tests: started as a process on its own socket
 //! and state dirs, killed and restarted at will, with a tonic CRI client.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
+use vessel_protocols::cri;
 use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 
-/// The daemon binary cargo built beside the tests.
+/// The daemon binary cargo built beside the tests and benchmarks.
 fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/vessel-shim
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("vessel-shim"))
-        .expect("target dir")
+    // A test lives in target/<profile>/deps/, a bin target (a benchmark) in target/<profile>/;
+    // vessel-shim is in target/<profile>/ either way.
+    let dir = exe.parent().expect("target dir");
+    let profile = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
+    profile.join("vessel-shim")
 }
 
 pub struct Daemon {
@@ -136,5 +142,76 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
         crate::leftovers::kill_and_unmount(self.dir.path());
+    }
+}
+
+/// A pod config named `name` in namespace default, logging below `log_dir`.
+pub fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            namespace: "default".into(),
+            uid: format!("uid-{name}"),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: HashMap::from([("app".into(), name.into())]),
+        annotations: HashMap::from([("note".into(), "test".into())]),
+        ..Default::default()
+    }
+}
+
+/// A container config running `command` from `image`, logging to `<name>/0.log`.
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("ctr".into(), name.into())]),
+        ..Default::default()
+    }
+}
+
+/// The CRI status of a container.
+pub async fn container_status(
+    cri: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> cri::ContainerStatus {
+    cri.container_status(cri::ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .expect("container status")
+    .into_inner()
+    .status
+    .expect("status")
+}
+
+/// Polls ContainerStatus until the container reaches `state` (30 s at most).
+pub async fn wait_state(
+    cri: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+    state: cri::ContainerState,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = container_status(cri, id).await;
+        if status.state == state as i32 {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container {id} never reached {state:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -6,43 +6,10 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::Daemon;
+use vessel_tests::cri::{container_config, container_status, pod_config, wait_state, Daemon};
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::oci_layout::busybox_layout;
 use vessel_tests::TestEnv;
-
-fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            namespace: "default".into(),
-            uid: format!("uid-{name}"),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: log_dir.display().to_string(),
-        labels: HashMap::from([("app".into(), name.into())]),
-        annotations: HashMap::from([("note".into(), "test".into())]),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: HashMap::from([("ctr".into(), name.into())]),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_and_container_lifecycle_through_the_cri_socket() {
@@ -340,38 +307,4 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
     .expect("stopp unknown");
     let left = leftovers(&daemon.state().join("pods").join(&pod_id));
     assert!(left.is_empty(), "left behind: {left:#?}");
-}
-
-async fn container_status(
-    cri: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    id: &str,
-) -> cri::ContainerStatus {
-    cri.container_status(cri::ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("container status")
-    .into_inner()
-    .status
-    .expect("status")
-}
-
-async fn wait_state(
-    cri: &mut cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
-    id: &str,
-    state: cri::ContainerState,
-) -> cri::ContainerStatus {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = container_status(cri, id).await;
-        if status.state == state as i32 {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container {id} never reached {state:?}: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

@@ -1,0 +1,206 @@
+//! Pods survive the daemon: SIGKILL and restart vessel-shim, everything is still there and
+//! works; a container that exited meanwhile reports its exit code. A pod whose VM is killed
+//! turns NOTREADY with its containers EXITED within 2 s, and is cleaned up completely.
+
+use std::time::{Duration, Instant};
+
+use vessel_protocols::cri;
+use vessel_tests::cri::{container_config, container_status, pod_config, wait_state, Daemon};
+use vessel_tests::leftovers::leftovers;
+use vessel_tests::oci_layout::busybox_layout;
+use vessel_tests::TestEnv;
+
+type Client = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+/// Runs a pod and starts a container in it; returns (pod id, container id).
+async fn pod_with_container(
+    cri: &mut Client,
+    env: &TestEnv,
+    image: &str,
+    name: &str,
+    cmd: &[&str],
+) -> (String, String) {
+    let config = pod_config(name, &env.state_dir().join("logs"));
+    let pod = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("runp")
+        .into_inner()
+        .pod_sandbox_id;
+    let ctr = start_container(cri, &pod, &config, image, "main", cmd).await;
+    (pod, ctr)
+}
+
+async fn start_container(
+    cri: &mut Client,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    image: &str,
+    name: &str,
+    cmd: &[&str],
+) -> String {
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container_config(name, image, cmd)),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    id
+}
+
+async fn remove_pod(cri: &mut Client, daemon: &Daemon, pod: &str) {
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("stopp");
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("rmp");
+    let left = leftovers(&daemon.state().join("pods").join(pod));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+async fn pod_state(cri: &mut Client, pod: &str) -> i32 {
+    cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .expect("pod status")
+    .into_inner()
+    .status
+    .expect("status")
+    .state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_survive_a_daemon_sigkill() {
+    let Some(env) = TestEnv::detect("pods_survive_a_daemon_sigkill") else {
+        return;
+    };
+    let mut daemon = Daemon::start().await;
+    let mut cri = daemon.client().await;
+    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
+
+    let mut pods = Vec::new();
+    for name in ["alpha", "beta", "gamma"] {
+        pods.push(pod_with_container(&mut cri, &env, &image, name, &["sleep", "1000"]).await);
+    }
+    // Exits while the daemon is down.
+    let alpha_config = pod_config("alpha", &env.state_dir().join("logs"));
+    let short = start_container(
+        &mut cri,
+        &pods[0].0,
+        &alpha_config,
+        &image,
+        "short",
+        &["sh", "-c", "sleep 2; exit 7"],
+    )
+    .await;
+
+    daemon.kill();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    daemon.restart().await;
+    let mut cri = daemon.client().await;
+
+    let listed = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items;
+    assert_eq!(listed.len(), 3);
+    assert!(listed
+        .iter()
+        .all(|p| p.state == cri::PodSandboxState::SandboxReady as i32));
+    let containers = cri
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("list containers")
+        .into_inner()
+        .containers;
+    assert_eq!(containers.len(), 4);
+    let status = wait_state(&mut cri, &short, cri::ContainerState::ContainerExited).await;
+    assert_eq!(status.exit_code, 7);
+    for (_, ctr) in &pods {
+        let st = container_status(&mut cri, ctr).await;
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+        let out = cri
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["echo".into(), "still-here".into()],
+                timeout: 30,
+            })
+            .await
+            .expect("exec after restart")
+            .into_inner();
+        assert_eq!(out.stdout, b"still-here\n");
+    }
+    for (pod, _) in &pods {
+        remove_pod(&mut cri, &daemon, pod).await;
+    }
+}
+
+/// The pid of the QEMU process running pod `id`.
+fn qemu_pid(pod: &str) -> Option<i32> {
+    let needle = format!("vessel-{pod},");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        String::from_utf8_lossy(&cmdline)
+            .contains(&needle)
+            .then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_vm_turns_the_pod_notready_within_2s() {
+    let Some(env) = TestEnv::detect("killed_vm_turns_the_pod_notready_within_2s") else {
+        return;
+    };
+    let daemon = Daemon::start().await;
+    let mut cri = daemon.client().await;
+    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
+    let (pod, ctr) = pod_with_container(&mut cri, &env, &image, "victim", &["sleep", "1000"]).await;
+
+    let pid = qemu_pid(&pod).expect("qemu of the pod");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill qemu");
+    let killed = Instant::now();
+    loop {
+        let pod_down =
+            pod_state(&mut cri, &pod).await == cri::PodSandboxState::SandboxNotready as i32;
+        let ctr_down = container_status(&mut cri, &ctr).await.state
+            == cri::ContainerState::ContainerExited as i32;
+        if pod_down && ctr_down {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "pod not NOTREADY/EXITED 2 s after the VM died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("VM death noticed after {:?}", killed.elapsed());
+    let st = container_status(&mut cri, &ctr).await;
+    assert!(!st.message.is_empty(), "{st:?}");
+    remove_pod(&mut cri, &daemon, &pod).await;
+}
