@@ -1,0 +1,413 @@
+//! Container details through the CRI socket: bad input gets errors that name the problem and
+//! leaks nothing; CRI logs with 1 MiB of output and a line over 16 KiB; stats that move under
+//! load; resource updates; log reopening.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vessel_protocols::cri;
+use vessel_tests::cri::{container_config, pod_config, Daemon};
+use vessel_tests::leftovers::leftovers;
+use vessel_tests::oci_layout::busybox_layout;
+use vessel_tests::TestEnv;
+
+type Client = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+
+async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
+    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: "kata".into(),
+    })
+    .await
+    .expect("runp")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn create(
+    cri: &mut Client,
+    pod: &str,
+    pod_cfg: &cri::PodSandboxConfig,
+    cfg: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    cri.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: Some(pod_cfg.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+fn expect_err(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
+    let err = result.expect_err("expected an error");
+    assert_eq!(err.code(), code, "{err:?}");
+    assert!(
+        err.message().contains(needle),
+        "{:?} does not name {needle:?}",
+        err.message()
+    );
+}
+
+async fn cleanup(cri: &mut Client, daemon: &Daemon, pod: &str) {
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("rmp");
+    let left = leftovers(&daemon.state().join("pods").join(pod));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_named_errors_and_leaks_nothing() {
+    let Some(env) = TestEnv::detect("bad_input_gets_named_errors_and_leaks_nothing") else {
+        return;
+    };
+    let daemon = Daemon::start().await;
+    let mut cri = daemon.client().await;
+    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
+    let logs = env.state_dir().join("logs");
+    let pod_cfg = pod_config("inputs", &logs);
+
+    let r = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg.clone()),
+            runtime_handler: "runc".into(),
+        })
+        .await;
+    expect_err(r, Code::InvalidArgument, "runc");
+    let r = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig::default()),
+            runtime_handler: String::new(),
+        })
+        .await;
+    expect_err(r, Code::InvalidArgument, "config.metadata");
+    let pods = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list");
+    assert!(pods.into_inner().items.is_empty());
+    let r = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: String::new(),
+            verbose: false,
+        })
+        .await;
+    expect_err(r, Code::InvalidArgument, "pod_sandbox_id");
+    let r = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: "nope".into(),
+            verbose: false,
+        })
+        .await;
+    expect_err(r, Code::NotFound, "nope");
+
+    let pod = run_pod(&mut cri, &pod_cfg).await;
+    let missing = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("a", "/no/such/layout", &["sh"]),
+    )
+    .await;
+    expect_err(missing, Code::NotFound, "/no/such/layout");
+    let mut escaping = container_config("b", &image, &["sh"]);
+    escaping.log_path = "../../etc/evil.log".into();
+    expect_err(
+        create(&mut cri, &pod, &pod_cfg, escaping).await,
+        Code::InvalidArgument,
+        "log_path",
+    );
+    let mut absurd = container_config("c", &image, &["sh"]);
+    absurd.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    expect_err(
+        create(&mut cri, &pod, &pod_cfg, absurd).await,
+        Code::InvalidArgument,
+        "memory_limit_in_bytes",
+    );
+    let mut absurd = container_config("d", &image, &["sh"]);
+    absurd.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_period: -5,
+            cpu_quota: 1000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    expect_err(
+        create(&mut cri, &pod, &pod_cfg, absurd).await,
+        Code::InvalidArgument,
+        "cpu_period",
+    );
+    let nocmd = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("e", &image, &["no-such-cmd"]),
+    )
+    .await;
+    expect_err(nocmd, Code::NotFound, "no-such-cmd");
+
+    let good = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("good", &image, &["sleep", "1000"]),
+    )
+    .await
+    .expect("good container");
+    let dup = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("good", &image, &["sleep", "1"]),
+    )
+    .await;
+    expect_err(dup, Code::AlreadyExists, "good");
+    let r = cri
+        .container_status(cri::ContainerStatusRequest {
+            container_id: String::new(),
+            verbose: false,
+        })
+        .await;
+    expect_err(r, Code::InvalidArgument, "container_id");
+    let r = cri
+        .start_container(cri::StartContainerRequest {
+            container_id: "ghost".into(),
+        })
+        .await;
+    expect_err(r, Code::NotFound, "ghost");
+
+    // Only the good container exists, on the host and in the list.
+    let listed = cri
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .containers;
+    assert_eq!(
+        listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        [good.as_str()]
+    );
+    let shared = daemon.state().join("pods").join(&pod).join("shared");
+    let mut entries: Vec<String> = std::fs::read_dir(&shared)
+        .expect("shared dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, [".pod".to_string(), good.clone()]);
+    cleanup(&mut cri, &daemon, &pod).await;
+}
+
+async fn stats(cri: &mut Client, id: &str) -> cri::ContainerStats {
+    cri.container_stats(cri::ContainerStatsRequest {
+        container_id: id.into(),
+    })
+    .await
+    .expect("container stats")
+    .into_inner()
+    .stats
+    .expect("stats")
+}
+
+fn cpu_ns(s: &cri::ContainerStats) -> u64 {
+    s.cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value)
+}
+
+async fn exec(cri: &mut Client, id: &str, cmd: &str) -> String {
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            timeout: 30,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_stats_updates_and_reopen() {
+    let Some(env) = TestEnv::detect("logs_stats_updates_and_reopen") else {
+        return;
+    };
+    let daemon = Daemon::start().await;
+    let mut cri = daemon.client().await;
+    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
+    let logs = env.state_dir().join("logs");
+    let pod_cfg = pod_config("busy", &logs);
+    let pod = run_pod(&mut cri, &pod_cfg).await;
+    cri.update_runtime_config(cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: "10.88.0.0/16".into(),
+            }),
+        }),
+    })
+    .await
+    .expect("update runtime config");
+
+    // 1 MiB of 16-byte lines, one 32 KiB line, then a tick a second.
+    let script = "yes 0123456789abcde | head -n 65536; \
+                  s=xxxxxxxxxxxxxxxx; for i in 1 2 3 4 5 6 7 8 9 10 11; do s=$s$s; done; echo $s; \
+                  while :; do echo tick; sleep 1; done";
+    let talker = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("talker", &image, &["sh", "-c", script]),
+    )
+    .await
+    .expect("create talker");
+    let spinner = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("spinner", &image, &["sh", "-c", "while :; do :; done"]),
+    )
+    .await
+    .expect("create spinner");
+    for id in [&talker, &spinner] {
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start");
+    }
+    let log_path = logs.join("talker/0.log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains(" stdout F tick") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log incomplete: {} bytes",
+            text.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let lines: Vec<&str> = log.lines().collect();
+    let short = lines
+        .iter()
+        .filter(|l| l.ends_with(" stdout F 0123456789abcde"))
+        .count();
+    assert_eq!(short, 65536);
+    let long: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains(" stdout P ") || l.contains("xxxxxxxx"))
+        .collect();
+    assert_eq!(long.len(), 2, "the 32 KiB line is one P and one F piece");
+    assert!(long[0].contains(" stdout P ") && long[0].ends_with(&"x".repeat(16384)));
+    assert!(long[1].contains(" stdout F ") && long[1].ends_with(&"x".repeat(16384)));
+
+    // Stats move under load.
+    let before = stats(&mut cri, &spinner).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = stats(&mut cri, &spinner).await;
+    assert!(
+        cpu_ns(&after) > cpu_ns(&before) + 100_000_000,
+        "{before:?} → {after:?}"
+    );
+    let mem = after
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(mem > 0);
+    let listed = cri
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .expect("list stats")
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 2);
+    let pod_stats = cri
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .expect("pod stats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let linux = pod_stats.linux.expect("linux stats");
+    assert_eq!(linux.containers.len(), 2);
+    assert!(
+        linux
+            .cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .map_or(0, |v| v.value)
+            >= cpu_ns(&after)
+    );
+
+    // Resources update in place.
+    cri.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: spinner.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 * 1024 * 1024,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("update resources");
+    let limits = exec(
+        &mut cri,
+        &spinner,
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max",
+    )
+    .await;
+    assert_eq!(limits, "67108864\n50000 100000\n");
+    let r = cri
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: spinner.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                cpu_shares: -1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    expect_err(r, Code::InvalidArgument, "cpu_shares");
+
+    // Reopen after rotation: the new file exists when the call returns and gets new lines.
+    let rotated = logs.join("talker/0.log.1");
+    std::fs::rename(&log_path, &rotated).expect("rotate");
+    cri.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: talker.clone(),
+    })
+    .await
+    .expect("reopen");
+    assert!(log_path.exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .contains("tick")
+    {
+        assert!(Instant::now() < deadline, "no output in the reopened log");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stopp");
+    cleanup(&mut cri, &daemon, &pod).await;
+}
