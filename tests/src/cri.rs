@@ -2,7 +2,7 @@
 //! and state dirs, killed and restarted at will, with a tonic CRI client.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use vessel_protocols::cri;
 use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 
 /// The daemon binary cargo built beside the tests and benchmarks.
-fn shim_binary() -> PathBuf {
+pub fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // A test lives in target/<profile>/deps/, a bin target (a benchmark) in target/<profile>/;
     // vessel-shim is in target/<profile>/ either way.
@@ -28,6 +28,7 @@ fn shim_binary() -> PathBuf {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -46,14 +47,25 @@ impl Daemon {
 
     /// Starts vessel-shim with its own socket and dirs and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_with_config(None).await
+    }
+
+    /// Like [`Daemon::start`], with a config file holding `toml`.
+    pub async fn start_with_config(toml: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vs-")
             .tempdir_in("/tmp")
             .expect("tempdir");
         let socket = dir.path().join("cri.sock");
+        let config = toml.map(|text| {
+            let path = dir.path().join("vessel.toml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
         let mut daemon = Self {
             dir,
             socket,
+            config,
             child: None,
         };
         daemon.spawn().await;
@@ -67,7 +79,11 @@ impl Daemon {
             .open(self.log())
             .expect("shim log");
         let err = log.try_clone().expect("shim log");
-        let child = Command::new(shim_binary())
+        let mut command = Command::new(shim_binary());
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--root")

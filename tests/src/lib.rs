@@ -92,6 +92,7 @@ impl TestEnv {
             backend: self.backend,
             hostname: id.into(),
             dns: vec!["nameserver 127.0.0.1".into()],
+            share_pid_namespace: false,
         }
     }
 

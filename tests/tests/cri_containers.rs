@@ -387,6 +387,48 @@ async fn logs_stats_updates_and_reopen() {
         .await;
     expect_err(r, Code::InvalidArgument, "cpu_shares");
 
+    // A container over its memory limit is OOM-killed and says so.
+    let mut hog = container_config(
+        "hog",
+        &image,
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 * 1024 * 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create(&mut cri, &pod, &pod_cfg, hog)
+        .await
+        .expect("create hog");
+    cri.start_container(cri::StartContainerRequest {
+        container_id: hog.clone(),
+    })
+    .await
+    .expect("start hog");
+    let st =
+        vessel_tests::cri::wait_state(&mut cri, &hog, cri::ContainerState::ContainerExited).await;
+    assert_eq!(
+        (st.reason.as_str(), st.exit_code),
+        ("OOMKilled", 137),
+        "{st:?}"
+    );
+    let sandbox_stats = cri
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("list pod stats")
+        .into_inner()
+        .stats;
+    assert_eq!(sandbox_stats.len(), 1);
+    let rc = cri
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .expect("runtime config")
+        .into_inner();
+    assert!(rc.linux.is_some());
+
     // Reopen after rotation: the new file exists when the call returns and gets new lines.
     let rotated = logs.join("talker/0.log.1");
     std::fs::rename(&log_path, &rotated).expect("rotate");
@@ -410,4 +452,138 @@ async fn logs_stats_updates_and_reopen() {
     .await
     .expect("stopp");
     cleanup(&mut cri, &daemon, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_pid_namespace_mounts_and_pod_filters() {
+    let Some(env) = TestEnv::detect("pod_pid_namespace_mounts_and_pod_filters") else {
+        return;
+    };
+    let daemon = Daemon::start().await;
+    let mut cri = daemon.client().await;
+    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
+    let mut pod_cfg = pod_config("pidns", &env.state_dir().join("logs"));
+    pod_cfg.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = run_pod(&mut cri, &pod_cfg).await;
+
+    // ListPodSandbox filters: id prefix, state, labels.
+    let list = |filter: cri::PodSandboxFilter| cri::ListPodSandboxRequest {
+        filter: Some(filter),
+    };
+    let count = |r: Result<tonic::Response<cri::ListPodSandboxResponse>, tonic::Status>| {
+        r.expect("list pods").into_inner().items.len()
+    };
+    let by_id = cri
+        .list_pod_sandbox(list(cri::PodSandboxFilter {
+            id: pod[..8].into(),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(count(by_id), 1);
+    let label = |v: &str| std::collections::HashMap::from([("app".to_string(), v.to_string())]);
+    let r = cri
+        .list_pod_sandbox(list(cri::PodSandboxFilter {
+            label_selector: label("pidns"),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(count(r), 1);
+    let r = cri
+        .list_pod_sandbox(list(cri::PodSandboxFilter {
+            label_selector: label("other"),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(count(r), 0);
+    let not_ready = Some(cri::PodSandboxStateValue {
+        state: cri::PodSandboxState::SandboxNotready as i32,
+    });
+    let r = cri
+        .list_pod_sandbox(list(cri::PodSandboxFilter {
+            state: not_ready,
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(count(r), 0);
+
+    // Volumes: read-only honoured, read-write reaches the host.
+    let ro = env.state_dir().join("vol-ro");
+    let rw = env.state_dir().join("vol-rw");
+    std::fs::create_dir_all(&ro).expect("ro dir");
+    std::fs::create_dir_all(&rw).expect("rw dir");
+    std::fs::write(ro.join("data.txt"), "hello-volume\n").expect("data");
+    let mut a = container_config("a", &image, &["sleep", "1000"]);
+    a.mounts = vec![
+        cri::Mount {
+            container_path: "/data".into(),
+            host_path: ro.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/rw".into(),
+            host_path: rw.display().to_string(),
+            ..Default::default()
+        },
+    ];
+    let a = create(&mut cri, &pod, &pod_cfg, a).await.expect("create a");
+    let b = create(
+        &mut cri,
+        &pod,
+        &pod_cfg,
+        container_config("b", &image, &["sleep", "2000"]),
+    )
+    .await
+    .expect("create b");
+    for id in [&a, &b] {
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("start");
+    }
+    assert_eq!(
+        exec(&mut cri, &a, "cat /data/data.txt").await,
+        "hello-volume\n"
+    );
+    assert_eq!(
+        exec(
+            &mut cri,
+            &a,
+            "touch /data/x 2>/dev/null && echo writable || echo read-only"
+        )
+        .await,
+        "read-only\n"
+    );
+    assert_eq!(
+        exec(&mut cri, &a, "echo hi > /rw/y && echo ok").await,
+        "ok\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("y")).expect("written through"),
+        "hi\n"
+    );
+    // One pid namespace for the pod: b sees a's process.
+    let ps = exec(&mut cri, &b, "ps").await;
+    assert!(ps.contains("sleep 1000"), "{ps}");
+
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .expect("stopp");
+    cleanup(&mut cri, &daemon, &pod).await;
+    assert_eq!(
+        std::fs::read_to_string(ro.join("data.txt")).expect("source intact"),
+        "hello-volume\n"
+    );
 }

@@ -204,3 +204,50 @@ async fn killed_vm_turns_the_pod_notready_within_2s() {
     assert!(!st.message.is_empty(), "{st:?}");
     remove_pod(&mut cri, &daemon, &pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_run_pod_sandbox_leaves_nothing() {
+    let Some(env) = TestEnv::detect("failed_run_pod_sandbox_leaves_nothing") else {
+        return;
+    };
+    // A guest that never runs the agent: RunPodSandbox must fail at the deadline and undo
+    // everything it started.
+    let initrd = env.state_dir().join("busybox-initramfs.img");
+    vessel_tests::rootfs::busybox_initramfs(&initrd).expect("initramfs");
+    let config = format!(
+        "[hypervisor]\ninitrd = {:?}\nagent_ready_timeout_secs = 5\n",
+        initrd.display().to_string()
+    );
+    let daemon = Daemon::start_with_config(Some(&config)).await;
+    let mut cri = daemon.client().await;
+    let err = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("doomed", &env.state_dir().join("logs"))),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect_err("a pod whose agent never answers");
+    assert!(
+        err.message().contains("did not come up within 5 s"),
+        "{err:?}"
+    );
+    assert!(err.message().contains("console tail"), "{err:?}");
+    let pods = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    let left: Vec<_> = std::fs::read_dir(daemon.state().join("pods"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pod dirs left: {left:?}");
+    let procs = leftovers(&daemon.state().join("pods"));
+    assert!(
+        procs
+            .iter()
+            .all(|l| !l.starts_with("process") && !l.starts_with("mount")),
+        "{procs:#?}"
+    );
+}

@@ -122,6 +122,12 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
         Some(image.as_str())
     );
     assert!(!status.image_ref.is_empty());
+    assert_eq!(status.id, hello);
+    assert_eq!(
+        status.metadata.as_ref().map(|m| m.name.as_str()),
+        Some("hello")
+    );
+    assert!(status.created_at > 0);
     let log_path = std::path::PathBuf::from(&status.log_path);
     assert!(log_path.is_absolute(), "{}", status.log_path);
     let log = std::fs::read_to_string(&log_path).expect("CRI log");
@@ -305,6 +311,12 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
     })
     .await
     .expect("stopp unknown");
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: "unknown".into(),
+        timeout: 1,
+    })
+    .await
+    .expect("stop unknown container");
     let left = leftovers(&daemon.state().join("pods").join(&pod_id));
     assert!(left.is_empty(), "left behind: {left:#?}");
 }

@@ -34,6 +34,16 @@ fn dns_lines(config: &cri::PodSandboxConfig) -> Vec<String> {
     lines
 }
 
+/// Whether the pod asks for one pid namespace for all its containers.
+fn shares_pid_namespace(config: &cri::PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32)
+}
+
 fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<(), RuntimeError> {
     if !HANDLERS.contains(&handler) {
         return Err(RuntimeError::invalid(
@@ -126,6 +136,7 @@ impl Runtime {
             backend: self.selection.backend,
             hostname,
             dns: dns_lines(&record.config),
+            share_pid_namespace: shares_pid_namespace(&record.config),
         };
         tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
         let vm = PodVm::start(spec).await?;

@@ -66,6 +66,8 @@ pub struct PodVmSpec {
     pub hostname: String,
     /// resolv.conf lines for the pod.
     pub dns: Vec<String>,
+    /// Containers of the pod share one pid namespace (CRI NamespaceMode POD).
+    pub share_pid_namespace: bool,
 }
 
 /// A running pod VM with a healthy agent.
@@ -330,6 +332,7 @@ async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmEr
     req.hostname = spec.hostname.clone();
     req.shared_fs = protobuf::MessageField::some(shared);
     req.dns = spec.dns.clone();
+    req.share_pid_namespace = spec.share_pid_namespace;
     agent.create_sandbox(req).await?;
     Ok(())
 }
