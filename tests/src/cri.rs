@@ -231,3 +231,48 @@ pub async fn wait_state(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A CRI client on the daemon's socket.
+pub type Client = RuntimeServiceClient<Channel>;
+
+/// What an end-to-end CRI test needs: a daemon, a client, the busybox image and the test
+/// environment.
+pub struct CriTest {
+    pub daemon: Daemon,
+    pub cri: Client,
+    pub image: String,
+    pub env: crate::TestEnv,
+}
+
+impl CriTest {
+    /// `None`, after a printed SKIPPED line, when the machine lacks what the test needs.
+    pub async fn setup(test: &str) -> Option<Self> {
+        let env = crate::TestEnv::detect(test)?;
+        let daemon = Daemon::start().await;
+        let cri = daemon.client().await;
+        let image = crate::oci_layout::busybox_layout(&env.state_dir().join("busybox"), "latest")
+            .expect("busybox OCI layout");
+        Some(Self {
+            daemon,
+            cri,
+            image,
+            env,
+        })
+    }
+}
+
+/// Stops and removes a pod, then checks nothing of it is left on the host.
+pub async fn remove_pod_checked(cri: &mut Client, daemon: &Daemon, pod: &str) {
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("StopPodSandbox");
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("RemovePodSandbox");
+    let left = crate::leftovers::leftovers(&daemon.state().join("pods").join(pod));
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}

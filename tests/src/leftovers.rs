@@ -4,7 +4,7 @@
 use std::path::Path;
 
 /// Pid and command line of every process whose command line names `dir`.
-fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
+pub fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
     let needle = dir.display().to_string();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

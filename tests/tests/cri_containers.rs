@@ -6,12 +6,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::{container_config, pod_config, Daemon};
-use vessel_tests::leftovers::leftovers;
-use vessel_tests::oci_layout::busybox_layout;
-use vessel_tests::TestEnv;
-
-type Client = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+use vessel_tests::cri::{container_config, pod_config, remove_pod_checked, Client, CriTest};
 
 async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
     cri.run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -49,24 +44,17 @@ fn expect_err(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, n
     );
 }
 
-async fn cleanup(cri: &mut Client, daemon: &Daemon, pod: &str) {
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("rmp");
-    let left = leftovers(&daemon.state().join("pods").join(pod));
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_named_errors_and_leaks_nothing() {
-    let Some(env) = TestEnv::detect("bad_input_gets_named_errors_and_leaks_nothing") else {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+    }) = CriTest::setup("bad_input_gets_named_errors_and_leaks_nothing").await
+    else {
         return;
     };
-    let daemon = Daemon::start().await;
-    let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
     let logs = env.state_dir().join("logs");
     let pod_cfg = pod_config("inputs", &logs);
 
@@ -205,7 +193,7 @@ async fn bad_input_gets_named_errors_and_leaks_nothing() {
         .collect();
     entries.sort();
     assert_eq!(entries, [".pod".to_string(), good.clone()]);
-    cleanup(&mut cri, &daemon, &pod).await;
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
 
 async fn stats(cri: &mut Client, id: &str) -> cri::ContainerStats {
@@ -241,12 +229,15 @@ async fn exec(cri: &mut Client, id: &str, cmd: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_stats_updates_and_reopen() {
-    let Some(env) = TestEnv::detect("logs_stats_updates_and_reopen") else {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+    }) = CriTest::setup("logs_stats_updates_and_reopen").await
+    else {
         return;
     };
-    let daemon = Daemon::start().await;
-    let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
     let logs = env.state_dir().join("logs");
     let pod_cfg = pod_config("busy", &logs);
     let pod = run_pod(&mut cri, &pod_cfg).await;
@@ -446,22 +437,20 @@ async fn logs_stats_updates_and_reopen() {
         assert!(Instant::now() < deadline, "no output in the reopened log");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stopp");
-    cleanup(&mut cri, &daemon, &pod).await;
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_pid_namespace_mounts_and_pod_filters() {
-    let Some(env) = TestEnv::detect("pod_pid_namespace_mounts_and_pod_filters") else {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+    }) = CriTest::setup("pod_pid_namespace_mounts_and_pod_filters").await
+    else {
         return;
     };
-    let daemon = Daemon::start().await;
-    let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
     let mut pod_cfg = pod_config("pidns", &env.state_dir().join("logs"));
     pod_cfg.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -576,12 +565,7 @@ async fn pod_pid_namespace_mounts_and_pod_filters() {
     let ps = exec(&mut cri, &b, "ps").await;
     assert!(ps.contains("sleep 1000"), "{ps}");
 
-    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await
-    .expect("stopp");
-    cleanup(&mut cri, &daemon, &pod).await;
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
     assert_eq!(
         std::fs::read_to_string(ro.join("data.txt")).expect("source intact"),
         "hello-volume\n"

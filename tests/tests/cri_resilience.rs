@@ -5,12 +5,12 @@
 use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
-use vessel_tests::cri::{container_config, container_status, pod_config, wait_state, Daemon};
+use vessel_tests::cri::{
+    container_config, container_status, pod_config, remove_pod_checked, wait_state, Client,
+    CriTest, Daemon,
+};
 use vessel_tests::leftovers::leftovers;
-use vessel_tests::oci_layout::busybox_layout;
 use vessel_tests::TestEnv;
-
-type Client = cri::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
 
 /// Runs a pod and starts a container in it; returns (pod id, container id).
 async fn pod_with_container(
@@ -60,21 +60,6 @@ async fn start_container(
     id
 }
 
-async fn remove_pod(cri: &mut Client, daemon: &Daemon, pod: &str) {
-    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("stopp");
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("rmp");
-    let left = leftovers(&daemon.state().join("pods").join(pod));
-    assert!(left.is_empty(), "left behind: {left:#?}");
-}
-
 async fn pod_state(cri: &mut Client, pod: &str) -> i32 {
     cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
         pod_sandbox_id: pod.into(),
@@ -90,12 +75,15 @@ async fn pod_state(cri: &mut Client, pod: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_survive_a_daemon_sigkill() {
-    let Some(env) = TestEnv::detect("pods_survive_a_daemon_sigkill") else {
+    let Some(CriTest {
+        env,
+        mut daemon,
+        mut cri,
+        image,
+    }) = CriTest::setup("pods_survive_a_daemon_sigkill").await
+    else {
         return;
     };
-    let mut daemon = Daemon::start().await;
-    let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
 
     let mut pods = Vec::new();
     for name in ["alpha", "beta", "gamma"] {
@@ -152,30 +140,30 @@ async fn pods_survive_a_daemon_sigkill() {
         assert_eq!(out.stdout, b"still-here\n");
     }
     for (pod, _) in &pods {
-        remove_pod(&mut cri, &daemon, pod).await;
+        remove_pod_checked(&mut cri, &daemon, pod).await;
     }
 }
 
-/// The pid of the QEMU process running pod `id`.
+/// The pid of the QEMU process running pod `pod` (its `-name vessel-<pod>,…` argument).
 fn qemu_pid(pod: &str) -> Option<i32> {
     let needle = format!("vessel-{pod},");
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline)
-            .contains(&needle)
-            .then_some(pid)
-    })
+    vessel_tests::leftovers::processes_naming(std::path::Path::new(&needle))
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .next()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_vm_turns_the_pod_notready_within_2s() {
-    let Some(env) = TestEnv::detect("killed_vm_turns_the_pod_notready_within_2s") else {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+    }) = CriTest::setup("killed_vm_turns_the_pod_notready_within_2s").await
+    else {
         return;
     };
-    let daemon = Daemon::start().await;
-    let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
     let (pod, ctr) = pod_with_container(&mut cri, &env, &image, "victim", &["sleep", "1000"]).await;
 
     let pid = qemu_pid(&pod).expect("qemu of the pod");
@@ -202,7 +190,7 @@ async fn killed_vm_turns_the_pod_notready_within_2s() {
     println!("VM death noticed after {:?}", killed.elapsed());
     let st = container_status(&mut cri, &ctr).await;
     assert!(!st.message.is_empty(), "{st:?}");
-    remove_pod(&mut cri, &daemon, &pod).await;
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,19 +6,20 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::{container_config, container_status, pod_config, wait_state, Daemon};
+use vessel_tests::cri::{container_config, container_status, pod_config, wait_state, CriTest};
 use vessel_tests::leftovers::leftovers;
-use vessel_tests::oci_layout::busybox_layout;
-use vessel_tests::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_and_container_lifecycle_through_the_cri_socket() {
-    let Some(env) = TestEnv::detect("pod_and_container_lifecycle_through_the_cri_socket") else {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+    }) = CriTest::setup("pod_and_container_lifecycle_through_the_cri_socket").await
+    else {
         return;
     };
-    let daemon = Daemon::start().await;
-    let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest").expect("layout");
     let logs = env.state_dir().join("logs");
 
     let v = cri

@@ -50,16 +50,7 @@ impl LineSplitter {
             self.emit_full(start, end, now, out);
             start = end + 1;
         }
-        while self.pending.len() - start > MAX_LINE {
-            write_line(
-                self.stream,
-                b'P',
-                &self.pending[start..start + MAX_LINE],
-                now,
-                out,
-            );
-            start += MAX_LINE;
-        }
+        let start = self.emit_partials(start, self.pending.len(), now, out);
         self.pending.drain(..start);
     }
 
@@ -73,18 +64,26 @@ impl LineSplitter {
     }
 
     /// A complete line `pending[start..end]`, split into P pieces when too long.
-    fn emit_full(&self, mut start: usize, end: usize, now: DateTime<Utc>, out: &mut Vec<u8>) {
+    fn emit_full(&self, start: usize, end: usize, now: DateTime<Utc>, out: &mut Vec<u8>) {
+        let start = self.emit_partials(start, end, now, out);
+        write_line(self.stream, b'F', &self.pending[start..end], now, out);
+    }
+
+    /// Writes `pending[start..end]` as P pieces while more than [`MAX_LINE`] bytes remain;
+    /// returns where the rest starts.
+    fn emit_partials(
+        &self,
+        mut start: usize,
+        end: usize,
+        now: DateTime<Utc>,
+        out: &mut Vec<u8>,
+    ) -> usize {
         while end - start > MAX_LINE {
-            write_line(
-                self.stream,
-                b'P',
-                &self.pending[start..start + MAX_LINE],
-                now,
-                out,
-            );
+            let piece = &self.pending[start..start + MAX_LINE];
+            write_line(self.stream, b'P', piece, now, out);
             start += MAX_LINE;
         }
-        write_line(self.stream, b'F', &self.pending[start..end], now, out);
+        start
     }
 }
 
