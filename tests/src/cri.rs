@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 use vessel_protocols::cri;
+use vessel_protocols::cri::image_service_client::ImageServiceClient;
 use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 
 /// The daemon binary cargo built beside the tests and benchmarks.
@@ -118,9 +119,9 @@ impl Daemon {
         }
     }
 
-    async fn try_client(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+    async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
         let path = self.socket.clone();
-        let channel = Endpoint::try_from("http://vessel.invalid")?
+        Endpoint::try_from("http://vessel.invalid")?
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move {
@@ -129,12 +130,21 @@ impl Daemon {
                         .map(TokioIo::new)
                 }
             }))
-            .await?;
-        Ok(RuntimeServiceClient::new(channel).max_decoding_message_size(32 * 1024 * 1024))
+            .await
+    }
+
+    async fn try_client(&self) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RuntimeServiceClient::new(self.channel().await?)
+            .max_decoding_message_size(32 * 1024 * 1024))
     }
 
     pub async fn client(&self) -> RuntimeServiceClient<Channel> {
         self.try_client().await.expect("connect CRI socket")
+    }
+
+    /// An ImageService client on the same socket.
+    pub async fn image_client(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await.expect("connect CRI socket"))
     }
 
     /// SIGKILLs the daemon (its pod VMs keep running).

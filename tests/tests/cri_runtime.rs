@@ -48,6 +48,77 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
         .expect("NetworkReady");
     assert!(!net.status && !net.reason.is_empty(), "{net:?}");
 
+    // ImageService: unknown → null without error; pull, status, list, remove.
+    let mut images = daemon.image_client().await;
+    let status_of = |image: &str| cri::ImageStatusRequest {
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        verbose: false,
+    };
+    let unknown = images
+        .image_status(status_of("/no/such/image"))
+        .await
+        .expect("status of an unknown image")
+        .into_inner();
+    assert!(unknown.image.is_none());
+    let pulled = images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull")
+        .into_inner()
+        .image_ref;
+    assert!(pulled.starts_with("sha256:"), "{pulled}");
+    let present = images
+        .image_status(status_of(&image))
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(present.image.map(|i| i.id), Some(pulled.clone()));
+    let listed = images
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await
+        .expect("list images")
+        .into_inner()
+        .images;
+    assert_eq!(
+        listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        [pulled.as_str()]
+    );
+    let fs = images
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .expect("image fs info")
+        .into_inner();
+    assert!(fs.image_filesystems[0]
+        .used_bytes
+        .as_ref()
+        .is_some_and(|u| u.value > 0));
+    for _ in 0..2 {
+        images
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("remove image");
+    }
+    let gone = images
+        .image_status(status_of(&image))
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(gone.image.is_none());
+
     // RunPodSandbox; the same (name, namespace, uid, attempt) again returns the same pod.
     let config = pod_config("web", &logs);
     let run = cri::RunPodSandboxRequest {

@@ -133,13 +133,7 @@ impl Runtime {
         log_path: Option<PathBuf>,
         agent: &crate::sandbox::AgentClient,
     ) -> Result<Container, RuntimeError> {
-        let image =
-            image::open_layout(image_name, &self.dirs.root.join("layers")).map_err(|e| {
-                RuntimeError::NotFound {
-                    what: "image",
-                    id: format!("{image_name} ({e})"),
-                }
-            })?;
+        let image = self.pull_image(image_name)?;
         let pod_dir = self.dirs.state.join("pods").join(pod_id);
         let shared = pod_dir.join("shared");
         let dir = shared.join(id);

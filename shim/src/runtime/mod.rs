@@ -7,6 +7,7 @@ mod container_create;
 mod container_lifecycle;
 mod error;
 mod exec;
+mod images;
 mod names;
 mod pod;
 mod pod_lifecycle;
@@ -24,7 +25,7 @@ pub use error::{Code, RuntimeError};
 pub use exec::ExecOutput;
 pub use pod::Pod;
 pub use records::{new_id, now_ns, ContainerRecord, ContainerState, PodState, SandboxRecord};
-pub use stats::ContainerUsage;
+pub use stats::{disk_usage, ContainerUsage};
 
 use crate::config::Config;
 use crate::hypervisor::Selection;
@@ -52,6 +53,8 @@ pub struct Runtime {
     pods: RwLock<BTreeMap<String, Arc<Pod>>>,
     containers: RwLock<BTreeMap<String, Arc<Container>>>,
     names: Mutex<Names>,
+    /// References of present images (pulled, or used by a container).
+    images: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Runtime {
@@ -74,6 +77,7 @@ impl Runtime {
             pods: RwLock::default(),
             containers: RwLock::default(),
             names: Mutex::default(),
+            images: Mutex::default(),
         });
         restore::restore(&runtime).await?;
         Ok(runtime)

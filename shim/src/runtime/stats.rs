@@ -19,7 +19,7 @@ pub struct ContainerUsage {
 }
 
 /// Bytes and inodes below `dir` (not following symlinks).
-fn disk_usage(dir: &Path) -> (u64, u64) {
+pub fn disk_usage(dir: &Path) -> (u64, u64) {
     let mut bytes = 0;
     let mut inodes = 0;
     let mut stack = vec![dir.to_owned()];

@@ -1,7 +1,8 @@
-//! The CRI server: RuntimeService on the CRI Unix socket, behind the `:authority` fix for
+//! The CRI server: RuntimeService and ImageService on the CRI Unix socket, behind the `:authority` fix for
 //! older gRPC clients.
 
 pub mod authority;
+pub mod image;
 pub mod instrument;
 pub mod runtime;
 
@@ -15,6 +16,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use vessel_protocols::cri;
+use vessel_protocols::cri::image_service_server::ImageServiceServer;
 use vessel_protocols::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 
 use self::authority::AuthorityFixStream;
@@ -60,11 +62,15 @@ pub async fn serve(
         UnixListener::bind(socket).map_err(|e| ServeError::Bind(socket.to_owned(), e))?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = UnixListenerStream::new(listener).map(|s| s.map(AuthorityFixStream::new));
-    let service = RuntimeServiceServer::new(CriService::new(runtime))
+    let service = RuntimeServiceServer::new(CriService::new(runtime.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let images = ImageServiceServer::new(image::CriImageService::new(runtime.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let result = tonic::transport::Server::builder()
         .add_service(service)
+        .add_service(images)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = std::fs::remove_file(socket);
