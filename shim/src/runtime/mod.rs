@@ -135,6 +135,13 @@ impl Runtime {
     fn persist_container(&self, record: &ContainerRecord) -> Result<(), RuntimeError> {
         Ok(self.store.put(Kind::Container, &record.id, record)?)
     }
+
+    /// Persists several container records in one transaction.
+    fn persist_containers(&self, records: &[ContainerRecord]) -> Result<(), RuntimeError> {
+        let items: Vec<(&str, &ContainerRecord)> =
+            records.iter().map(|r| (r.id.as_str(), r)).collect();
+        Ok(self.store.put_many(Kind::Container, &items)?)
+    }
 }
 
 /// Reads a lock, recovering from a panicked writer (the maps stay consistent per operation).

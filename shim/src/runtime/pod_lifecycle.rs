@@ -178,9 +178,7 @@ impl Runtime {
         });
         pod.set_agent(None);
         self.persist_pod(&record)?;
-        for container in self.pod_containers(id) {
-            mark_lost(self, &container, "pod sandbox stopped");
-        }
+        mark_lost(self, &self.pod_containers(id), "pod sandbox stopped");
         let vm = pod.vm.lock().await.take();
         if let Some(vm) = vm {
             if let Err(e) = vm.destroy().await {

@@ -102,7 +102,7 @@ fn restore_container(runtime: &Arc<Runtime>, record: ContainerRecord) {
         }
         Err(_) => mark_lost(
             runtime,
-            &container,
+            std::slice::from_ref(&container),
             "pod VM lost while vessel-shim was down",
         ),
     }

@@ -153,20 +153,30 @@ pub(super) fn vm_died(runtime: &Runtime, pod: &Pod, reason: String) {
     if let Err(e) = runtime.persist_pod(&record) {
         tracing::error!(pod_id = %pod.id, error = %e, "persist pod state");
     }
-    for container in runtime.pod_containers(&pod.id) {
-        mark_lost(runtime, &container, &reason);
-    }
+    mark_lost(runtime, &runtime.pod_containers(&pod.id), &reason);
 }
 
-/// Records a container that was running (or created) in a VM that is gone.
-pub(super) fn mark_lost(runtime: &Runtime, container: &Container, reason: &str) {
-    let record = container.update(|r| {
-        if matches!(r.state, ContainerState::Running | ContainerState::Created) {
-            r.set_exited(VM_DIED_EXIT_CODE, false, reason.to_owned(), super::now_ns());
-        }
-    });
-    if let Err(e) = runtime.persist_container(&record) {
-        tracing::error!(container_id = %container.id, error = %e, "persist container state");
+/// Records containers that were running (or created) in a VM that is gone, in one store
+/// transaction.
+pub(super) fn mark_lost(runtime: &Runtime, containers: &[Arc<Container>], reason: &str) {
+    let now = super::now_ns();
+    let changed: Vec<_> = containers
+        .iter()
+        .filter_map(|c| {
+            let mut changed = false;
+            let record = c.update(|r| {
+                if matches!(r.state, ContainerState::Running | ContainerState::Created) {
+                    r.set_exited(VM_DIED_EXIT_CODE, false, reason.to_owned(), now);
+                    changed = true;
+                }
+            });
+            changed.then_some(record)
+        })
+        .collect();
+    if let Err(e) = runtime.persist_containers(&changed) {
+        tracing::error!(error = %e, "persist container states");
     }
-    container.exited.send_replace(true);
+    for c in containers {
+        c.exited.send_replace(true);
+    }
 }

@@ -80,6 +80,29 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
+    /// Inserts or replaces several records of one kind in one durable transaction.
+    pub fn put_many<T: Serialize>(
+        &self,
+        kind: Kind,
+        records: &[(&str, &T)],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(kind.table()).map_err(db_err)?;
+            for (id, record) in records {
+                let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Codec {
+                    id: (*id).to_owned(),
+                    source,
+                })?;
+                table.insert(*id, bytes.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// Deletes records (of any kind) in one transaction; missing ids are fine.
     pub fn delete(&self, ids: &[(Kind, &str)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -171,5 +194,23 @@ mod tests {
         .unwrap();
         assert!(s.all::<Rec>(Kind::Container).unwrap().is_empty());
         assert!(s.all::<Rec>(Kind::Sandbox).unwrap().is_empty());
+    }
+
+    #[test]
+    fn put_many_writes_all_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.redb")).unwrap();
+        let a = Rec {
+            id: "a".into(),
+            n: 1,
+        };
+        let b = Rec {
+            id: "b".into(),
+            n: 2,
+        };
+        s.put_many(Kind::Container, &[("a", &a), ("b", &b)])
+            .unwrap();
+        s.put_many::<Rec>(Kind::Container, &[]).unwrap();
+        assert_eq!(s.all::<Rec>(Kind::Container).unwrap(), vec![a, b]);
     }
 }
