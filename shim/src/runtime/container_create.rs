@@ -9,6 +9,7 @@ use vessel_protocols::agent as api;
 use vessel_protocols::cri;
 
 use super::names::container_key;
+use super::pod_files;
 use super::watch::start_pumps;
 use super::{
     lock, new_id, now_ns, write, Container, ContainerRecord, ContainerState, Runtime, RuntimeError,
@@ -17,9 +18,6 @@ use crate::image;
 use crate::logs::LogFile;
 use crate::mounts;
 use crate::oci::{self, ContainerSpecInput, GuestMount, GUEST_SHARED_DIR};
-
-/// Where a pod's shared files for all containers live, relative to the shared dir.
-const POD_FILES: &str = ".pod";
 
 /// The absolute CRI log path: `log_directory/log_path`, which must not escape the directory.
 pub(super) fn log_path(
@@ -144,7 +142,7 @@ impl Runtime {
             dir,
         };
         let result = self
-            .stage_and_create(id, pod_config, config, &image, &shared, &staged, agent)
+            .stage_and_create(id, pod_config, config, &image, &staged, agent)
             .await;
         match result {
             Ok(process) => {
@@ -190,7 +188,6 @@ impl Runtime {
         pod_config: &cri::PodSandboxConfig,
         config: &cri::ContainerConfig,
         image: &image::LocalImage,
-        shared: &Path,
         staged: &Staged,
         agent: &crate::sandbox::AgentClient,
     ) -> Result<oci_spec::runtime::Process, RuntimeError> {
@@ -200,7 +197,7 @@ impl Runtime {
         image::mount_rootfs(&image.layers, &staged.scratch, &staged.rootfs)
             .map_err(|e| internal("mount rootfs", &e))?;
         let guest_mounts = bind_cri_mounts(id, config, &staged.mount_dir)?;
-        let pod_files = write_pod_files(shared, pod_config)?;
+        let pod_files = pod_files::guest_paths();
         let spec = oci::build_container_spec(&ContainerSpecInput {
             container_id: id,
             pod: pod_config,
@@ -287,52 +284,6 @@ fn bind_cri_mounts(
         });
     }
     Ok(out)
-}
-
-/// Guest paths of the pod's /etc files.
-struct PodFiles {
-    hosts: String,
-    resolv_conf: String,
-    hostname: String,
-}
-
-/// Writes the pod's hosts, resolv.conf and hostname into the shared dir (once per pod).
-fn write_pod_files(shared: &Path, pod: &cri::PodSandboxConfig) -> Result<PodFiles, RuntimeError> {
-    let dir = shared.join(POD_FILES);
-    let io = |e: std::io::Error| {
-        RuntimeError::Internal(format!("write pod files in {}: {e}", dir.display()))
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let meta = pod.metadata.clone().unwrap_or_default();
-    let hostname = if pod.hostname.is_empty() {
-        meta.name
-    } else {
-        pod.hostname.clone()
-    };
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    );
-    let mut resolv = String::new();
-    if let Some(dns) = &pod.dns_config {
-        for s in &dns.servers {
-            resolv.push_str(&format!("nameserver {s}\n"));
-        }
-        if !dns.searches.is_empty() {
-            resolv.push_str(&format!("search {}\n", dns.searches.join(" ")));
-        }
-        if !dns.options.is_empty() {
-            resolv.push_str(&format!("options {}\n", dns.options.join(" ")));
-        }
-    }
-    std::fs::write(dir.join("hosts"), hosts).map_err(io)?;
-    std::fs::write(dir.join("resolv.conf"), resolv).map_err(io)?;
-    std::fs::write(dir.join("hostname"), format!("{hostname}\n")).map_err(io)?;
-    let guest = |name: &str| format!("{GUEST_SHARED_DIR}/{POD_FILES}/{name}");
-    Ok(PodFiles {
-        hosts: guest("hosts"),
-        resolv_conf: guest("resolv.conf"),
-        hostname: guest("hostname"),
-    })
 }
 
 #[cfg(test)]

@@ -44,6 +44,23 @@ async fn read_stream(
     }
 }
 
+/// Reads both streams of an exec to their end and waits for its exit.
+async fn collect(agent: &AgentClient, id: &str, exec_id: &str) -> Result<ExecOutput, AgentError> {
+    let mut wait = api::WaitProcessRequest::new();
+    wait.container_id = id.to_owned();
+    wait.exec_id = exec_id.to_owned();
+    let (stdout, stderr, exit) = tokio::join!(
+        read_stream(agent, id, exec_id, false),
+        read_stream(agent, id, exec_id, true),
+        agent.wait_process(wait),
+    );
+    Ok(ExecOutput {
+        stdout: stdout?,
+        stderr: stderr?,
+        exit_code: exit?.status,
+    })
+}
+
 impl Runtime {
     pub async fn exec_sync(
         self: &Arc<Self>,
@@ -72,21 +89,7 @@ impl Runtime {
             .map_err(|e| RuntimeError::Internal(format!("encode process: {e}")))?;
         agent.exec_process(req).await?;
 
-        let run = async {
-            let mut wait = api::WaitProcessRequest::new();
-            wait.container_id = id.to_owned();
-            wait.exec_id = exec_id.clone();
-            let (stdout, stderr, exit) = tokio::join!(
-                read_stream(&agent, id, &exec_id, false),
-                read_stream(&agent, id, &exec_id, true),
-                agent.wait_process(wait),
-            );
-            Ok::<_, AgentError>(ExecOutput {
-                stdout: stdout?,
-                stderr: stderr?,
-                exit_code: exit?.status,
-            })
-        };
+        let run = collect(&agent, id, &exec_id);
         if timeout <= 0 {
             return Ok(run.await?);
         }
@@ -102,17 +105,8 @@ impl Runtime {
                     tracing::warn!(container_id = id, exec_id, error = %e, "kill timed-out exec");
                 }
                 // Collect the exit so the agent forgets the process.
-                let mut wait = api::WaitProcessRequest::new();
-                wait.container_id = id.to_owned();
-                wait.exec_id = exec_id.clone();
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                    let _ = tokio::join!(
-                        read_stream(&agent, id, &exec_id, false),
-                        read_stream(&agent, id, &exec_id, true),
-                        agent.wait_process(wait),
-                    );
-                })
-                .await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), collect(&agent, id, &exec_id))
+                    .await;
                 Err(RuntimeError::DeadlineExceeded(format!(
                     "command in container {id} timed out after {timeout} s"
                 )))

@@ -10,6 +10,7 @@ mod exec;
 mod images;
 mod names;
 mod pod;
+mod pod_files;
 mod pod_lifecycle;
 mod records;
 mod restore;

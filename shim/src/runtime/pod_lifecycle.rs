@@ -8,31 +8,14 @@ use std::sync::Arc;
 use vessel_protocols::cri;
 
 use super::names::{container_key, pod_key};
+use super::pod_files;
 use super::watch::{mark_lost, monitor_vm};
 use super::{
     lock, new_id, now_ns, write, Pod, PodState, Runtime, RuntimeError, SandboxRecord, HANDLERS,
 };
+use crate::oci::pod_hostname;
 use crate::sandbox::{PodVm, PodVmSpec};
 use crate::store::Kind;
-
-/// The pod's resolv.conf lines.
-fn dns_lines(config: &cri::PodSandboxConfig) -> Vec<String> {
-    let Some(dns) = &config.dns_config else {
-        return Vec::new();
-    };
-    let mut lines: Vec<String> = dns
-        .servers
-        .iter()
-        .map(|s| format!("nameserver {s}"))
-        .collect();
-    if !dns.searches.is_empty() {
-        lines.push(format!("search {}", dns.searches.join(" ")));
-    }
-    if !dns.options.is_empty() {
-        lines.push(format!("options {}", dns.options.join(" ")));
-    }
-    lines
-}
 
 /// Whether the pod asks for one pid namespace for all its containers.
 fn shares_pid_namespace(config: &cri::PodSandboxConfig) -> bool {
@@ -124,22 +107,21 @@ impl Runtime {
     async fn boot_pod(self: &Arc<Self>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
         let record = pod.record();
         let meta = record.config.metadata.clone().unwrap_or_default();
-        let hostname = if record.config.hostname.is_empty() {
-            meta.name.clone()
-        } else {
-            record.config.hostname.clone()
-        };
         let spec = PodVmSpec {
             id: pod.id.clone(),
             state_dir: self.dirs.state.clone(),
             hypervisor: self.config.hypervisor.clone(),
             backend: self.selection.backend,
-            hostname,
-            dns: dns_lines(&record.config),
+            hostname: pod_hostname(&record.config),
+            dns: pod_files::dns_lines(&record.config),
             share_pid_namespace: shares_pid_namespace(&record.config),
         };
         tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
         let vm = PodVm::start(spec).await?;
+        if let Err(e) = pod_files::write(vm.shared_dir(), &record.config) {
+            let _ = vm.destroy().await;
+            return Err(e);
+        }
         let vm_record = vm.record();
         let vmm = vm_record.vm.processes.get("qemu").copied();
         let record = pod.update(|r| {
@@ -268,25 +250,5 @@ mod tests {
             .contains("config.metadata.uid"));
         config.metadata.as_mut().unwrap().uid = "u".into();
         validate(&config, "").unwrap();
-    }
-
-    #[test]
-    fn dns_config_becomes_resolv_conf_lines() {
-        let config = cri::PodSandboxConfig {
-            dns_config: Some(cri::DnsConfig {
-                servers: vec!["10.0.0.10".into()],
-                searches: vec!["ns.svc".into(), "svc".into()],
-                options: vec!["ndots:5".into()],
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            dns_lines(&config),
-            [
-                "nameserver 10.0.0.10",
-                "search ns.svc svc",
-                "options ndots:5"
-            ]
-        );
     }
 }
