@@ -35,6 +35,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
+    /// `[registry]`: mirrors and plain-http hosts (see `image::registry`).
+    pub registry: crate::image::RegistryConfig,
 }
 
 /// Which VMM runs pods.
@@ -152,6 +154,12 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        self.registry
+            .validate()
+            .map_err(|reason| ConfigError::Invalid {
+                key: "registry",
+                reason,
+            })?;
         Ok(())
     }
 }
@@ -179,6 +187,20 @@ mod tests {
         let c = Config::parse("[hypervisor]\nvcpus = 0\n").unwrap();
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("hypervisor.vcpus"), "{err}");
+    }
+
+    #[test]
+    fn registry_mirrors_parse_and_validate() {
+        let c = Config::parse(
+            "[registry]\ninsecure = [\"reg.lan:5000\"]\n[registry.mirrors.\"docker.io\"]\nendpoint = [\"http://127.0.0.1:5000\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.registry.endpoints("docker.io").len(), 2);
+        let c = Config::parse("[registry.mirrors.\"docker.io\"]\nendpoint = [\"ftp://x\"]\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("registry.mirrors.\"docker.io\".endpoint[0]"), "{err}");
+        assert!(Config::parse("[registry]\nmirror = []\n").is_err());
     }
 
     #[test]

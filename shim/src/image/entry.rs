@@ -263,7 +263,7 @@ mod tests {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     use super::*;
-    use crate::image::test_layout::{tar_layer, TarEntry};
+    use crate::image::test_layer::{tar_layer, TarEntry};
     use crate::image::{unpack_layer, Compression};
 
     fn unpack(entries: &[TarEntry], compression: Compression) -> (tempfile::TempDir, PathBuf) {

@@ -1,76 +1,87 @@
-//! Container images from a local OCI image layout (the image-spec's directory form). Until
-//! registry pulls land, a CRI image reference names such a layout: `/abs/path/to/layout` or
-//! `/abs/path/to/layout:tag`.
+//! Container images: pulled from OCI distribution registries, kept in a content store and an
+//! image index, unpacked once per layer chain, and stacked under each container as an
+//! overlayfs rootfs.
 //!
-//! [`open_layout`] reads and verifies one image and unpacks its layers, once each, into a
-//! content-addressed layer cache; [`mount_rootfs`] stacks those layers under a per-container
-//! overlayfs. Every blob read is checked against its descriptor's sha256 digest and size.
+//! - [`name`]: normalising image names (`busybox` → `docker.io/library/busybox:latest`).
+//! - [`registry`]: endpoints (mirrors, plain http), credentials and fetching.
+//! - [`content`]: blobs by digest, verified before they get their final name.
+//! - [`manifest`]: indexes, manifests and configs; platform choice; chain ids.
+//! - [`store`] and [`pull`]: the images this host has, pulling, removing, collecting garbage.
+//! - [`unpack`] (with `entry`): layer tarballs into overlayfs lower dirs, hostile entries refused.
+//! - [`rootfs`]: the per-container overlayfs mount.
 
-mod blob;
+pub mod content;
 mod entry;
-mod layout;
-mod reference;
+mod keyed;
+pub mod manifest;
+pub mod name;
+mod pull;
+pub mod registry;
 mod rootfs;
+pub mod store;
 mod unpack;
 
 #[cfg(test)]
-mod test_layout;
+mod test_layer;
 
 use std::path::PathBuf;
 
-pub use layout::{open_layout, LocalImage};
-pub use reference::{parse_reference, LayoutRef};
+pub use name::ImageName;
+pub use registry::{Credentials, PullAuth, RegistryConfig};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
+pub use store::{ImageRecord, ImageStore};
 pub use unpack::{unpack_layer, Compression, LayerError};
 
 /// The defaults an image gives its containers (from the image config's `config` object).
 pub use crate::oci::ImageDefaults;
 
-/// Why an image could not be opened or its rootfs mounted. Messages name the image reference
-/// and the file or digest at fault.
+/// Why an image could not be pulled, found, removed or mounted. Messages name the image, the
+/// digest, the registry endpoint or the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("invalid image reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },
-    #[error("image {reference}: {path}: {source}")]
+    #[error("{path}: {source}")]
     Io {
-        reference: String,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("image {reference}: parse {path}: {source}")]
-    Json {
-        reference: String,
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-    #[error("image {reference}: {path}: {reason}")]
-    Layout {
-        reference: String,
-        path: PathBuf,
-        reason: String,
-    },
-    #[error("image {reference}: blob {path} does not match its digest {expected} (it hashes to sha256:{actual})")]
-    Digest {
-        reference: String,
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
-    #[error("image {reference}: blob {path} ({digest}) is {actual} bytes, its descriptor says {expected}")]
+    #[error("blob {digest}: {reason}")]
+    Blob { digest: String, reason: String },
+    #[error("blob {digest} does not match its digest: its content hashes to {actual}")]
+    Digest { digest: String, actual: String },
+    #[error("blob {digest} is {actual} bytes, its descriptor says {expected}")]
     Size {
-        reference: String,
-        path: PathBuf,
         digest: String,
         expected: u64,
         actual: u64,
     },
-    #[error("image {reference}: layer {digest}: {source}")]
-    Layer {
-        reference: String,
+    #[error("{what} {digest}: {reason}")]
+    Manifest {
+        what: &'static str,
         digest: String,
-        source: LayerError,
+        reason: String,
     },
+    #[error("layer {digest}: {source}")]
+    Layer { digest: String, source: LayerError },
+    #[error("pull {reference}: not authorized ({detail})")]
+    Unauthorized { reference: String, detail: String },
+    #[error("pull {reference}: {what} not found in any registry endpoint ({detail})")]
+    NotInRegistry {
+        reference: String,
+        what: String,
+        detail: String,
+    },
+    #[error("pull {reference}: {what}: every registry endpoint failed ({detail})")]
+    Registry {
+        reference: String,
+        what: String,
+        detail: String,
+    },
+    #[error("image store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Task(String),
     #[error("mount overlay rootfs at {target}: {reason}")]
     MountOptions { target: PathBuf, reason: String },
     #[error("{what} {path}: {source}")]

@@ -147,7 +147,7 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     use super::*;
-    use crate::image::test_layout::{tar_layer, TarEntry};
+    use crate::image::test_layer::{tar_layer, TarEntry};
     use crate::image::{is_root, unpack_layer, Compression};
 
     fn layer(cache: &Path, name: &str, entries: &[TarEntry]) -> PathBuf {

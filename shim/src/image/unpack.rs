@@ -193,7 +193,7 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::test_layout::{tar_layer, TarEntry};
+    use crate::image::test_layer::{tar_layer, TarEntry};
 
     #[test]
     fn diff_id_mismatch_is_an_error() {

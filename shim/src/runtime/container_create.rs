@@ -131,7 +131,11 @@ impl Runtime {
         log_path: Option<PathBuf>,
         agent: &crate::sandbox::AgentClient,
     ) -> Result<Container, RuntimeError> {
-        let image = self.pull_image(image_name)?;
+        let image = self.images.resolve(image_name).ok_or_else(|| RuntimeError::NotFound {
+            what: "image",
+            id: format!("{image_name} (config.image.image; pull it first)"),
+        })?;
+        let layers = self.images.layer_dirs(&image)?;
         let pod_dir = self.dirs.state.join("pods").join(pod_id);
         let shared = pod_dir.join("shared");
         let dir = shared.join(id);
@@ -142,7 +146,7 @@ impl Runtime {
             dir,
         };
         let result = self
-            .stage_and_create(id, pod_config, config, &image, &staged, agent)
+            .stage_and_create(id, pod_config, config, &image.defaults, &layers, &staged, agent)
             .await;
         match result {
             Ok(process) => {
@@ -163,6 +167,7 @@ impl Runtime {
                     rootfs: staged.rootfs.clone(),
                     scratch: staged.scratch.clone(),
                     mount_dir: staged.dir.clone(),
+                    layers,
                     created_at_ns: now_ns(),
                     started_at_ns: 0,
                     finished_at_ns: 0,
@@ -187,14 +192,15 @@ impl Runtime {
         id: &str,
         pod_config: &cri::PodSandboxConfig,
         config: &cri::ContainerConfig,
-        image: &image::LocalImage,
+        image: &image::ImageDefaults,
+        layers: &[PathBuf],
         staged: &Staged,
         agent: &crate::sandbox::AgentClient,
     ) -> Result<oci_spec::runtime::Process, RuntimeError> {
         let internal =
             |what: &str, e: &dyn std::fmt::Display| RuntimeError::Internal(format!("{what}: {e}"));
         std::fs::create_dir_all(&staged.rootfs).map_err(|e| internal("create rootfs dir", &e))?;
-        image::mount_rootfs(&image.layers, &staged.scratch, &staged.rootfs)
+        image::mount_rootfs(layers, &staged.scratch, &staged.rootfs)
             .map_err(|e| internal("mount rootfs", &e))?;
         let guest_mounts = bind_cri_mounts(id, config, &staged.mount_dir)?;
         let pod_files = pod_files::guest_paths();
@@ -202,7 +208,7 @@ impl Runtime {
             container_id: id,
             pod: pod_config,
             container: config,
-            image: &image.defaults,
+            image,
             rootfs_host: &staged.rootfs,
             rootfs_guest: oci::guest_rootfs(id),
             mounts: guest_mounts,

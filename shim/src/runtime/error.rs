@@ -4,6 +4,7 @@
 
 use vessel_protocols::ttrpc;
 
+use crate::image::ImageError;
 use crate::sandbox::{AgentError, VmError};
 use crate::store::StoreError;
 
@@ -27,6 +28,8 @@ pub enum RuntimeError {
     Agent(#[from] AgentError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,6 +44,7 @@ pub enum Code {
     DeadlineExceeded,
     Unimplemented,
     Unavailable,
+    Unauthenticated,
     Internal,
 }
 
@@ -72,6 +76,12 @@ impl RuntimeError {
                 Some(ttrpc::Code::UNIMPLEMENTED) => Code::Unimplemented,
                 Some(_) => Code::Internal,
                 None => Code::Unavailable,
+            },
+            Self::Image(e) => match e {
+                ImageError::Reference { .. } => Code::InvalidArgument,
+                ImageError::Unauthorized { .. } => Code::Unauthenticated,
+                ImageError::NotInRegistry { .. } => Code::NotFound,
+                _ => Code::Internal,
             },
             Self::Store(_) | Self::Internal(_) => Code::Internal,
         }

@@ -1,42 +1,63 @@
-//! Images known to this runtime. Until registry pulls land, an image is a local OCI image
-//! layout named by path (`/path/to/layout[:tag]`); "pulling" one verifies it and unpacks its
-//! layers into the layer cache, after which ImageStatus and ListImages report it.
+//! The runtime's image operations: pulls into the image store, lookups, and removal followed
+//! by garbage collection that keeps every layer a container still has mounted.
 
-use super::{lock, Runtime, RuntimeError};
-use crate::image::{self, LocalImage};
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use super::{Runtime, RuntimeError};
+use crate::image::store::Collected;
+use crate::image::{ImageRecord, PullAuth};
 
 impl Runtime {
-    /// Opens (verifies, unpacks) the image and remembers it as present.
-    pub fn pull_image(&self, reference: &str) -> Result<LocalImage, RuntimeError> {
+    /// Pulls an image from its registry (or a mirror) and records it.
+    pub async fn pull_image(
+        &self,
+        reference: &str,
+        auth: PullAuth,
+    ) -> Result<ImageRecord, RuntimeError> {
         if reference.is_empty() {
             return Err(RuntimeError::invalid("image.image", "empty"));
         }
-        let img = image::open_layout(reference, &self.dirs.root.join("layers")).map_err(|e| {
-            RuntimeError::NotFound {
-                what: "image",
-                id: format!("{reference} ({e})"),
-            }
-        })?;
-        lock(&self.images).insert(reference.to_owned());
-        Ok(img)
+        Ok(self.images.pull(reference, auth).await?)
     }
 
-    /// The image if it was pulled (or used by a container); `None` otherwise.
-    pub fn image_status(&self, reference: &str) -> Option<LocalImage> {
-        if !lock(&self.images).contains(reference) {
-            return None;
+    /// The image a reference (id, tag or digest) names, if this host has it.
+    pub fn image_status(&self, reference: &str) -> Result<Option<ImageRecord>, RuntimeError> {
+        if reference.is_empty() {
+            return Err(RuntimeError::invalid("image.image", "empty"));
         }
-        image::open_layout(reference, &self.dirs.root.join("layers")).ok()
+        Ok(self.images.resolve(reference))
     }
 
-    /// Every present image.
-    pub fn list_images(&self) -> Vec<LocalImage> {
-        let refs: Vec<String> = lock(&self.images).iter().cloned().collect();
-        refs.iter().filter_map(|r| self.image_status(r)).collect()
+    /// Every image, or only the one `filter` names.
+    pub fn list_images(&self, filter: Option<&str>) -> Vec<ImageRecord> {
+        match filter {
+            Some(reference) if !reference.is_empty() => {
+                self.images.resolve(reference).into_iter().collect()
+            }
+            _ => self.images.list(),
+        }
     }
 
-    /// Forgets an image; a missing one is fine. Unpacked layers stay cached.
-    pub fn remove_image(&self, reference: &str) {
-        lock(&self.images).remove(reference);
+    /// Removes what `reference` names (a tag untags; an id or digest removes the image) and
+    /// collects what no image or container uses any more. An unknown image is fine.
+    pub async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
+        if reference.is_empty() {
+            return Err(RuntimeError::invalid("image.image", "empty"));
+        }
+        if self.images.remove(reference)? {
+            self.collect_image_garbage().await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes unreferenced blobs and layers, keeping those under containers' rootfs.
+    pub(super) async fn collect_image_garbage(&self) -> Result<Collected, RuntimeError> {
+        let pinned: HashSet<PathBuf> = self
+            .containers()
+            .iter()
+            .flat_map(|c| c.record().layers)
+            .collect();
+        Ok(self.images.collect_garbage(&pinned).await?)
     }
 }

@@ -30,6 +30,7 @@ pub use stats::{disk_usage, ContainerUsage};
 
 use crate::config::Config;
 use crate::hypervisor::Selection;
+use crate::image::ImageStore;
 use crate::store::{Kind, Store};
 use names::Names;
 
@@ -50,12 +51,12 @@ pub struct Runtime {
     pub config: Config,
     pub dirs: Dirs,
     pub selection: Selection,
-    store: Store,
+    store: Arc<Store>,
     pods: RwLock<BTreeMap<String, Arc<Pod>>>,
     containers: RwLock<BTreeMap<String, Arc<Container>>>,
     names: Mutex<Names>,
-    /// References of present images (pulled, or used by a container).
-    images: Mutex<std::collections::BTreeSet<String>>,
+    /// Pulled images, their blobs and unpacked layers.
+    pub images: ImageStore,
 }
 
 impl Runtime {
@@ -69,7 +70,12 @@ impl Runtime {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RuntimeError::Internal(format!("create {}: {e}", dir.display())))?;
         }
-        let store = Store::open(&dirs.root.join("vessel.redb"))?;
+        let store = Arc::new(Store::open(&dirs.root.join("vessel.redb"))?);
+        let images = ImageStore::open(
+            &dirs.root.join("images"),
+            store.clone(),
+            config.registry.clone(),
+        )?;
         let runtime = Arc::new(Self {
             config,
             dirs,
@@ -78,9 +84,13 @@ impl Runtime {
             pods: RwLock::default(),
             containers: RwLock::default(),
             names: Mutex::default(),
-            images: Mutex::default(),
+            images,
         });
         restore::restore(&runtime).await?;
+        // Drops what an interrupted pull or removal left; layers of restored containers stay.
+        if let Err(e) = runtime.collect_image_garbage().await {
+            tracing::warn!(error = %e, "image garbage collection at start");
+        }
         Ok(runtime)
     }
 

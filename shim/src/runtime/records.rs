@@ -78,6 +78,9 @@ pub struct ContainerRecord {
     pub rootfs: PathBuf,
     pub scratch: PathBuf,
     pub mount_dir: PathBuf,
+    /// The image layer dirs under the rootfs (kept from garbage collection while it exists).
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
     pub created_at_ns: i64,
     pub started_at_ns: i64,
     pub finished_at_ns: i64,

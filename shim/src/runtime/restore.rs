@@ -84,7 +84,6 @@ fn restore_container(runtime: &Arc<Runtime>, record: ContainerRecord) {
                 None
             }
         });
-    lock(&runtime.images).insert(record.image.clone());
     let state = record.state;
     let container = Arc::new(Container::new(record, log));
     write(&runtime.containers).insert(container.id.clone(), container.clone());

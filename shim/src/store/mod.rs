@@ -1,4 +1,4 @@
-//! Crash-safe metadata of pods and containers: an embedded transactional database (redb),
+//! Crash-safe metadata of pods, containers and images: an embedded transactional database (redb),
 //! one JSON record per object, each write one transaction. The daemon rebuilds its in-memory
 //! view from here at start.
 
@@ -10,6 +10,7 @@ use serde::Serialize;
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -36,6 +37,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 pub enum Kind {
     Sandbox,
     Container,
+    Image,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
         match self {
             Kind::Sandbox => SANDBOXES,
             Kind::Container => CONTAINERS,
+            Kind::Image => IMAGES,
         }
     }
 }
@@ -62,6 +65,7 @@ impl Store {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(SANDBOXES).map_err(db_err)?;
         txn.open_table(CONTAINERS).map_err(db_err)?;
+        txn.open_table(IMAGES).map_err(db_err)?;
         txn.commit().map_err(db_err)?;
         Ok(Self { db })
     }

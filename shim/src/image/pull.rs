@@ -1,0 +1,154 @@
+//! Pulling an image: resolve the name at its registry endpoints (following an index to this
+//! platform), fetch and verify the manifest, config and layers into the content store (each
+//! blob once, even when pulls run concurrently), unpack each layer once per chain id, and
+//! only then record the image. An interrupted pull leaves nothing visible; a retry reuses
+//! every blob and layer it had finished.
+
+use std::path::PathBuf;
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_spec::image::{Descriptor, ImageManifest};
+
+use super::manifest::{self, chain_ids, for_platform, parse_document, Document, MAX_NESTING};
+use super::name::ImageName;
+use super::registry::{Fetcher, PullAuth};
+use super::store::{ImageRecord, ImageStore};
+use super::unpack::unpack_layer;
+use super::ImageError;
+
+/// Layers fetched and unpacked at once.
+const PARALLEL_LAYERS: usize = 3;
+
+impl ImageStore {
+    /// Pulls `reference` (normalised: `busybox` is `docker.io/library/busybox:latest`) and
+    /// records it; returns the image.
+    pub async fn pull(&self, reference: &str, auth: PullAuth) -> Result<ImageRecord, ImageError> {
+        let name = ImageName::parse(reference)?;
+        let _shared = self.gc.read().await;
+        let fetcher = Fetcher::new(&self.registry, &name, auth);
+
+        let (bytes, top_digest) = fetcher.manifest(None).await?;
+        if let Some(want) = name.digest() {
+            if top_digest != want {
+                return Err(ImageError::Digest {
+                    digest: want.to_owned(),
+                    actual: top_digest,
+                });
+            }
+        }
+        self.content
+            .put(&top_digest, bytes.len() as u64, &bytes)?;
+        let mut blobs = vec![top_digest.clone()];
+        let (manifest_digest, manifest, manifest_size) = self
+            .resolve_platform(&fetcher, &top_digest, bytes, &mut blobs)
+            .await?;
+
+        let config_desc = manifest.config();
+        let config_digest = config_desc.digest().to_string();
+        self.fetch_blob(&fetcher, &config_digest, config_desc.size())
+            .await?;
+        let config_bytes = self.content.read(&config_digest)?;
+        let config = manifest::parse_config(&config_digest, &config_bytes, &manifest)?;
+        blobs.push(config_digest.clone());
+
+        let diff_ids = config.rootfs().diff_ids();
+        let chains = chain_ids(diff_ids);
+        let layers = manifest.layers();
+        let jobs: Vec<(Descriptor, String, String)> = layers
+            .iter()
+            .zip(diff_ids)
+            .zip(&chains)
+            .map(|((desc, diff_id), chain_id)| (desc.clone(), diff_id.clone(), chain_id.clone()))
+            .collect();
+        let fetcher = &fetcher;
+        futures_util::stream::iter(jobs.into_iter().map(|(desc, diff_id, chain_id)| async move {
+            self.layer(fetcher, &desc, &diff_id, &chain_id).await
+        }))
+        .buffer_unordered(PARALLEL_LAYERS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        blobs.extend(layers.iter().map(|d| d.digest().to_string()));
+
+        let size = manifest_size + config_desc.size() + layers.iter().map(|d| d.size()).sum::<u64>();
+        let image = ImageRecord {
+            id: config_digest,
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            manifest_digest,
+            blobs,
+            chain_ids: chains,
+            size,
+            defaults: manifest::defaults(&config),
+        };
+        let image = self.record(image, name.repo_tag(), format!("{}@{top_digest}", name.repo()))?;
+        tracing::info!(image = %name, id = %image.id, "image pulled");
+        Ok(image)
+    }
+
+    /// Follows indexes from the document `digest` to this platform's image manifest; returns
+    /// its digest, the manifest and its size. Every document is stored and listed in `blobs`.
+    async fn resolve_platform(
+        &self,
+        fetcher: &Fetcher,
+        digest: &str,
+        bytes: Vec<u8>,
+        blobs: &mut Vec<String>,
+    ) -> Result<(String, ImageManifest, u64), ImageError> {
+        let (mut digest, mut bytes) = (digest.to_owned(), bytes);
+        for _ in 0..=MAX_NESTING {
+            let index = match parse_document(&digest, &bytes)? {
+                Document::Manifest(m) => return Ok((digest, *m, bytes.len() as u64)),
+                Document::Index(index) => index,
+            };
+            let desc = for_platform(&index, &digest)?;
+            let child = desc.digest().to_string();
+            let (child_bytes, _) = fetcher.manifest(Some(&child)).await?;
+            self.content.put(&child, desc.size(), &child_bytes)?;
+            blobs.push(child.clone());
+            (digest, bytes) = (child, child_bytes);
+        }
+        Err(ImageError::Manifest {
+            what: "image index",
+            digest,
+            reason: format!("indexes nested deeper than {MAX_NESTING}"),
+        })
+    }
+
+    /// Fetches one layer blob and unpacks it under its chain id, unless already there.
+    async fn layer(
+        &self,
+        fetcher: &Fetcher,
+        desc: &Descriptor,
+        diff_id: &str,
+        chain_id: &str,
+    ) -> Result<(), ImageError> {
+        let digest = desc.digest().to_string();
+        let compression = manifest::layer_compression(desc)?;
+        let blob = self.fetch_blob(fetcher, &digest, desc.size()).await?;
+        let dest = self.layer_dir(chain_id)?;
+        let _unpacking = self.inflight.lock(chain_id).await;
+        if dest.is_dir() {
+            return Ok(());
+        }
+        let diff_id = diff_id.to_owned();
+        tokio::task::spawn_blocking(move || unpack_layer(&blob, compression, Some(&diff_id), &dest))
+            .await
+            .map_err(|e| ImageError::Task(format!("unpack layer {digest}: {e}")))?
+            .map_err(|source| ImageError::Layer { digest, source })?;
+        Ok(())
+    }
+
+    /// The blob's path in the content store, downloading it first if it is not there.
+    async fn fetch_blob(
+        &self,
+        fetcher: &Fetcher,
+        digest: &str,
+        size: u64,
+    ) -> Result<PathBuf, ImageError> {
+        let _fetching = self.inflight.lock(digest).await;
+        if self.content.contains(digest, size) {
+            return self.content.path(digest);
+        }
+        fetcher.blob(&self.content, digest, size).await
+    }
+}

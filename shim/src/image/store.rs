@@ -1,0 +1,401 @@
+//! The images this host has: one record per image (keyed by its id, the config digest) with
+//! its repo tags and repo digests, kept in the daemon's database and in memory; lookup by id,
+//! id prefix, tag or digest as containerd resolves them; removal; and garbage collection of
+//! blobs and unpacked layers no image (and no container) uses any more.
+//!
+//! Layout under the image root: `content/` (the [`ContentStore`]) and `layers/<chain-id hex>/`
+//! (one unpacked layer per chain id, an overlayfs lower dir).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use super::content::{sha256_hex, ContentStore};
+use super::keyed::KeyedLocks;
+use super::name::ImageName;
+use super::registry::RegistryConfig;
+use super::{ImageDefaults, ImageError};
+use crate::store::{Kind, Store};
+
+/// Shortest image id prefix accepted as a reference.
+const MIN_ID_PREFIX: usize = 12;
+
+/// One image, as persisted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest, `sha256:<hex>`.
+    pub id: String,
+    /// `registry/repository:tag`, normalised.
+    pub repo_tags: Vec<String>,
+    /// `registry/repository@digest` of what each pull resolved (the index or manifest).
+    pub repo_digests: Vec<String>,
+    /// The image manifest for this platform.
+    pub manifest_digest: String,
+    /// Every blob of the image: indexes, manifest, config, layers.
+    pub blobs: Vec<String>,
+    /// Chain ids of the layers, lowest first.
+    pub chain_ids: Vec<String>,
+    /// Bytes of content: manifest, config and (compressed) layers.
+    pub size: u64,
+    pub defaults: ImageDefaults,
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    pub blobs: usize,
+    pub layers: usize,
+}
+
+/// Every image of this host.
+pub struct ImageStore {
+    pub(super) content: ContentStore,
+    pub(super) root: PathBuf,
+    pub(super) registry: RegistryConfig,
+    db: Arc<Store>,
+    images: Mutex<BTreeMap<String, ImageRecord>>,
+    /// Pulls hold it shared, garbage collection exclusively, so a collection never deletes
+    /// what a running pull has fetched but not yet recorded.
+    pub(super) gc: tokio::sync::RwLock<()>,
+    /// Per blob digest and per chain id, so concurrent pulls fetch and unpack each once.
+    pub(super) inflight: KeyedLocks,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl ImageStore {
+    /// Opens the store under `root`, loading image records from `db`; clears unfinished
+    /// downloads and unpacks.
+    pub fn open(
+        root: &Path,
+        db: Arc<Store>,
+        registry: RegistryConfig,
+    ) -> Result<Self, ImageError> {
+        let content = ContentStore::open(&root.join("content"))?;
+        let layers = root.join("layers");
+        fs::create_dir_all(&layers).map_err(io_error(&layers))?;
+        for entry in fs::read_dir(&layers).map_err(io_error(&layers))? {
+            let entry = entry.map_err(io_error(&layers))?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let path = entry.path();
+                fs::remove_dir_all(&path).map_err(io_error(&path))?;
+            }
+        }
+        let images = db
+            .all::<ImageRecord>(Kind::Image)?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        Ok(Self {
+            content,
+            root: root.to_owned(),
+            registry,
+            db,
+            images: Mutex::new(images),
+            gc: tokio::sync::RwLock::new(()),
+            inflight: KeyedLocks::default(),
+        })
+    }
+
+    fn images(&self) -> MutexGuard<'_, BTreeMap<String, ImageRecord>> {
+        self.images.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The directory holding blobs and layers (ImageFsInfo's mountpoint).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The unpacked layer directory of a chain id.
+    pub fn layer_dir(&self, chain_id: &str) -> Result<PathBuf, ImageError> {
+        Ok(self.root.join("layers").join(sha256_hex(chain_id)?))
+    }
+
+    /// The overlayfs lower dirs of an image, lowest first.
+    pub fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>, ImageError> {
+        image.chain_ids.iter().map(|c| self.layer_dir(c)).collect()
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        self.images().values().cloned().collect()
+    }
+
+    /// The image a reference names: its id (`sha256:<hex>`, `<hex>`, or a unique id prefix of
+    /// at least 12 hex digits), a repo digest, or a repo tag (names normalised).
+    pub fn resolve(&self, reference: &str) -> Option<ImageRecord> {
+        let images = self.images();
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut matches = images
+                .values()
+                .filter(|r| r.id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(hex)));
+            if let (Some(one), None) = (matches.next(), matches.next()) {
+                return Some(one.clone());
+            }
+        }
+        let name = ImageName::parse(reference).ok()?;
+        let canonical = name.canonical();
+        images
+            .values()
+            .find(|r| r.repo_tags.contains(&canonical) || r.repo_digests.contains(&canonical))
+            .cloned()
+    }
+
+    /// Records a pulled image under `tag` and `repo_digest`: a tag moves here from any other
+    /// image (an image left with no tag and no digest is dropped); records of one id merge.
+    pub(super) fn record(
+        &self,
+        mut image: ImageRecord,
+        tag: Option<String>,
+        repo_digest: String,
+    ) -> Result<ImageRecord, ImageError> {
+        let mut images = self.images();
+        let mut changed = Vec::new();
+        let mut dropped = Vec::new();
+        if let Some(tag) = &tag {
+            for other in images.values_mut().filter(|r| r.id != image.id) {
+                if let Some(i) = other.repo_tags.iter().position(|t| t == tag) {
+                    other.repo_tags.remove(i);
+                    if other.repo_tags.is_empty() && other.repo_digests.is_empty() {
+                        dropped.push(other.id.clone());
+                    } else {
+                        changed.push(other.clone());
+                    }
+                }
+            }
+        }
+        if let Some(existing) = images.get(&image.id) {
+            let mut tags = existing.repo_tags.clone();
+            let mut digests = existing.repo_digests.clone();
+            tags.extend(tag);
+            digests.push(repo_digest);
+            image.repo_tags = dedup(tags);
+            image.repo_digests = dedup(digests);
+            image.blobs = dedup(existing.blobs.iter().cloned().chain(image.blobs).collect());
+        } else {
+            image.repo_tags = tag.into_iter().collect();
+            image.repo_digests = vec![repo_digest];
+        }
+        changed.push(image.clone());
+        let puts: Vec<(&str, &ImageRecord)> = changed.iter().map(|r| (r.id.as_str(), r)).collect();
+        self.db.put_many(Kind::Image, &puts)?;
+        let deletes: Vec<(Kind, &str)> = dropped.iter().map(|id| (Kind::Image, id.as_str())).collect();
+        self.db.delete(&deletes)?;
+        for id in &dropped {
+            images.remove(id);
+        }
+        for r in changed {
+            images.insert(r.id.clone(), r);
+        }
+        Ok(image)
+    }
+
+    /// Removes what `reference` names: a tag is untagged (the image goes when its last tag
+    /// does); an id or digest removes the whole image. Returns whether anything changed.
+    pub fn remove(&self, reference: &str) -> Result<bool, ImageError> {
+        let Some(mut image) = self.resolve(reference) else {
+            return Ok(false);
+        };
+        let tag = ImageName::parse(reference)
+            .ok()
+            .filter(|n| n.digest().is_none())
+            .map(|n| n.canonical())
+            .filter(|t| image.repo_tags.contains(t));
+        let mut images = self.images();
+        if let Some(tag) = tag {
+            image.repo_tags.retain(|t| *t != tag);
+            if !image.repo_tags.is_empty() {
+                // Digests of a repository with no tag left go with it.
+                image
+                    .repo_digests
+                    .retain(|d| image.repo_tags.iter().any(|t| same_repo(t, d)));
+                self.db.put(Kind::Image, &image.id, &image)?;
+                images.insert(image.id.clone(), image);
+                return Ok(true);
+            }
+        }
+        self.db.delete(&[(Kind::Image, &image.id)])?;
+        images.remove(&image.id);
+        Ok(true)
+    }
+
+    /// Deletes blobs no image lists and layers neither an image nor `pinned` (layer dirs in
+    /// use by containers) needs. Waits for running pulls to finish first.
+    pub async fn collect_garbage(&self, pinned: &HashSet<PathBuf>) -> Result<Collected, ImageError> {
+        let _exclusive = self.gc.write().await;
+        let (blobs, layers) = {
+            let images = self.images();
+            let blobs: HashSet<String> = images.values().flat_map(|r| r.blobs.clone()).collect();
+            let mut layers = HashSet::new();
+            for r in images.values() {
+                layers.extend(self.layer_dirs(r)?);
+            }
+            (blobs, layers)
+        };
+        let mut collected = Collected::default();
+        for digest in self.content.digests()? {
+            if !blobs.contains(&digest) {
+                self.content.remove(&digest)?;
+                collected.blobs += 1;
+            }
+        }
+        let dir = self.root.join("layers");
+        for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
+            let path = entry.map_err(io_error(&dir))?.path();
+            if !layers.contains(&path) && !pinned.contains(&path) {
+                fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                collected.layers += 1;
+            }
+        }
+        if collected != Collected::default() {
+            tracing::info!(blobs = collected.blobs, layers = collected.layers, "image garbage collected");
+        }
+        Ok(collected)
+    }
+
+    /// The image config as stored (for verbose ImageStatus).
+    pub fn config_json(&self, image: &ImageRecord) -> Result<serde_json::Value, ImageError> {
+        let bytes = self.content.read(&image.id)?;
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::Blob {
+            digest: image.id.clone(),
+            reason: format!("config is not JSON: {e}"),
+        })
+    }
+}
+
+fn dedup(items: Vec<String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    items.into_iter().filter(|i| seen.insert(i.clone())).collect()
+}
+
+/// Whether a repo tag (`repo:tag`) and a repo digest (`repo@digest`) name one repository.
+fn same_repo(tag: &str, digest: &str) -> bool {
+    match (tag.rsplit_once(':'), digest.split_once('@')) {
+        (Some((a, _)), Some((b, _))) => a == b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: char, tags: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: format!("sha256:{}", id.to_string().repeat(64)),
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            manifest_digest: String::new(),
+            blobs: vec![format!("sha256:{}", id.to_string().repeat(64))],
+            chain_ids: Vec::new(),
+            size: 1,
+            defaults: ImageDefaults::default(),
+        }
+        .with_tags(tags)
+    }
+
+    impl ImageRecord {
+        fn with_tags(mut self, tags: &[&str]) -> Self {
+            self.repo_tags = tags.iter().map(|t| t.to_string()).collect();
+            self
+        }
+    }
+
+    fn open(dir: &Path) -> ImageStore {
+        let db = Arc::new(Store::open(&dir.join("db")).unwrap());
+        ImageStore::open(&dir.join("images"), db, RegistryConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn tags_move_merge_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let busybox = "docker.io/library/busybox:latest".to_string();
+        let digest_a = format!("docker.io/library/busybox@sha256:{}", "1".repeat(64));
+        let a = store
+            .record(record('a', &[]), Some(busybox.clone()), digest_a.clone())
+            .unwrap();
+        assert_eq!(a.repo_tags, std::slice::from_ref(&busybox));
+        assert_eq!(store.resolve("busybox").unwrap().id, a.id);
+        assert_eq!(store.resolve(&digest_a).unwrap().id, a.id);
+        assert_eq!(store.resolve(&a.id).unwrap().id, a.id);
+        assert_eq!(store.resolve(&"a".repeat(12)).unwrap().id, a.id);
+        assert!(store.resolve(&"a".repeat(11)).is_none());
+
+        // A second tag merges; the tag moving to b leaves a with its other tag.
+        store
+            .record(record('a', &[]), Some("docker.io/library/busybox:1".into()), digest_a.clone())
+            .unwrap();
+        let b = store
+            .record(record('b', &[]), Some(busybox.clone()), "docker.io/library/busybox@sha256:2".into())
+            .unwrap();
+        assert_eq!(store.resolve("busybox:latest").unwrap().id, b.id);
+        let a = store.resolve("busybox:1").unwrap();
+        assert_eq!(a.repo_tags, ["docker.io/library/busybox:1"]);
+        assert_eq!(a.repo_digests, std::slice::from_ref(&digest_a));
+
+        // Records survive a reopen.
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.list().len(), 2);
+
+        // Removing a tag keeps the image while another tag is left.
+        store
+            .record(record('b', &[]), Some("docker.io/library/other:x".into()), "docker.io/library/other@sha256:3".into())
+            .unwrap();
+        assert!(store.remove("busybox:latest").unwrap());
+        let b = store.resolve(&b.id).unwrap();
+        assert_eq!(b.repo_tags, ["docker.io/library/other:x"]);
+        assert_eq!(b.repo_digests, ["docker.io/library/other@sha256:3"]);
+        assert!(store.remove("other:x").unwrap());
+        assert!(store.resolve(&b.id).is_none());
+        // By digest: the whole image.
+        assert!(store.remove(&digest_a).unwrap());
+        assert!(store.list().is_empty());
+        assert!(!store.remove("busybox:1").unwrap());
+    }
+
+    #[tokio::test]
+    async fn garbage_is_what_no_image_or_container_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let kept = b"kept";
+        let gone = b"gone";
+        let kept_d = crate::image::content::digest_of(kept);
+        let gone_d = crate::image::content::digest_of(gone);
+        store.content.put(&kept_d, 4, kept).unwrap();
+        store.content.put(&gone_d, 4, gone).unwrap();
+        let mut image = record('a', &[]);
+        image.blobs = vec![kept_d.clone()];
+        image.chain_ids = vec![format!("sha256:{}", "c".repeat(64))];
+        store
+            .record(image.clone(), Some("docker.io/x/y:1".into()), "docker.io/x/y@sha256:1".into())
+            .unwrap();
+        let layer = store.layer_dir(&image.chain_ids[0]).unwrap();
+        let pinned = store.layer_dir(&format!("sha256:{}", "d".repeat(64))).unwrap();
+        let orphan = store.layer_dir(&format!("sha256:{}", "e".repeat(64))).unwrap();
+        for d in [&layer, &pinned, &orphan] {
+            fs::create_dir_all(d.join("etc")).unwrap();
+        }
+        let collected = store
+            .collect_garbage(&HashSet::from([pinned.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(collected, Collected { blobs: 1, layers: 1 });
+        assert!(layer.exists() && pinned.exists() && !orphan.exists());
+        assert!(store.content.contains(&kept_d, 4) && !store.content.contains(&gone_d, 4));
+
+        store.remove("x/y:1").unwrap();
+        let collected = store.collect_garbage(&HashSet::new()).await.unwrap();
+        assert_eq!(collected, Collected { blobs: 1, layers: 2 });
+    }
+}
