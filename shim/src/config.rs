@@ -197,9 +197,13 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         assert_eq!(c.registry.endpoints("docker.io").len(), 2);
-        let c = Config::parse("[registry.mirrors.\"docker.io\"]\nendpoint = [\"ftp://x\"]\n").unwrap();
+        let c =
+            Config::parse("[registry.mirrors.\"docker.io\"]\nendpoint = [\"ftp://x\"]\n").unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("registry.mirrors.\"docker.io\".endpoint[0]"), "{err}");
+        assert!(
+            err.contains("registry.mirrors.\"docker.io\".endpoint[0]"),
+            "{err}"
+        );
         assert!(Config::parse("[registry]\nmirror = []\n").is_err());
     }
 

@@ -12,6 +12,8 @@ use vessel_protocols::cri;
 use vessel_protocols::cri::image_service_client::ImageServiceClient;
 use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 
+use crate::registry::Registry;
+
 /// The daemon binary cargo built beside the tests and benchmarks.
 pub fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
@@ -245,12 +247,62 @@ pub async fn wait_state(
 /// A CRI client on the daemon's socket.
 pub type Client = RuntimeServiceClient<Channel>;
 
-/// What an end-to-end CRI test needs: a daemon, a client, the busybox image and the test
-/// environment.
+/// An ImageService client on the daemon's socket.
+pub type ImageClient = ImageServiceClient<Channel>;
+
+/// PullImage of `image`; the image id, or the gRPC status of the failure.
+pub async fn pull(
+    images: &mut ImageClient,
+    image: &str,
+    auth: Option<cri::AuthConfig>,
+) -> Result<String, tonic::Status> {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+/// ImageStatus of `image` (`None` when the daemon does not have it).
+pub async fn image_status(images: &mut ImageClient, image: &str) -> Option<cri::Image> {
+    images
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ImageStatus {image}: {e:?}"))
+        .into_inner()
+        .image
+}
+
+/// A registry holding the busybox test image; returns it and the image's reference.
+pub async fn registry_with_busybox() -> (Registry, String) {
+    let registry = Registry::start();
+    let busybox = crate::images::build(&crate::images::ImageSpec::busybox());
+    crate::images::push(&registry.host(), "vessel/busybox", "latest", &busybox, None)
+        .await
+        .expect("push busybox to the test registry");
+    let image = format!("{}/vessel/busybox:latest", registry.host());
+    (registry, image)
+}
+
+/// What an end-to-end CRI test needs: a registry holding busybox, a daemon that pulled it,
+/// a client, the image's reference and the test environment.
 pub struct CriTest {
     pub daemon: Daemon,
     pub cri: Client,
     pub image: String,
+    pub registry: Registry,
     pub env: crate::TestEnv,
 }
 
@@ -258,14 +310,20 @@ impl CriTest {
     /// `None`, after a printed SKIPPED line, when the machine lacks what the test needs.
     pub async fn setup(test: &str) -> Option<Self> {
         let env = crate::TestEnv::detect(test)?;
+        if !crate::registry::available(test) {
+            return None;
+        }
+        let (registry, image) = registry_with_busybox().await;
         let daemon = Daemon::start().await;
+        pull(&mut daemon.image_client().await, &image, None)
+            .await
+            .expect("pull busybox");
         let cri = daemon.client().await;
-        let image = crate::oci_layout::busybox_layout(&env.state_dir().join("busybox"), "latest")
-            .expect("busybox OCI layout");
         Some(Self {
             daemon,
             cri,
             image,
+            registry,
             env,
         })
     }

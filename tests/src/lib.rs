@@ -1,10 +1,11 @@
 //! Shared fixtures of vessel's end-to-end tests and benchmarks: environment detection (with a
 //! printed SKIPPED line when something real is missing), pod VMs on the real guest image, and
-//! busybox container rootfs trees.
+//! busybox container rootfs trees, a real registry and the test images pushed to it.
 
 pub mod cri;
+pub mod images;
 pub mod leftovers;
-pub mod oci_layout;
+pub mod registry;
 pub mod rootfs;
 
 use std::path::{Path, PathBuf};

@@ -8,9 +8,10 @@ use std::path::Path;
 /// Debian busybox-static's binary.
 pub const BUSYBOX: &str = "/bin/busybox";
 
-const APPLETS: &[&str] = &[
+/// Applets linked to busybox in test rootfs trees and images.
+pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "ls", "ps", "kill", "true", "false", "id", "hostname", "env",
-    "mount", "grep", "head", "dd", "yes", "wc",
+    "mount", "grep", "head", "dd", "yes", "wc", "stat", "test",
 ];
 
 /// Builds a busybox rootfs at `dir` (created if missing).

@@ -51,6 +51,7 @@ async fn bad_input_gets_named_errors_and_leaks_nothing() {
         daemon,
         mut cri,
         image,
+        registry: _registry,
     }) = CriTest::setup("bad_input_gets_named_errors_and_leaks_nothing").await
     else {
         return;
@@ -234,6 +235,7 @@ async fn logs_stats_updates_and_reopen() {
         daemon,
         mut cri,
         image,
+        registry: _registry,
     }) = CriTest::setup("logs_stats_updates_and_reopen").await
     else {
         return;
@@ -447,6 +449,7 @@ async fn pod_pid_namespace_mounts_and_pod_filters() {
         daemon,
         mut cri,
         image,
+        registry: _registry,
     }) = CriTest::setup("pod_pid_namespace_mounts_and_pod_filters").await
     else {
         return;

@@ -80,6 +80,7 @@ async fn pods_survive_a_daemon_sigkill() {
         mut daemon,
         mut cri,
         image,
+        registry: _registry,
     }) = CriTest::setup("pods_survive_a_daemon_sigkill").await
     else {
         return;
@@ -160,6 +161,7 @@ async fn killed_vm_turns_the_pod_notready_within_2s() {
         daemon,
         mut cri,
         image,
+        registry: _registry,
     }) = CriTest::setup("killed_vm_turns_the_pod_notready_within_2s").await
     else {
         return;

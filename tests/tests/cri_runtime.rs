@@ -1,5 +1,5 @@
 //! CRI RuntimeService end to end: a real vessel-shim daemon on its socket, a tonic client,
-//! real pod VMs (QEMU), a busybox image from a local OCI layout.
+//! real pod VMs (QEMU), a busybox image pulled from a local registry.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
         daemon,
         mut cri,
         image,
+        registry: _registry,
     }) = CriTest::setup("pod_and_container_lifecycle_through_the_cri_socket").await
     else {
         return;
@@ -118,6 +119,10 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
         .expect("status")
         .into_inner();
     assert!(gone.image.is_none());
+    // Pulled again for the containers below.
+    vessel_tests::cri::pull(&mut images, &image, None)
+        .await
+        .expect("pull again");
 
     // RunPodSandbox; the same (name, namespace, uid, attempt) again returns the same pod.
     let config = pod_config("web", &logs);

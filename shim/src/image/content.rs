@@ -25,10 +25,12 @@ pub struct ContentStore {
 /// The hex part of a `sha256:<64 lowercase hex>` digest; any other form is an error (so a
 /// digest can never name a path outside the store).
 pub fn sha256_hex(digest: &str) -> Result<&str, ImageError> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| ImageError::Blob {
-        digest: digest.to_owned(),
-        reason: "only sha256 digests are supported".into(),
-    })?;
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| ImageError::Blob {
+            digest: digest.to_owned(),
+            reason: "only sha256 digests are supported".into(),
+        })?;
     if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(ImageError::Blob {
             digest: digest.to_owned(),

@@ -75,8 +75,8 @@ pub fn parse_document(digest: &str, bytes: &[u8]) -> Result<Document, ImageError
         }
     };
     if is_index {
-        let index: ImageIndex = serde_json::from_slice(bytes)
-            .map_err(|e| bad("image index", digest, e.to_string()))?;
+        let index: ImageIndex =
+            serde_json::from_slice(bytes).map_err(|e| bad("image index", digest, e.to_string()))?;
         Ok(Document::Index(Box::new(index)))
     } else {
         let manifest: ImageManifest = serde_json::from_slice(bytes)
@@ -284,10 +284,7 @@ mod tests {
         let b = format!("sha256:{}", "b".repeat(64));
         let ids = chain_ids(&[a.clone(), b.clone()]);
         assert_eq!(ids[0], a);
-        let want = format!(
-            "sha256:{:x}",
-            Sha256::digest(format!("{a} {b}").as_bytes())
-        );
+        let want = format!("sha256:{:x}", Sha256::digest(format!("{a} {b}").as_bytes()));
         assert_eq!(ids[1], want);
         assert!(chain_ids(&[]).is_empty());
     }

@@ -19,7 +19,11 @@ impl ImageName {
             reference: name.to_owned(),
             reason: format!("{e}"),
         })?;
-        if reference.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+        if reference
+            .repository()
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+        {
             return Err(ImageError::Reference {
                 reference: name.to_owned(),
                 reason: "repository names must be lowercase".into(),
@@ -96,14 +100,21 @@ mod tests {
             ("busybox:1.36", "docker.io/library/busybox:1.36"),
             ("library/busybox", "docker.io/library/busybox:latest"),
             ("docker.io/busybox", "docker.io/library/busybox:latest"),
-            ("index.docker.io/library/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/library/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("user/app:v2", "docker.io/user/app:v2"),
             ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),
             ("127.0.0.1:5000/a/b", "127.0.0.1:5000/a/b:latest"),
             ("localhost/app:1", "localhost/app:1"),
         ];
         for (input, want) in cases {
-            assert_eq!(ImageName::parse(input).unwrap().canonical(), want, "{input}");
+            assert_eq!(
+                ImageName::parse(input).unwrap().canonical(),
+                want,
+                "{input}"
+            );
         }
         let digest = format!("sha256:{}", "a".repeat(64));
         let n = ImageName::parse(&format!("quay.io/x/y:1@{digest}")).unwrap();
@@ -118,7 +129,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_names_naming_them() {
-        for bad in ["", "UPPER/case", "a b", "x@sha256:12", "repo:tag:more", "/abs"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a b",
+            "x@sha256:12",
+            "repo:tag:more",
+            "/abs",
+        ] {
             let err = ImageName::parse(bad).unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }

@@ -36,8 +36,7 @@ impl ImageStore {
                 });
             }
         }
-        self.content
-            .put(&top_digest, bytes.len() as u64, &bytes)?;
+        self.content.put(&top_digest, bytes.len() as u64, &bytes)?;
         let mut blobs = vec![top_digest.clone()];
         let (manifest_digest, manifest, manifest_size) = self
             .resolve_platform(&fetcher, &top_digest, bytes, &mut blobs)
@@ -61,15 +60,19 @@ impl ImageStore {
             .map(|((desc, diff_id), chain_id)| (desc.clone(), diff_id.clone(), chain_id.clone()))
             .collect();
         let fetcher = &fetcher;
-        futures_util::stream::iter(jobs.into_iter().map(|(desc, diff_id, chain_id)| async move {
-            self.layer(fetcher, &desc, &diff_id, &chain_id).await
-        }))
+        futures_util::stream::iter(
+            jobs.into_iter()
+                .map(|(desc, diff_id, chain_id)| async move {
+                    self.layer(fetcher, &desc, &diff_id, &chain_id).await
+                }),
+        )
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect::<Vec<()>>()
         .await?;
         blobs.extend(layers.iter().map(|d| d.digest().to_string()));
 
-        let size = manifest_size + config_desc.size() + layers.iter().map(|d| d.size()).sum::<u64>();
+        let size =
+            manifest_size + config_desc.size() + layers.iter().map(|d| d.size()).sum::<u64>();
         let image = ImageRecord {
             id: config_digest,
             repo_tags: Vec::new(),
@@ -80,7 +83,11 @@ impl ImageStore {
             size,
             defaults: manifest::defaults(&config),
         };
-        let image = self.record(image, name.repo_tag(), format!("{}@{top_digest}", name.repo()))?;
+        let image = self.record(
+            image,
+            name.repo_tag(),
+            format!("{}@{top_digest}", name.repo()),
+        )?;
         tracing::info!(image = %name, id = %image.id, "image pulled");
         Ok(image)
     }
@@ -131,10 +138,12 @@ impl ImageStore {
             return Ok(());
         }
         let diff_id = diff_id.to_owned();
-        tokio::task::spawn_blocking(move || unpack_layer(&blob, compression, Some(&diff_id), &dest))
-            .await
-            .map_err(|e| ImageError::Task(format!("unpack layer {digest}: {e}")))?
-            .map_err(|source| ImageError::Layer { digest, source })?;
+        tokio::task::spawn_blocking(move || {
+            unpack_layer(&blob, compression, Some(&diff_id), &dest)
+        })
+        .await
+        .map_err(|e| ImageError::Task(format!("unpack layer {digest}: {e}")))?
+        .map_err(|source| ImageError::Layer { digest, source })?;
         Ok(())
     }
 

@@ -74,11 +74,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 impl ImageStore {
     /// Opens the store under `root`, loading image records from `db`; clears unfinished
     /// downloads and unpacks.
-    pub fn open(
-        root: &Path,
-        db: Arc<Store>,
-        registry: RegistryConfig,
-    ) -> Result<Self, ImageError> {
+    pub fn open(root: &Path, db: Arc<Store>, registry: RegistryConfig) -> Result<Self, ImageError> {
         let content = ContentStore::open(&root.join("content"))?;
         let layers = root.join("layers");
         fs::create_dir_all(&layers).map_err(io_error(&layers))?;
@@ -135,9 +131,10 @@ impl ImageStore {
         let images = self.images();
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut matches = images
-                .values()
-                .filter(|r| r.id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(hex)));
+            let mut matches = images.values().filter(|r| {
+                r.id.strip_prefix("sha256:")
+                    .is_some_and(|h| h.starts_with(hex))
+            });
             if let (Some(one), None) = (matches.next(), matches.next()) {
                 return Some(one.clone());
             }
@@ -188,7 +185,10 @@ impl ImageStore {
         changed.push(image.clone());
         let puts: Vec<(&str, &ImageRecord)> = changed.iter().map(|r| (r.id.as_str(), r)).collect();
         self.db.put_many(Kind::Image, &puts)?;
-        let deletes: Vec<(Kind, &str)> = dropped.iter().map(|id| (Kind::Image, id.as_str())).collect();
+        let deletes: Vec<(Kind, &str)> = dropped
+            .iter()
+            .map(|id| (Kind::Image, id.as_str()))
+            .collect();
         self.db.delete(&deletes)?;
         for id in &dropped {
             images.remove(id);
@@ -230,7 +230,10 @@ impl ImageStore {
 
     /// Deletes blobs no image lists and layers neither an image nor `pinned` (layer dirs in
     /// use by containers) needs. Waits for running pulls to finish first.
-    pub async fn collect_garbage(&self, pinned: &HashSet<PathBuf>) -> Result<Collected, ImageError> {
+    pub async fn collect_garbage(
+        &self,
+        pinned: &HashSet<PathBuf>,
+    ) -> Result<Collected, ImageError> {
         let _exclusive = self.gc.write().await;
         let (blobs, layers) = {
             let images = self.images();
@@ -257,7 +260,11 @@ impl ImageStore {
             }
         }
         if collected != Collected::default() {
-            tracing::info!(blobs = collected.blobs, layers = collected.layers, "image garbage collected");
+            tracing::info!(
+                blobs = collected.blobs,
+                layers = collected.layers,
+                "image garbage collected"
+            );
         }
         Ok(collected)
     }
@@ -274,7 +281,10 @@ impl ImageStore {
 
 fn dedup(items: Vec<String>) -> Vec<String> {
     let mut seen = HashSet::new();
-    items.into_iter().filter(|i| seen.insert(i.clone())).collect()
+    items
+        .into_iter()
+        .filter(|i| seen.insert(i.clone()))
+        .collect()
 }
 
 /// Whether a repo tag (`repo:tag`) and a repo digest (`repo@digest`) name one repository.
@@ -333,10 +343,18 @@ mod tests {
 
         // A second tag merges; the tag moving to b leaves a with its other tag.
         store
-            .record(record('a', &[]), Some("docker.io/library/busybox:1".into()), digest_a.clone())
+            .record(
+                record('a', &[]),
+                Some("docker.io/library/busybox:1".into()),
+                digest_a.clone(),
+            )
             .unwrap();
         let b = store
-            .record(record('b', &[]), Some(busybox.clone()), "docker.io/library/busybox@sha256:2".into())
+            .record(
+                record('b', &[]),
+                Some(busybox.clone()),
+                "docker.io/library/busybox@sha256:2".into(),
+            )
             .unwrap();
         assert_eq!(store.resolve("busybox:latest").unwrap().id, b.id);
         let a = store.resolve("busybox:1").unwrap();
@@ -350,7 +368,11 @@ mod tests {
 
         // Removing a tag keeps the image while another tag is left.
         store
-            .record(record('b', &[]), Some("docker.io/library/other:x".into()), "docker.io/library/other@sha256:3".into())
+            .record(
+                record('b', &[]),
+                Some("docker.io/library/other:x".into()),
+                "docker.io/library/other@sha256:3".into(),
+            )
             .unwrap();
         assert!(store.remove("busybox:latest").unwrap());
         let b = store.resolve(&b.id).unwrap();
@@ -378,11 +400,19 @@ mod tests {
         image.blobs = vec![kept_d.clone()];
         image.chain_ids = vec![format!("sha256:{}", "c".repeat(64))];
         store
-            .record(image.clone(), Some("docker.io/x/y:1".into()), "docker.io/x/y@sha256:1".into())
+            .record(
+                image.clone(),
+                Some("docker.io/x/y:1".into()),
+                "docker.io/x/y@sha256:1".into(),
+            )
             .unwrap();
         let layer = store.layer_dir(&image.chain_ids[0]).unwrap();
-        let pinned = store.layer_dir(&format!("sha256:{}", "d".repeat(64))).unwrap();
-        let orphan = store.layer_dir(&format!("sha256:{}", "e".repeat(64))).unwrap();
+        let pinned = store
+            .layer_dir(&format!("sha256:{}", "d".repeat(64)))
+            .unwrap();
+        let orphan = store
+            .layer_dir(&format!("sha256:{}", "e".repeat(64)))
+            .unwrap();
         for d in [&layer, &pinned, &orphan] {
             fs::create_dir_all(d.join("etc")).unwrap();
         }
@@ -390,12 +420,24 @@ mod tests {
             .collect_garbage(&HashSet::from([pinned.clone()]))
             .await
             .unwrap();
-        assert_eq!(collected, Collected { blobs: 1, layers: 1 });
+        assert_eq!(
+            collected,
+            Collected {
+                blobs: 1,
+                layers: 1
+            }
+        );
         assert!(layer.exists() && pinned.exists() && !orphan.exists());
         assert!(store.content.contains(&kept_d, 4) && !store.content.contains(&gone_d, 4));
 
         store.remove("x/y:1").unwrap();
         let collected = store.collect_garbage(&HashSet::new()).await.unwrap();
-        assert_eq!(collected, Collected { blobs: 1, layers: 2 });
+        assert_eq!(
+            collected,
+            Collected {
+                blobs: 1,
+                layers: 2
+            }
+        );
     }
 }

@@ -144,4 +144,3 @@ fn compress(tar: &[u8], compression: Compression) -> Vec<u8> {
         Compression::Zstd => zstd::stream::encode_all(tar, 1).unwrap(),
     }
 }
-

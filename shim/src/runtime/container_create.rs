@@ -131,10 +131,13 @@ impl Runtime {
         log_path: Option<PathBuf>,
         agent: &crate::sandbox::AgentClient,
     ) -> Result<Container, RuntimeError> {
-        let image = self.images.resolve(image_name).ok_or_else(|| RuntimeError::NotFound {
-            what: "image",
-            id: format!("{image_name} (config.image.image; pull it first)"),
-        })?;
+        let image = self
+            .images
+            .resolve(image_name)
+            .ok_or_else(|| RuntimeError::NotFound {
+                what: "image",
+                id: format!("{image_name} (config.image.image; pull it first)"),
+            })?;
         let layers = self.images.layer_dirs(&image)?;
         let pod_dir = self.dirs.state.join("pods").join(pod_id);
         let shared = pod_dir.join("shared");
@@ -146,7 +149,15 @@ impl Runtime {
             dir,
         };
         let result = self
-            .stage_and_create(id, pod_config, config, &image.defaults, &layers, &staged, agent)
+            .stage_and_create(
+                id,
+                pod_config,
+                config,
+                &image.defaults,
+                &layers,
+                &staged,
+                agent,
+            )
             .await;
         match result {
             Ok(process) => {

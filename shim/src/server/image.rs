@@ -154,7 +154,9 @@ impl ImageService for CriImageService {
             let reference = reference(request.image)?;
             let auth = pull_auth(request.auth)?;
             let image = self.runtime.pull_image(&reference, auth).await?;
-            Ok(cri::PullImageResponse { image_ref: image.id })
+            Ok(cri::PullImageResponse {
+                image_ref: image.id,
+            })
         })
         .await
     }

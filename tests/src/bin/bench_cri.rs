@@ -21,8 +21,9 @@ use tonic::transport::Channel;
 use vessel_protocols::cri;
 use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 use vessel_shim::hypervisor::Backend;
-use vessel_tests::cri::{container_config, pod_config, shim_binary, Daemon};
-use vessel_tests::oci_layout::busybox_layout;
+use vessel_tests::cri::{
+    container_config, pod_config, pull, registry_with_busybox, shim_binary, Daemon,
+};
 use vessel_tests::TestEnv;
 
 type Client = RuntimeServiceClient<Channel>;
@@ -48,10 +49,12 @@ async fn main() -> Result<()> {
     }
     // Dropped in reverse order: the daemon (and whatever pod VMs a failure left) before the
     // environment's state dir.
+    if !vessel_tests::registry::available("bench_cri") {
+        bail!("docker-registry missing (scripts/setup.sh installs it)");
+    }
+    let (_registry, image) = registry_with_busybox().await;
     let daemon = Daemon::start().await;
     let mut cri = daemon.client().await;
-    let image = busybox_layout(&env.state_dir().join("busybox"), "latest")
-        .context("write the busybox OCI layout")?;
     let logs = env.state_dir().join("logs");
 
     let version = time_version(&mut cri).await?;
@@ -102,6 +105,9 @@ async fn main() -> Result<()> {
         "[hypervisor]\nmemory_mib = {LIST_POD_MEMORY_MIB}\n"
     )))
     .await;
+    pull(&mut daemon.image_client().await, &image, None)
+        .await
+        .context("pull busybox")?;
     let mut cri = daemon.client().await;
     let (pod_id, _) = run_pod(&mut cri, "list", &logs).await?;
     let sandbox = pod_config("list", &logs);

@@ -181,7 +181,12 @@ mod tests {
     #[test]
     fn loopback_registries_are_plain_http() {
         let c = RegistryConfig::default();
-        for host in ["localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+        for host in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
             let e = c.endpoints(host);
             assert_eq!(e.len(), 1);
             assert!(e[0].plain_http, "{host}");
@@ -199,7 +204,10 @@ mod tests {
             "#,
         );
         let err = c.validate().unwrap_err();
-        assert!(err.contains("registry.mirrors.\"docker.io\".endpoint[1]"), "{err}");
+        assert!(
+            err.contains("registry.mirrors.\"docker.io\".endpoint[1]"),
+            "{err}"
+        );
         assert!(err.contains("http or https"), "{err}");
         let c = config(r#"mirrors."docker.io".endpoint = ["https://m.example/v2/prefix"]"#);
         assert!(c.validate().unwrap_err().contains("path"));

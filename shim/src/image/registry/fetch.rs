@@ -48,9 +48,9 @@ impl From<OciDistributionError> for Failure {
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => Self::Unauthorized(message),
             OciDistributionError::ImageManifestNotFoundError(_) => Self::NotFound(message),
-            OciDistributionError::ServerError { code: 401 | 403, .. } => {
-                Self::Unauthorized(message)
-            }
+            OciDistributionError::ServerError {
+                code: 401 | 403, ..
+            } => Self::Unauthorized(message),
             OciDistributionError::ServerError { code: 404, .. } => Self::NotFound(message),
             OciDistributionError::RegistryError { envelope, .. } => {
                 match envelope.errors.first().map(|e| &e.code) {
@@ -268,18 +268,22 @@ mod tests {
             credentials: basic,
             server: Some("http://127.0.0.1:1/v2/".into()),
         });
-        assert!(matches!(f.auth_for(&f.endpoints[0]), RegistryAuth::Basic(..)));
-        assert!(matches!(f.auth_for(&f.endpoints[1]), RegistryAuth::Anonymous));
+        assert!(matches!(
+            f.auth_for(&f.endpoints[0]),
+            RegistryAuth::Basic(..)
+        ));
+        assert!(matches!(
+            f.auth_for(&f.endpoints[1]),
+            RegistryAuth::Anonymous
+        ));
     }
 
     #[tokio::test]
     async fn every_endpoint_failing_names_each() {
         let dir = tempfile::tempdir().unwrap();
         let content = ContentStore::open(dir.path()).unwrap();
-        let config: RegistryConfig = toml::from_str(
-            r#"mirrors."127.0.0.1:2".endpoint = ["http://127.0.0.1:1"]"#,
-        )
-        .unwrap();
+        let config: RegistryConfig =
+            toml::from_str(r#"mirrors."127.0.0.1:2".endpoint = ["http://127.0.0.1:1"]"#).unwrap();
         let name = ImageName::parse("127.0.0.1:2/app:v1").unwrap();
         let f = Fetcher::new(&config, &name, PullAuth::default());
         let err = f.manifest(None).await.unwrap_err();
@@ -289,6 +293,11 @@ mod tests {
         assert!(msg.contains("127.0.0.1:2/app:v1"), "{msg}");
         let digest = format!("sha256:{}", "0".repeat(64));
         assert!(f.blob(&content, &digest, 1).await.is_err());
-        assert_eq!(std::fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("ingest"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }
