@@ -39,7 +39,7 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
+            (x >> 56) as u8
         })
         .collect()
 }

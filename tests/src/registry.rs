@@ -1,5 +1,6 @@
 //! A real OCI distribution registry for tests: Debian's `docker-registry` (CNCF distribution
-//! 2.8) serving plain HTTP on `127.0.0.1:<free port>`, anonymous or behind HTTP basic auth.
+//! 2.8) serving plain HTTP on `127.0.0.1:<free port>`, anonymous, behind HTTP basic auth, or
+//! behind token auth.
 //!
 //! Storage is a filesystem root in a fresh tempdir, with deletes enabled and no blob
 //! descriptor cache (`storage.cache` is left out), so a test that corrupts or moves a blob's
@@ -10,6 +11,12 @@
 //! Basic auth (`auth.htpasswd`) works without TLS in 2.8: the docs warn against it but the
 //! registry enforces it, answering an anonymous `GET /v2/` with 401 and
 //! `WWW-Authenticate: Basic realm="vessel-tests"`.
+//!
+//! Token auth (`auth.token`) sends clients to a [`TokenServer`] the fixture runs itself: an
+//! anonymous `GET /v2/` gets 401 and `WWW-Authenticate: Bearer realm="http://127.0.0.1:<port>/
+//! token",service="vessel-test-registry"`, and the token server hands RS256 JWTs to the
+//! fixture's user and password. oci-client given those as `RegistryAuth::Basic` follows the
+//! challenge by itself; [`Registry::issue_token`] makes a token directly.
 //!
 //! Also here: a tiny blocking HTTP GET for checking what the registry serves, and the
 //! oci-client push primitives ([`registry_client`], [`push_blobs`], [`put_manifest`]) that
@@ -23,11 +30,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use crate::images::{sha256_digest, MANIFEST_ACCEPT};
+use crate::token_auth::{TokenServer, OPENSSL_BIN};
 
 /// Debian's docker-registry package's binary.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -38,9 +48,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Whether the registry tools are installed; prints a SKIPPED line for `test` when not.
 pub fn available(test: &str) -> bool {
-    let ok = Path::new(REGISTRY_BIN).is_file() && Path::new(HTPASSWD_BIN).is_file();
+    let ok = [REGISTRY_BIN, HTPASSWD_BIN, OPENSSL_BIN]
+        .iter()
+        .all(|bin| Path::new(bin).is_file());
     if !ok {
-        println!("SKIPPED {test}: docker-registry not installed (scripts/setup.sh installs it)");
+        println!("SKIPPED {test}: docker-registry, htpasswd or openssl missing (scripts/setup.sh)");
     }
     ok
 }
@@ -50,27 +62,35 @@ pub struct Registry {
     child: Child,
     host: String,
     credentials: Option<(String, String)>,
+    token: Option<TokenServer>,
     dir: tempfile::TempDir,
 }
 
 impl Registry {
     /// Starts an anonymous registry (anyone may push and pull).
     pub fn start() -> Self {
-        Self::spawn(None)
+        Self::spawn(None, None)
     }
 
     /// Starts a registry that requires HTTP basic auth as `user`/`pass` for every request.
     pub fn start_with_basic_auth(user: &str, pass: &str) -> Self {
-        Self::spawn(Some((user, pass)))
+        Self::spawn(Some((user, pass)), None)
     }
 
-    fn spawn(credentials: Option<(&str, &str)>) -> Self {
+    /// Starts a registry that requires a Bearer token from its own token server, which gives
+    /// one to `user`/`pass` (HTTP basic auth) for whatever repository scope is asked.
+    pub fn start_with_token_auth(user: &str, pass: &str) -> Self {
+        Self::spawn(Some((user, pass)), Some(TokenServer::start(user, pass)))
+    }
+
+    fn spawn(credentials: Option<(&str, &str)>, token: Option<TokenServer>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vessel-registry-")
             .tempdir_in("/tmp")
             .expect("creating the registry's tempdir under /tmp");
-        let auth = match credentials {
-            Some((user, pass)) => {
+        let auth = match (credentials, &token) {
+            (_, Some(token)) => token.registry_config(),
+            (Some((user, pass)), None) => {
                 let htpasswd = dir.path().join("htpasswd");
                 let out = Command::new(HTPASSWD_BIN)
                     .args(["-Bbn", user, pass])
@@ -83,7 +103,7 @@ impl Registry {
                     htpasswd.display()
                 )
             }
-            None => String::new(),
+            (None, None) => String::new(),
         };
         let credentials = credentials.map(|(u, p)| (u.to_string(), p.to_string()));
         // Another process may take the free port between our probe and the registry's bind.
@@ -113,6 +133,7 @@ impl Registry {
                         child,
                         host,
                         credentials,
+                        token,
                         dir,
                     }
                 }
@@ -134,11 +155,29 @@ impl Registry {
         self.host.clone()
     }
 
-    /// The basic-auth user and password, for [`crate::images::push`]; None when anonymous.
+    /// The user and password (basic auth, or the token server's), for [`crate::images::push`];
+    /// None when anonymous.
     pub fn credentials(&self) -> Option<(&str, &str)> {
         self.credentials
             .as_ref()
             .map(|(u, p)| (u.as_str(), p.as_str()))
+    }
+
+    /// A token granting `actions` (`"pull"`, `"push"`, ..) on `repo`, for use as
+    /// `RegistryAuth::Bearer` or a CRI `registry_token`; with an empty `repo`, a token granting
+    /// nothing, which is enough for `GET /v2/`. Panics unless started with token auth.
+    pub fn issue_token(&self, repo: &str, actions: &[&str]) -> String {
+        let token = self.token.as_ref().expect("the registry has no token auth");
+        token.issue(repo, actions)
+    }
+
+    /// The token server's requests so far, as `"<status> <request target>"`; empty without
+    /// token auth.
+    pub fn token_requests(&self) -> Vec<String> {
+        self.token
+            .as_ref()
+            .map(TokenServer::requests)
+            .unwrap_or_default()
     }
 
     /// The storage driver's root directory.
@@ -183,9 +222,16 @@ impl Registry {
             .join("data")
     }
 
-    /// `GET path` with this registry's credentials (if any) and `headers`.
+    /// `GET path` with this registry's credentials (if any) and `headers`; with token auth, a
+    /// token granting pull on the repository in `path`.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> io::Result<HttpResponse> {
-        let auth = self.credentials().map(|(u, p)| basic_auth(u, p));
+        let auth = match &self.token {
+            Some(_) => Some(format!(
+                "Bearer {}",
+                self.issue_token(path_repository(path), &["pull"])
+            )),
+            None => self.credentials().map(|(u, p)| basic_auth(u, p)),
+        };
         let mut all: Vec<(&str, &str)> = headers.to_vec();
         if let Some(auth) = &auth {
             all.push(("Authorization", auth));
@@ -209,6 +255,16 @@ impl Drop for Registry {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
     }
+}
+
+/// The repository `name` in `/v2/<name>/{manifests,blobs,tags}/..`; empty for other paths.
+fn path_repository(path: &str) -> &str {
+    let rest = path.strip_prefix("/v2/").unwrap_or_default();
+    let ends = ["/manifests/", "/blobs/", "/tags/"].map(|kind| rest.rfind(kind));
+    ends.into_iter()
+        .flatten()
+        .max()
+        .map_or("", |end| &rest[..end])
 }
 
 fn config_yaml(root: &Path, host: &str, auth: &str) -> String {
@@ -321,28 +377,11 @@ pub fn http_get(host: &str, path: &str, headers: &[(&str, &str)]) -> io::Result<
 
 /// An `Authorization` header value for HTTP basic auth.
 pub fn basic_auth(user: &str, pass: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{user}:{pass}");
-    let mut out = String::from("Basic ");
-    for chunk in input.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    format!("Basic {}", STANDARD.encode(format!("{user}:{pass}")))
 }
 
-/// An oci-client speaking plain HTTP, with basic-auth credentials for `host` when given.
+/// An oci-client speaking plain HTTP, with credentials for `host` when given: sent as basic
+/// auth, or to the realm of a Bearer challenge for a token.
 pub async fn registry_client(host: &str, auth: Option<(&str, &str)>) -> anyhow::Result<Client> {
     // reqwest is built without a rustls provider and wants one even for plain HTTP.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -49,6 +49,8 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     ]);
     let upper = Layer {
         entries: vec![
+            Entry::dir("data", 0o777),
+            Entry::dir("data/old", 0o755),
             Entry::whiteout("etc/motd"),
             Entry::opaque("data/old"),
             Entry::file("data/old/new", b"new", 0o644),
@@ -56,7 +58,10 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
         compression: Compression::Zstd,
     };
     let top = Layer {
-        entries: vec![Entry::file_owned("data/top", b"top", 0o640, 1000, 1000)],
+        entries: vec![
+            Entry::dir("data", 0o777),
+            Entry::file_owned("data/top", b"top", 0o640, 1000, 1000),
+        ],
         compression: Compression::None,
     };
     let image = build(&ImageSpec {

@@ -1,7 +1,7 @@
 //! CRI ImageService end to end against a real registry (Debian's docker-registry on
 //! 127.0.0.1): every manifest format, short names through mirrors with fallback, image
 //! status/list/remove semantics, garbage collection, image fs info, persistence across a
-//! daemon restart, and basic auth.
+//! daemon restart, basic auth and token (bearer) auth.
 
 use std::collections::HashSet;
 
@@ -365,6 +365,70 @@ async fn basic_auth_is_required_and_honoured() {
     let err = pull(&mut images, &reference, Some(bad)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("auth.auth"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_by_credentials_and_by_registry_token() {
+    let test = "token_auth_by_credentials_and_by_registry_token";
+    if !prerequisites(test) {
+        return;
+    }
+    let reg = Registry::start_with_token_auth("bob", "t0ken-pass");
+    let host = reg.host();
+    let busybox = build(&ImageSpec::busybox());
+    push(&host, "secure/busybox", "v1", &busybox, reg.credentials())
+        .await
+        .unwrap();
+    let daemon = Daemon::start().await;
+    let mut images = daemon.image_client().await;
+    let reference = format!("{host}/secure/busybox:v1");
+
+    // Anonymous, a wrong password, a token for another repository: refused, nothing stored.
+    let err = pull(&mut images, &reference, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let wrong = cri::AuthConfig {
+        username: "bob".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut images, &reference, Some(wrong))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let other = cri::AuthConfig {
+        registry_token: reg.issue_token("secure/other", &["pull"]),
+        ..Default::default()
+    };
+    let err = pull(&mut images, &reference, Some(other))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(list(&mut images, None).await.is_empty());
+
+    // Username and password: the Bearer challenge is answered at the token realm.
+    let before = reg.token_requests().len();
+    let right = cri::AuthConfig {
+        username: "bob".into(),
+        password: "t0ken-pass".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&mut images, &reference, Some(right)).await.unwrap(),
+        busybox.config_digest
+    );
+    let issued = &reg.token_requests()[before..];
+    assert!(issued.iter().any(|r| r.starts_with("200 ")), "{issued:?}");
+    remove(&mut images, &reference).await;
+
+    // A registry token from the CRI AuthConfig, sent as the bearer token.
+    let token = cri::AuthConfig {
+        registry_token: reg.issue_token("secure/busybox", &["pull"]),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull(&mut images, &reference, Some(token)).await.unwrap(),
+        busybox.config_digest
+    );
 }
 
 fn spec(image: &str) -> cri::ImageSpec {

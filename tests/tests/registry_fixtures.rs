@@ -332,3 +332,239 @@ async fn push_images_indexes_and_docker_types() {
     let again = registry::put_manifest(&client, &by_digest, &amd64.manifest, OCI_MANIFEST).await;
     assert_eq!(again.expect("PUT by digest"), amd64.digest);
 }
+
+/// The JSON of a JWT's header and claims.
+fn jwt_parts(token: &str) -> (Value, Value) {
+    use base64::Engine as _;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let decode = |part: &str| {
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .expect("base64url");
+        serde_json::from_slice::<Value>(&json).expect("JWT JSON")
+    };
+    (decode(parts[0]), decode(parts[1]))
+}
+
+#[test]
+fn rfc3339_dates() {
+    use vessel_tests::token_auth::rfc3339;
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(rfc3339(1_798_761_599), "2026-12-31T23:59:59Z");
+    assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
+}
+
+#[test]
+fn token_auth_challenges_and_verifies_tokens() {
+    if !registry::available("token_auth_challenges_and_verifies_tokens") {
+        return;
+    }
+    let reg = Registry::start_with_token_auth("bob", "t0ken");
+    let host = reg.host();
+    assert_eq!(reg.credentials(), Some(("bob", "t0ken")));
+    let anonymous = http_get(&host, "/v2/", &[]).expect("GET /v2/");
+    assert_eq!(anonymous.status, 401);
+    let challenge = anonymous.header("www-authenticate").unwrap_or_default();
+    println!("anonymous GET /v2/: 401, WWW-Authenticate: {challenge}");
+    let realm = challenge
+        .strip_prefix("Bearer realm=\"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(realm, _)| realm)
+        .unwrap_or_else(|| panic!("not a Bearer challenge: {challenge}"));
+    assert!(
+        challenge.contains("service=\"vessel-test-registry\""),
+        "{challenge}"
+    );
+    // Basic credentials are no good at the registry itself.
+    let basic = basic_auth("bob", "t0ken");
+    let resp = http_get(&host, "/v2/", &[("Authorization", &basic)]).expect("GET");
+    assert_eq!(resp.status, 401);
+
+    // The token server.
+    let (token_host, token_path) = realm
+        .strip_prefix("http://")
+        .and_then(|r| r.split_once('/'))
+        .expect("an http realm");
+    let token_path = format!("/{token_path}");
+    let query = "?service=vessel-test-registry&scope=repository%3At%2Fa%3Apull%2Cpush\
+                 &scope=repository:t/b:pull&account=bob";
+    let url = format!("{token_path}{query}");
+    let resp = http_get(token_host, &url, &[]).expect("GET token anonymously");
+    assert_eq!(resp.status, 401);
+    let wrong = basic_auth("bob", "nope");
+    let resp = http_get(token_host, &url, &[("Authorization", &wrong)]).expect("GET token");
+    assert_eq!(resp.status, 401);
+    let other_service = format!("{token_path}?service=elsewhere&scope=repository:t/a:pull");
+    let resp = http_get(token_host, &other_service, &[("Authorization", &basic)]).expect("GET");
+    assert_eq!(resp.status, 400);
+    let resp = http_get(token_host, &url, &[("Authorization", &basic)]).expect("GET token");
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let body: Value = serde_json::from_slice(&resp.body).expect("token JSON");
+    println!("token response: {body}");
+    let token = body["token"].as_str().expect("a token").to_string();
+    assert_eq!(body["access_token"], *token);
+    assert_eq!(body["expires_in"], 300);
+    let issued_at = body["issued_at"].as_str().expect("issued_at");
+    assert!(
+        issued_at.len() == 20 && issued_at.ends_with('Z') && issued_at.as_bytes()[10] == b'T',
+        "{issued_at}"
+    );
+    let (header, claims) = jwt_parts(&token);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(header["x5c"].as_array().map(Vec::len), Some(1));
+    assert_eq!(claims["iss"], "vessel-test-issuer");
+    assert_eq!(
+        (&claims["sub"], &claims["aud"]),
+        (&"bob".into(), &"vessel-test-registry".into())
+    );
+    assert_eq!(
+        claims["access"],
+        serde_json::json!([
+            {"type": "repository", "name": "t/a", "actions": ["pull", "push"]},
+            {"type": "repository", "name": "t/b", "actions": ["pull"]},
+        ])
+    );
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert_eq!(exp - claims["iat"].as_u64().expect("iat"), 300);
+
+    // The registry takes the token for its repositories, and only for those.
+    let bearer = |token: &str| format!("Bearer {token}");
+    let get = |path: &str, token: &str| {
+        let resp = http_get(&host, path, &[("Authorization", &bearer(token))]).expect("GET");
+        (
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        )
+    };
+    assert_eq!(get("/v2/", &token).0, 200);
+    let (status, body) = get("/v2/t/a/tags/list", &token);
+    assert_eq!(status, 404, "{body}"); // NAME_UNKNOWN: let in, nothing pushed yet
+    assert_eq!(get("/v2/t/b/tags/list", &token).0, 404);
+    let (status, body) = get("/v2/t/c/tags/list", &token);
+    assert_eq!(status, 401, "{body}");
+    println!("t/c with a token for t/a and t/b: {status} {body}");
+
+    // issue_token makes the same kind of token, without the server.
+    let direct = reg.issue_token("t/c", &["pull"]);
+    assert_eq!(
+        jwt_parts(&direct).1["access"][0]["actions"],
+        serde_json::json!(["pull"])
+    );
+    assert_eq!(get("/v2/t/c/tags/list", &direct).0, 404);
+    assert_eq!(get("/v2/", &reg.issue_token("", &[])).0, 200);
+    assert_eq!(reg.get("/v2/t/c/tags/list", &[]).expect("GET").status, 404);
+
+    // A tampered signature, or a key the registry does not trust, is refused.
+    // (Its first character: the last one of 342 carries 4 padding bits, which Go ignores.)
+    let (signed, signature) = direct.rsplit_once('.').expect("a signature");
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{signed}.{flipped}{}", &signature[1..]);
+    let (status, body) = get("/v2/", &tampered);
+    assert_eq!(status, 401, "{body}");
+    let stranger = vessel_tests::token_auth::TokenServer::start("bob", "t0ken");
+    let (status, body) = get("/v2/", &stranger.issue("t/c", &["pull"]));
+    assert_eq!(status, 401, "{body}");
+    // What the registry logged: the x5c chain is checked against rootcertbundle.
+    let log = reg.log();
+    assert!(log.contains("unable to verify token signature"), "{log}");
+    assert!(log.contains("unable to verify certificate chain"), "{log}");
+    let requests = reg.token_requests();
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    assert!(requests[3].starts_with("200 /token?"), "{requests:#?}");
+
+    let token_addr = token_host.to_string();
+    drop(reg);
+    assert!(
+        http_get(&host, "/v2/", &[]).is_err(),
+        "the registry outlived Drop"
+    );
+    assert!(
+        http_get(&token_addr, "/token", &[]).is_err(),
+        "the token server outlived Drop"
+    );
+}
+
+#[tokio::test]
+async fn token_auth_push_and_pull_with_oci_client() {
+    use oci_client::secrets::RegistryAuth;
+    if !registry::available("token_auth_push_and_pull_with_oci_client") {
+        return;
+    }
+    let reg = Registry::start_with_token_auth("bob", "t0ken");
+    let host = reg.host();
+    let image = small_image();
+
+    let wrong = push(&host, "t/tok", "v1", &image, Some(("bob", "nope"))).await;
+    let err = wrong.expect_err("a push with a wrong password succeeded");
+    println!("push with a wrong password: {err:#}");
+    assert!(reg.token_requests().iter().all(|r| r.starts_with("401 ")));
+    let anon = push(&host, "t/tok", "v1", &image, None).await;
+    assert!(anon.is_err(), "an anonymous push succeeded");
+
+    // Basic credentials: oci-client gets tokens from the realm itself.
+    let digest = push(&host, "t/tok", "v1", &image, reg.credentials())
+        .await
+        .expect("pushing with credentials");
+    assert_eq!(digest, image.digest);
+    let requests = reg.token_requests();
+    println!("token requests: {requests:#?}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.starts_with("200 ") && r.contains("%3Apull%2Cpush")),
+        "{requests:#?}"
+    );
+    let resp = reg.get_manifest("t/tok", "v1").expect("GET manifest");
+    assert_eq!((resp.status, &resp.body), (200, &image.manifest));
+
+    let accepted = vec![OCI_LAYER_GZIP];
+    let pull = |auth: RegistryAuth, repo: &'static str| {
+        let (host, accepted) = (host.clone(), accepted.clone());
+        async move {
+            let client = registry::registry_client(&host, None).await?;
+            let reference = registry::reference(&host, repo, "v1");
+            anyhow::Ok(client.pull(&reference, &auth, accepted).await?)
+        }
+    };
+    let basic = RegistryAuth::Basic("bob".into(), "t0ken".into());
+    let pulled = pull(basic, "t/tok").await.expect("pull with Basic");
+    assert_eq!(pulled.digest.as_deref(), Some(image.digest.as_str()));
+    assert_eq!(pulled.layers[0].data, image.layers[0].blob);
+    let wrong = RegistryAuth::Basic("bob".into(), "nope".into());
+    assert!(pull(wrong, "t/tok").await.is_err());
+    assert!(pull(RegistryAuth::Anonymous, "t/tok").await.is_err());
+
+    // A token handed over as is.
+    let bearer = RegistryAuth::Bearer(reg.issue_token("t/tok", &["pull"]));
+    let pulled = pull(bearer.clone(), "t/tok")
+        .await
+        .expect("pull with Bearer");
+    assert_eq!(pulled.config.data, image.config);
+    let Err(err) = pull(bearer.clone(), "t/other").await else {
+        panic!("pulled another repository with a t/tok token");
+    };
+    println!("pull of another repository with a t/tok token: {err:#}");
+    let push_with = |auth: RegistryAuth, repo: &'static str| {
+        let (host, image) = (host.clone(), &image);
+        async move {
+            let client = registry::registry_client(&host, None).await?;
+            client.store_auth_if_needed(&host, &auth).await;
+            let reference = registry::reference(&host, repo, "v1");
+            registry::push_blobs(&client, &reference, &image.blobs()).await?;
+            registry::put_manifest(&client, &reference, &image.manifest, image.media_type).await
+        }
+    };
+    let err = push_with(bearer, "t/tok")
+        .await
+        .expect_err("pushed with a pull token");
+    println!("push with a pull-only token: {err:#}");
+    let bearer = RegistryAuth::Bearer(reg.issue_token("t/bearer", &["pull", "push"]));
+    let digest = push_with(bearer, "t/bearer")
+        .await
+        .expect("push with Bearer");
+    assert_eq!(digest, image.digest);
+    let resp = reg.get_manifest("t/bearer", "v1").expect("GET manifest");
+    assert_eq!((resp.status, resp.body), (200, image.manifest.clone()));
+}

@@ -5,6 +5,7 @@
 //! every blob and layer it had finished.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, ImageManifest};
@@ -131,19 +132,29 @@ impl ImageStore {
     ) -> Result<(), ImageError> {
         let digest = desc.digest().to_string();
         let compression = manifest::layer_compression(desc)?;
+        let started = Instant::now();
         let blob = self.fetch_blob(fetcher, &digest, desc.size()).await?;
+        let fetched = started.elapsed();
         let dest = self.layer_dir(chain_id)?;
         let _unpacking = self.inflight.lock(chain_id).await;
         if dest.is_dir() {
             return Ok(());
         }
-        let diff_id = diff_id.to_owned();
+        let started = Instant::now();
+        let (diff_id, layer) = (diff_id.to_owned(), digest.clone());
         tokio::task::spawn_blocking(move || {
             unpack_layer(&blob, compression, Some(&diff_id), &dest)
         })
         .await
-        .map_err(|e| ImageError::Task(format!("unpack layer {digest}: {e}")))?
-        .map_err(|source| ImageError::Layer { digest, source })?;
+        .map_err(|e| ImageError::Task(format!("unpack layer {layer}: {e}")))?
+        .map_err(|source| ImageError::Layer {
+            digest: layer,
+            source,
+        })?;
+        tracing::debug!(
+            layer = %digest, bytes = desc.size(), fetch_ms = fetched.as_millis() as u64,
+            unpack_ms = started.elapsed().as_millis() as u64, "layer ready"
+        );
         Ok(())
     }
 

@@ -57,7 +57,7 @@ fn big_image() -> BuiltImage {
             compression: Compression::None,
         },
         Layer {
-            entries: vec![Entry::file("blob4", &noise(4, 50_000_000), 0o644)],
+            entries: vec![Entry::file("blob4", &noise(4, 65_000_000), 0o644)],
             compression: Compression::Gzip,
         },
     ];
