@@ -2,7 +2,8 @@
 //! (manifest, config, four layers of about 50 MB each (gzip, zstd, uncompressed, gzip) fetched
 //! from a local registry, verified, stored and unpacked), against the floor: plain HTTP GETs
 //! of the same blobs from the same registry into memory. Prints MB/s of each and their ratio;
-//! every pull starts cold (the image removed and its blobs and layers collected before).
+//! every pull starts cold (the image removed, its blobs and layers collected, and the disk
+//! synced before).
 //!
 //! Run: `cargo run --release -p vessel-tests --bin bench_pull` (as root;
 //! `cargo build --release -p vessel-shim` first, the daemon is started from the same target
@@ -149,6 +150,9 @@ async fn main() -> Result<()> {
             mbps(unpacked, took)
         );
         remove(&mut images, &id).await?;
+        // Each run starts with the last one's writes and deletions flushed, so dirty-page
+        // writeback of one run does not throttle the next.
+        nix::unistd::sync();
     }
     let (floor, pull) = (median(floor), median(pulls));
     println!(
