@@ -329,6 +329,33 @@ impl CriTest {
     }
 }
 
+/// ExecSync of `sh -c cmd` in a container (30 s timeout): its exit code and stdout.
+pub async fn exec_sh(cri: &mut Client, id: &str, cmd: &str) -> (i32, String) {
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            timeout: 30,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec {cmd:?} in {id}: {e:?}"))
+        .into_inner();
+    (
+        out.exit_code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Image tests need root (layers keep ownership and device nodes) and the registry tools;
+/// false, after a SKIPPED line, without them.
+pub fn can_pull(test: &str) -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIPPED {test}: needs root (layers keep ownership and device nodes)");
+        return false;
+    }
+    crate::registry::available(test)
+}
+
 /// Stops and removes a pod, then checks nothing of it is left on the host.
 pub async fn remove_pod_checked(cri: &mut Client, daemon: &Daemon, pod: &str) {
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {

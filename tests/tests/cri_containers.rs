@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::{container_config, pod_config, remove_pod_checked, Client, CriTest};
+use vessel_tests::cri::{
+    container_config, exec_sh, pod_config, remove_pod_checked, Client, CriTest,
+};
 
 async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
     cri.run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -215,19 +217,6 @@ fn cpu_ns(s: &cri::ContainerStats) -> u64 {
         .map_or(0, |v| v.value)
 }
 
-async fn exec(cri: &mut Client, id: &str, cmd: &str) -> String {
-    let out = cri
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
-            timeout: 30,
-        })
-        .await
-        .expect("exec")
-        .into_inner();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_stats_updates_and_reopen() {
     let Some(CriTest {
@@ -361,12 +350,13 @@ async fn logs_stats_updates_and_reopen() {
     })
     .await
     .expect("update resources");
-    let limits = exec(
+    let limits = exec_sh(
         &mut cri,
         &spinner,
         "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max",
     )
-    .await;
+    .await
+    .1;
     assert_eq!(limits, "67108864\n50000 100000\n");
     let r = cri
         .update_container_resources(cri::UpdateContainerResourcesRequest {
@@ -544,20 +534,21 @@ async fn pod_pid_namespace_mounts_and_pod_filters() {
         .expect("start");
     }
     assert_eq!(
-        exec(&mut cri, &a, "cat /data/data.txt").await,
+        exec_sh(&mut cri, &a, "cat /data/data.txt").await.1,
         "hello-volume\n"
     );
     assert_eq!(
-        exec(
+        exec_sh(
             &mut cri,
             &a,
             "touch /data/x 2>/dev/null && echo writable || echo read-only"
         )
-        .await,
+        .await
+        .1,
         "read-only\n"
     );
     assert_eq!(
-        exec(&mut cri, &a, "echo hi > /rw/y && echo ok").await,
+        exec_sh(&mut cri, &a, "echo hi > /rw/y && echo ok").await.1,
         "ok\n"
     );
     assert_eq!(
@@ -565,7 +556,7 @@ async fn pod_pid_namespace_mounts_and_pod_filters() {
         "hi\n"
     );
     // One pid namespace for the pod: b sees a's process.
-    let ps = exec(&mut cri, &b, "ps").await;
+    let ps = exec_sh(&mut cri, &b, "ps").await.1;
     assert!(ps.contains("sleep 1000"), "{ps}");
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;

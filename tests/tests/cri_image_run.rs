@@ -6,27 +6,11 @@
 use serde_json::json;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, pod_config, pull, remove_pod_checked, wait_state, Client, Daemon,
+    container_config, exec_sh, pod_config, pull, remove_pod_checked, wait_state, Daemon,
 };
 use vessel_tests::images::{build, busybox_layer, push, Compression, Entry, ImageSpec, Layer};
 use vessel_tests::registry::{self, Registry};
 use vessel_tests::TestEnv;
-
-async fn exec(cri: &mut Client, id: &str, cmd: &str) -> (i32, String) {
-    let out = cri
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
-            timeout: 30,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("exec {cmd:?}: {e:?}"))
-        .into_inner();
-    (
-        out.exit_code,
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
@@ -119,17 +103,17 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     assert_eq!(status.image_ref, image.config_digest);
 
     // Whiteout: gone; opaque dir: only the upper layer's file; lower files kept.
-    assert_eq!(exec(&mut cri, &ctr, "test -e /etc/motd").await.0, 1);
+    assert_eq!(exec_sh(&mut cri, &ctr, "test -e /etc/motd").await.0, 1);
     assert_eq!(
-        exec(&mut cri, &ctr, "ls /data/old").await,
-        (0, "new".into())
+        exec_sh(&mut cri, &ctr, "ls /data/old").await,
+        (0, "new\n".into())
     );
     assert_eq!(
-        exec(&mut cri, &ctr, "cat /data/keep /data/top").await,
+        exec_sh(&mut cri, &ctr, "cat /data/keep /data/top").await,
         (0, "kepttop".into())
     );
     assert_eq!(
-        exec(&mut cri, &ctr, "ls -ln /data/top")
+        exec_sh(&mut cri, &ctr, "ls -ln /data/top")
             .await
             .1
             .split_whitespace()
@@ -138,8 +122,8 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     );
     // Config defaults: user, workdir, env; the entrypoint + cmd ran (its log line).
     assert_eq!(
-        exec(&mut cri, &ctr, "id -u; pwd; echo $GREETING").await,
-        (0, "1000\n/data\nhello-from-config".into())
+        exec_sh(&mut cri, &ctr, "id -u; pwd; echo $GREETING").await,
+        (0, "1000\n/data\nhello-from-config\n".into())
     );
     let log = std::fs::read_to_string(&status.log_path).expect("container log");
     assert!(
@@ -148,13 +132,13 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     );
     // Writes land in the container's upper dir, not in the shared image layers.
     assert_eq!(
-        exec(
+        exec_sh(
             &mut cri,
             &ctr,
             "echo w > /data/written && cat /data/written"
         )
         .await,
-        (0, "w".into())
+        (0, "w\n".into())
     );
     let layers = daemon.root().join("images/layers");
     let written = walk(&layers).into_iter().any(|p| p.ends_with("written"));

@@ -10,19 +10,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::{image_status, pull, Daemon, ImageClient};
+use vessel_tests::cri::{can_pull, image_status, pull, Daemon, ImageClient};
 use vessel_tests::images::{
     build, busybox_layer, noise, push, BuiltImage, Compression, Entry, ImageSpec, Layer,
 };
-use vessel_tests::registry::{self, Registry};
-
-fn prerequisites(test: &str) -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("SKIPPED {test}: needs root (layers keep ownership and device nodes)");
-        return false;
-    }
-    registry::available(test)
-}
+use vessel_tests::registry::Registry;
 
 /// Busybox plus one layer of `entries`.
 fn with_layer(entries: Vec<Entry>, compression: Compression) -> BuiltImage {
@@ -59,7 +51,7 @@ fn entries(dir: &Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_layers_and_bad_blobs_are_refused() {
     let test = "hostile_layers_and_bad_blobs_are_refused";
-    if !prerequisites(test) {
+    if !can_pull(test) {
         return;
     }
     let reg = Registry::start();
@@ -172,7 +164,7 @@ async fn hostile_layers_and_bad_blobs_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_pulls_leave_nothing_and_concurrent_pulls_share_downloads() {
     let test = "interrupted_pulls_leave_nothing_and_concurrent_pulls_share_downloads";
-    if !prerequisites(test) {
+    if !can_pull(test) {
         return;
     }
     let reg = Registry::start();

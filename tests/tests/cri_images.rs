@@ -8,20 +8,11 @@ use std::collections::HashSet;
 use serde_json::json;
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::{image_status, pull, Daemon};
+use vessel_tests::cri::{can_pull, image_status, pull, Daemon};
 use vessel_tests::images::{
     build, busybox_layer, push, push_index, BuiltImage, Compression, Entry, ImageSpec, Layer,
 };
-use vessel_tests::registry::{self, Registry};
-
-/// Root and the registry binaries, or a SKIPPED line.
-fn prerequisites(test: &str) -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        println!("SKIPPED {test}: needs root (layers keep ownership and device nodes)");
-        return false;
-    }
-    registry::available(test)
-}
+use vessel_tests::registry::Registry;
 
 /// A second layer with content of its own, `compression`-compressed.
 fn extra_layer(file: &str, compression: Compression) -> Layer {
@@ -52,7 +43,7 @@ fn layer_dirs(daemon: &Daemon) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_every_format_through_mirrors_and_manages_images() {
     let test = "pulls_every_format_through_mirrors_and_manages_images";
-    if !prerequisites(test) {
+    if !can_pull(test) {
         return;
     }
     let reg = Registry::start();
@@ -311,7 +302,7 @@ async fn pulls_every_format_through_mirrors_and_manages_images() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_is_required_and_honoured() {
     let test = "basic_auth_is_required_and_honoured";
-    if !prerequisites(test) {
+    if !can_pull(test) {
         return;
     }
     let reg = Registry::start_with_basic_auth("alice", "s3cret");
@@ -370,7 +361,7 @@ async fn basic_auth_is_required_and_honoured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_auth_by_credentials_and_by_registry_token() {
     let test = "token_auth_by_credentials_and_by_registry_token";
-    if !prerequisites(test) {
+    if !can_pull(test) {
         return;
     }
     let reg = Registry::start_with_token_auth("bob", "t0ken-pass");
