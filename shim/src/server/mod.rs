@@ -16,7 +16,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 use tonic::{Request, Response, Status};
 use vessel_protocols::cri;
-use vessel_protocols::cri::image_service_server::ImageServiceServer;
+use vessel_protocols::cri::image_service_server::{ImageService, ImageServiceServer};
 use vessel_protocols::cri::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 
 use self::authority::AuthorityFixStream;
@@ -33,6 +33,18 @@ pub struct CriService {
 }
 
 impl CriService {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
+    }
+}
+
+/// The ImageService over the runtime core.
+#[derive(Clone)]
+pub struct CriImageService {
+    runtime: Arc<Runtime>,
+}
+
+impl CriImageService {
     pub fn new(runtime: Arc<Runtime>) -> Self {
         Self { runtime }
     }
@@ -65,7 +77,7 @@ pub async fn serve(
     let service = RuntimeServiceServer::new(CriService::new(runtime.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let images = ImageServiceServer::new(image::CriImageService::new(runtime.clone()))
+    let images = ImageServiceServer::new(CriImageService::new(runtime.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let result = tonic::transport::Server::builder()
@@ -85,13 +97,13 @@ pub enum ServeError {
     Serve(tonic::transport::Error),
 }
 
-/// Implements RuntimeService: each listed RPC calls its handler through [`call`]; the
+/// Implements a CRI service: each listed RPC calls its handler through [`call`]; the
 /// remaining items are written out. (`async_trait` must see the expanded methods, so the
 /// whole impl block is generated here.)
-macro_rules! runtime_service {
-    ($($name:ident: $req:ident -> $resp:ident = $handler:path;)* { $($rest:tt)* }) => {
+macro_rules! cri_service {
+    ($service:ident for $ty:ty: $($name:ident: $req:ident -> $resp:ident = $handler:path;)* { $($rest:tt)* }) => {
         #[tonic::async_trait]
-        impl RuntimeService for CriService {
+        impl $service for $ty {
             $(
                 async fn $name(&self, request: Request<cri::$req>) -> Result<Response<cri::$resp>, Status> {
                     call(stringify!($name), $handler(&self.runtime, request.into_inner())).await
@@ -110,7 +122,18 @@ fn unimplemented(rpc: &str) -> Status {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
-runtime_service! {
+cri_service! {
+    ImageService for CriImageService:
+        list_images: ListImagesRequest -> ListImagesResponse = image::status::list;
+        image_status: ImageStatusRequest -> ImageStatusResponse = image::status::status;
+        pull_image: PullImageRequest -> PullImageResponse = image::pull::pull;
+        remove_image: RemoveImageRequest -> RemoveImageResponse = image::remove::remove;
+        image_fs_info: ImageFsInfoRequest -> ImageFsInfoResponse = image::fs_info::fs_info;
+    {}
+}
+
+cri_service! {
+    RuntimeService for CriService:
         version: VersionRequest -> VersionResponse = runtime::version::version;
         status: StatusRequest -> StatusResponse = runtime::version::status;
         update_runtime_config: UpdateRuntimeConfigRequest -> UpdateRuntimeConfigResponse = runtime::version::update_runtime_config;
