@@ -6,7 +6,8 @@
 use serde_json::json;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, exec_sh, pod_config, pull, remove_pod_checked, wait_state, Daemon,
+    container_config, exec_sh, image_status, pod_config, pull, remove_pod_checked, wait_state,
+    Daemon,
 };
 use vessel_tests::images::{build, busybox_layer, push, Compression, Entry, ImageSpec, Layer};
 use vessel_tests::registry::{self, Registry};
@@ -143,6 +144,23 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     let layers = daemon.root().join("images/layers");
     let written = walk(&layers).into_iter().any(|p| p.ends_with("written"));
     assert!(!written, "a container write reached an image layer");
+
+    // Removing the image while the container lives keeps the layers under its rootfs.
+    images
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage");
+    assert!(image_status(&mut images, &reference).await.is_none());
+    assert_eq!(std::fs::read_dir(&layers).unwrap().count(), 3);
+    assert_eq!(
+        exec_sh(&mut cri, &ctr, "cat /data/keep").await,
+        (0, "kept".into())
+    );
 
     cri.stop_container(cri::StopContainerRequest {
         container_id: ctr.clone(),

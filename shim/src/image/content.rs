@@ -45,23 +45,16 @@ pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 impl ContentStore {
     /// Opens (creating) the store at `dir` and clears unfinished downloads.
     pub fn open(dir: &Path) -> Result<Self, ImageError> {
         let blobs = dir.join("blobs/sha256");
-        fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
+        fs::create_dir_all(&blobs).map_err(ImageError::io(&blobs))?;
         let ingest = dir.join("ingest");
         if ingest.exists() {
-            fs::remove_dir_all(&ingest).map_err(io_error(&ingest))?;
+            fs::remove_dir_all(&ingest).map_err(ImageError::io(&ingest))?;
         }
-        fs::create_dir_all(&ingest).map_err(io_error(&ingest))?;
+        fs::create_dir_all(&ingest).map_err(ImageError::io(&ingest))?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -89,22 +82,22 @@ impl ContentStore {
         verify(digest, size, bytes.len() as u64, &digest_of(bytes))?;
         let dest = self.path(digest)?;
         let tmp = self.ingest_path(digest)?;
-        fs::write(&tmp, bytes).map_err(io_error(&tmp))?;
-        fs::rename(&tmp, &dest).map_err(io_error(&dest))?;
+        fs::write(&tmp, bytes).map_err(ImageError::io(&tmp))?;
+        fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
         Ok(dest)
     }
 
     /// Reads a stored JSON document (at most [`MAX_JSON`] bytes).
     pub fn read(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let path = self.path(digest)?;
-        let len = fs::metadata(&path).map_err(io_error(&path))?.len();
+        let len = fs::metadata(&path).map_err(ImageError::io(&path))?.len();
         if len > MAX_JSON {
             return Err(ImageError::Blob {
                 digest: digest.to_owned(),
                 reason: format!("{len} bytes, larger than the {MAX_JSON} allowed for JSON"),
             });
         }
-        fs::read(&path).map_err(io_error(&path))
+        fs::read(&path).map_err(ImageError::io(&path))
     }
 
     /// Starts writing the blob `digest` of `size` bytes.
@@ -113,7 +106,7 @@ impl ContentStore {
         let tmp = self.ingest_path(digest)?;
         let file = tokio::fs::File::create(&tmp)
             .await
-            .map_err(io_error(&tmp))?;
+            .map_err(ImageError::io(&tmp))?;
         Ok(BlobWriter {
             file: tokio::io::BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
@@ -129,9 +122,13 @@ impl ContentStore {
     pub fn digests(&self) -> Result<Vec<String>, ImageError> {
         let dir = self.dir.join("blobs/sha256");
         let mut out = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
-            let entry = entry.map_err(io_error(&dir))?;
-            out.push(format!("sha256:{}", entry.file_name().to_string_lossy()));
+        for entry in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+            let entry = entry.map_err(ImageError::io(&dir))?;
+            let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
+            // Anything else there is not ours to judge or delete.
+            if sha256_hex(&digest).is_ok() {
+                out.push(digest);
+            }
         }
         Ok(out)
     }
@@ -140,7 +137,7 @@ impl ContentStore {
     pub fn remove(&self, digest: &str) -> Result<(), ImageError> {
         let path = self.path(digest)?;
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error(&path)(e)),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ImageError::io(&path)(e)),
             _ => Ok(()),
         }
     }
@@ -199,7 +196,10 @@ impl BlobWriter {
         }
         self.hasher.update(chunk);
         let tmp = self.tmp.as_deref().unwrap_or(&self.dest);
-        self.file.write_all(chunk).await.map_err(io_error(tmp))
+        self.file
+            .write_all(chunk)
+            .await
+            .map_err(ImageError::io(tmp))
     }
 
     /// Bytes written so far.
@@ -210,12 +210,12 @@ impl BlobWriter {
     /// Verifies size and digest, then renames the blob into place; returns its path.
     pub async fn commit(mut self) -> Result<PathBuf, ImageError> {
         let tmp = self.tmp.clone().unwrap_or_default();
-        self.file.flush().await.map_err(io_error(&tmp))?;
+        self.file.flush().await.map_err(ImageError::io(&tmp))?;
         let actual = format!("sha256:{:x}", self.hasher.clone().finalize());
         verify(&self.digest, self.size, self.written, &actual)?;
         tokio::fs::rename(&tmp, &self.dest)
             .await
-            .map_err(io_error(&self.dest))?;
+            .map_err(ImageError::io(&self.dest))?;
         self.tmp = None;
         Ok(self.dest.clone())
     }

@@ -13,6 +13,7 @@
 pub mod content;
 mod entry;
 mod keyed;
+mod lease;
 pub mod manifest;
 pub mod name;
 mod pull;
@@ -26,6 +27,7 @@ mod test_layer;
 
 use std::path::PathBuf;
 
+pub use lease::LayerLease;
 pub use name::ImageName;
 pub use registry::{Credentials, PullAuth, RegistryConfig};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
@@ -94,6 +96,16 @@ pub enum ImageError {
     Mount { target: PathBuf, source: nix::Error },
     #[error("unmount rootfs {target}: {source}")]
     Unmount { target: PathBuf, source: nix::Error },
+}
+
+impl ImageError {
+    /// An I/O error on `path`, for `map_err`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 /// Whether this process may mount, mknod and set trusted xattrs (for tests that need root).

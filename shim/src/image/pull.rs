@@ -5,11 +5,14 @@
 //! every blob and layer it had finished.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, ImageManifest};
+use tokio::sync::OwnedRwLockReadGuard;
 
+use super::content::MAX_JSON;
 use super::manifest::{self, chain_ids, for_platform, parse_document, Document, MAX_NESTING};
 use super::name::ImageName;
 use super::registry::{Fetcher, PullAuth};
@@ -25,7 +28,9 @@ impl ImageStore {
     /// records it; returns the image.
     pub async fn pull(&self, reference: &str, auth: PullAuth) -> Result<ImageRecord, ImageError> {
         let name = ImageName::parse(reference)?;
-        let _shared = self.gc.read().await;
+        // Shared with every unpack task, which may outlive this future if the pull is
+        // cancelled: collection waits for them all.
+        let shared = Arc::new(self.gc.clone().read_owned().await);
         let fetcher = Fetcher::new(&self.registry, &name, auth);
 
         let (bytes, top_digest) = fetcher.manifest(None).await?;
@@ -45,6 +50,7 @@ impl ImageStore {
 
         let config_desc = manifest.config();
         let config_digest = config_desc.digest().to_string();
+        check_json_size("image config", &config_digest, config_desc.size())?;
         self.fetch_blob(&fetcher, &config_digest, config_desc.size())
             .await?;
         let config_bytes = self.content.read(&config_digest)?;
@@ -61,12 +67,13 @@ impl ImageStore {
             .map(|((desc, diff_id), chain_id)| (desc.clone(), diff_id.clone(), chain_id.clone()))
             .collect();
         let fetcher = &fetcher;
-        futures_util::stream::iter(
-            jobs.into_iter()
-                .map(|(desc, diff_id, chain_id)| async move {
-                    self.layer(fetcher, &desc, &diff_id, &chain_id).await
-                }),
-        )
+        futures_util::stream::iter(jobs.into_iter().map(|(desc, diff_id, chain_id)| {
+            let shared = shared.clone();
+            async move {
+                self.layer(fetcher, &desc, &diff_id, &chain_id, shared)
+                    .await
+            }
+        }))
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect::<Vec<()>>()
         .await?;
@@ -110,6 +117,7 @@ impl ImageStore {
             };
             let desc = for_platform(&index, &digest)?;
             let child = desc.digest().to_string();
+            check_json_size("image manifest", &child, desc.size())?;
             let (child_bytes, _) = fetcher.manifest(Some(&child)).await?;
             self.content.put(&child, desc.size(), &child_bytes)?;
             blobs.push(child.clone());
@@ -129,6 +137,7 @@ impl ImageStore {
         desc: &Descriptor,
         diff_id: &str,
         chain_id: &str,
+        shared: Arc<OwnedRwLockReadGuard<()>>,
     ) -> Result<(), ImageError> {
         let digest = desc.digest().to_string();
         let compression = manifest::layer_compression(desc)?;
@@ -136,13 +145,14 @@ impl ImageStore {
         let blob = self.fetch_blob(fetcher, &digest, desc.size()).await?;
         let fetched = started.elapsed();
         let dest = self.layer_dir(chain_id)?;
-        let _unpacking = self.inflight.lock(chain_id).await;
+        let unpacking = self.inflight.lock(chain_id).await;
         if dest.is_dir() {
             return Ok(());
         }
         let started = Instant::now();
         let (diff_id, layer) = (diff_id.to_owned(), digest.clone());
         tokio::task::spawn_blocking(move || {
+            let _held = (shared, unpacking);
             unpack_layer(&blob, compression, Some(&diff_id), &dest)
         })
         .await
@@ -171,4 +181,17 @@ impl ImageStore {
         }
         fetcher.blob(&self.content, digest, size).await
     }
+}
+
+/// A JSON document (manifest, config) larger than [`MAX_JSON`] is refused before it is
+/// fetched.
+fn check_json_size(what: &'static str, digest: &str, size: u64) -> Result<(), ImageError> {
+    if size > MAX_JSON {
+        return Err(ImageError::Manifest {
+            what,
+            digest: digest.to_owned(),
+            reason: format!("{size} bytes, more than the {MAX_JSON} allowed"),
+        });
+    }
+    Ok(())
 }

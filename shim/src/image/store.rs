@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::content::{sha256_hex, ContentStore};
 use super::keyed::KeyedLocks;
+use super::lease::{LayerLease, Leases};
 use super::name::ImageName;
 use super::registry::RegistryConfig;
 use super::{ImageDefaults, ImageError};
@@ -57,18 +58,14 @@ pub struct ImageStore {
     pub(super) registry: RegistryConfig,
     db: Arc<Store>,
     images: Mutex<BTreeMap<String, ImageRecord>>,
-    /// Pulls hold it shared, garbage collection exclusively, so a collection never deletes
-    /// what a running pull has fetched but not yet recorded.
-    pub(super) gc: tokio::sync::RwLock<()>,
+    /// Pulls hold it shared (their unpack tasks too, which outlive a cancelled pull), garbage
+    /// collection exclusively, so a collection never deletes what a pull has fetched or is
+    /// unpacking but not yet recorded.
+    pub(super) gc: Arc<tokio::sync::RwLock<()>>,
     /// Per blob digest and per chain id, so concurrent pulls fetch and unpack each once.
     pub(super) inflight: KeyedLocks,
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-    move |source| ImageError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    /// Layer dirs under containers' rootfs.
+    leases: Leases,
 }
 
 impl ImageStore {
@@ -77,12 +74,12 @@ impl ImageStore {
     pub fn open(root: &Path, db: Arc<Store>, registry: RegistryConfig) -> Result<Self, ImageError> {
         let content = ContentStore::open(&root.join("content"))?;
         let layers = root.join("layers");
-        fs::create_dir_all(&layers).map_err(io_error(&layers))?;
-        for entry in fs::read_dir(&layers).map_err(io_error(&layers))? {
-            let entry = entry.map_err(io_error(&layers))?;
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+        fs::create_dir_all(&layers).map_err(ImageError::io(&layers))?;
+        for entry in fs::read_dir(&layers).map_err(ImageError::io(&layers))? {
+            let entry = entry.map_err(ImageError::io(&layers))?;
+            if is_temporary(&entry.path()) {
                 let path = entry.path();
-                fs::remove_dir_all(&path).map_err(io_error(&path))?;
+                fs::remove_dir_all(&path).map_err(ImageError::io(&path))?;
             }
         }
         let images = db
@@ -96,8 +93,9 @@ impl ImageStore {
             registry,
             db,
             images: Mutex::new(images),
-            gc: tokio::sync::RwLock::new(()),
+            gc: Arc::default(),
             inflight: KeyedLocks::default(),
+            leases: Leases::default(),
         })
     }
 
@@ -128,27 +126,61 @@ impl ImageStore {
     /// The image a reference names: its id (`sha256:<hex>`, `<hex>`, or a unique id prefix of
     /// at least 12 hex digits), a repo digest, or a repo tag (names normalised).
     pub fn resolve(&self, reference: &str) -> Option<ImageRecord> {
+        resolve_in(&self.images(), reference).cloned()
+    }
+
+    /// The images a ListImages filter names: with a tag, a digest or an id, the one image
+    /// [`ImageStore::resolve`] finds; a bare repository (`busybox`) matches each of its tags
+    /// and digests, as crictl users expect.
+    pub fn matching(&self, filter: &str) -> Vec<ImageRecord> {
         let images = self.images();
-        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-        if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut matches = images.values().filter(|r| {
-                r.id.strip_prefix("sha256:")
-                    .is_some_and(|h| h.starts_with(hex))
-            });
-            if let (Some(one), None) = (matches.next(), matches.next()) {
-                return Some(one.clone());
-            }
+        let last = filter.rsplit('/').next().unwrap_or(filter);
+        let exact = || resolve_in(&images, filter).cloned().into_iter().collect();
+        if filter.contains('@') || last.contains(':') {
+            return exact();
         }
-        let name = ImageName::parse(reference).ok()?;
-        let canonical = name.canonical();
-        images
+        let Ok(repo) = ImageName::parse(filter).map(|n| n.repo()) else {
+            return exact();
+        };
+        let by_repo: Vec<ImageRecord> = images
             .values()
-            .find(|r| r.repo_tags.contains(&canonical) || r.repo_digests.contains(&canonical))
+            .filter(|r| {
+                r.repo_tags
+                    .iter()
+                    .chain(&r.repo_digests)
+                    .any(|t| repo_of(t) == repo)
+            })
             .cloned()
+            .collect();
+        if by_repo.is_empty() {
+            exact() // an id or id prefix
+        } else {
+            by_repo
+        }
+    }
+
+    /// Like [`ImageStore::resolve`], and leases the image's layer dirs in the same step, so
+    /// no removal and collection can come between.
+    pub fn resolve_and_lease(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(ImageRecord, LayerLease)>, ImageError> {
+        let images = self.images();
+        let Some(image) = resolve_in(&images, reference) else {
+            return Ok(None);
+        };
+        let lease = self.leases.take(self.layer_dirs(image)?);
+        Ok(Some((image.clone(), lease)))
+    }
+
+    /// Leases layer dirs a restored container's rootfs uses.
+    pub fn lease(&self, dirs: Vec<PathBuf>) -> LayerLease {
+        self.leases.take(dirs)
     }
 
     /// Records a pulled image under `tag` and `repo_digest`: a tag moves here from any other
     /// image (an image left with no tag and no digest is dropped); records of one id merge.
+    /// Every change is one transaction, and memory follows only once it committed.
     pub(super) fn record(
         &self,
         mut image: ImageRecord,
@@ -159,13 +191,14 @@ impl ImageStore {
         let mut changed = Vec::new();
         let mut dropped = Vec::new();
         if let Some(tag) = &tag {
-            for other in images.values_mut().filter(|r| r.id != image.id) {
+            for other in images.values().filter(|r| r.id != image.id) {
                 if let Some(i) = other.repo_tags.iter().position(|t| t == tag) {
+                    let mut other = other.clone();
                     other.repo_tags.remove(i);
                     if other.repo_tags.is_empty() && other.repo_digests.is_empty() {
-                        dropped.push(other.id.clone());
+                        dropped.push(other.id);
                     } else {
-                        changed.push(other.clone());
+                        changed.push(other);
                     }
                 }
             }
@@ -184,12 +217,8 @@ impl ImageStore {
         }
         changed.push(image.clone());
         let puts: Vec<(&str, &ImageRecord)> = changed.iter().map(|r| (r.id.as_str(), r)).collect();
-        self.db.put_many(Kind::Image, &puts)?;
-        let deletes: Vec<(Kind, &str)> = dropped
-            .iter()
-            .map(|id| (Kind::Image, id.as_str()))
-            .collect();
-        self.db.delete(&deletes)?;
+        let deletes: Vec<&str> = dropped.iter().map(String::as_str).collect();
+        self.db.apply(Kind::Image, &puts, &deletes)?;
         for id in &dropped {
             images.remove(id);
         }
@@ -202,7 +231,8 @@ impl ImageStore {
     /// Removes what `reference` names: a tag is untagged (the image goes when its last tag
     /// does); an id or digest removes the whole image. Returns whether anything changed.
     pub fn remove(&self, reference: &str) -> Result<bool, ImageError> {
-        let Some(mut image) = self.resolve(reference) else {
+        let mut images = self.images();
+        let Some(mut image) = resolve_in(&images, reference).cloned() else {
             return Ok(false);
         };
         let tag = ImageName::parse(reference)
@@ -210,14 +240,13 @@ impl ImageStore {
             .filter(|n| n.digest().is_none())
             .map(|n| n.canonical())
             .filter(|t| image.repo_tags.contains(t));
-        let mut images = self.images();
         if let Some(tag) = tag {
             image.repo_tags.retain(|t| *t != tag);
             if !image.repo_tags.is_empty() {
-                // Digests of a repository with no tag left go with it.
-                image
-                    .repo_digests
-                    .retain(|d| image.repo_tags.iter().any(|t| same_repo(t, d)));
+                // The repository's digests go with its last tag; other repositories' stay.
+                if !image.repo_tags.iter().any(|t| same_repo(t, &tag)) {
+                    image.repo_digests.retain(|d| !digest_of_repo(d, &tag));
+                }
                 self.db.put(Kind::Image, &image.id, &image)?;
                 images.insert(image.id.clone(), image);
                 return Ok(true);
@@ -228,14 +257,11 @@ impl ImageStore {
         Ok(true)
     }
 
-    /// Deletes blobs no image lists and layers neither an image nor `pinned` (layer dirs in
-    /// use by containers) needs. Waits for running pulls to finish first.
-    pub async fn collect_garbage(
-        &self,
-        pinned: &HashSet<PathBuf>,
-    ) -> Result<Collected, ImageError> {
-        let _exclusive = self.gc.write().await;
-        let (blobs, layers) = {
+    /// Deletes blobs no image lists and layers no image needs and no container leases.
+    /// Waits for running pulls (and their unpacks) to finish first.
+    pub async fn collect_garbage(&self) -> Result<Collected, ImageError> {
+        let exclusive = self.gc.clone().write_owned().await;
+        let (blobs, mut layers) = {
             let images = self.images();
             let blobs: HashSet<String> = images.values().flat_map(|r| r.blobs.clone()).collect();
             let mut layers = HashSet::new();
@@ -244,21 +270,39 @@ impl ImageStore {
             }
             (blobs, layers)
         };
-        let mut collected = Collected::default();
-        for digest in self.content.digests()? {
-            if !blobs.contains(&digest) {
-                self.content.remove(&digest)?;
-                collected.blobs += 1;
-            }
-        }
+        layers.extend(self.leases.leased());
+        let garbage_blobs: Vec<PathBuf> = self
+            .content
+            .digests()?
+            .into_iter()
+            .filter(|d| !blobs.contains(d))
+            .map(|d| self.content.path(&d))
+            .collect::<Result<_, _>>()?;
         let dir = self.root.join("layers");
-        for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
-            let path = entry.map_err(io_error(&dir))?.path();
-            if !layers.contains(&path) && !pinned.contains(&path) {
-                fs::remove_dir_all(&path).map_err(io_error(&path))?;
-                collected.layers += 1;
+        let mut garbage_layers = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(ImageError::io(&dir))? {
+            let path = entry.map_err(ImageError::io(&dir))?.path();
+            if !layers.contains(&path) && !is_temporary(&path) {
+                garbage_layers.push(path);
             }
         }
+        let collected = Collected {
+            blobs: garbage_blobs.len(),
+            layers: garbage_layers.len(),
+        };
+        // Deleting a layer tree is many syscalls: off the async workers, still exclusive.
+        tokio::task::spawn_blocking(move || {
+            let _exclusive = exclusive;
+            for blob in &garbage_blobs {
+                fs::remove_file(blob).map_err(ImageError::io(blob))?;
+            }
+            for layer in &garbage_layers {
+                fs::remove_dir_all(layer).map_err(ImageError::io(layer))?;
+            }
+            Ok::<_, ImageError>(())
+        })
+        .await
+        .map_err(|e| ImageError::Task(format!("garbage collection: {e}")))??;
         if collected != Collected::default() {
             tracing::info!(
                 blobs = collected.blobs,
@@ -279,6 +323,33 @@ impl ImageStore {
     }
 }
 
+/// An unpack in progress (or one a crash interrupted): `layers/.tmp-*`.
+fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+}
+
+/// See [`ImageStore::resolve`].
+fn resolve_in<'a>(
+    images: &'a BTreeMap<String, ImageRecord>,
+    reference: &str,
+) -> Option<&'a ImageRecord> {
+    let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+    if hex.len() >= MIN_ID_PREFIX && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut matches = images.values().filter(|r| {
+            r.id.strip_prefix("sha256:")
+                .is_some_and(|h| h.starts_with(hex))
+        });
+        if let (Some(one), None) = (matches.next(), matches.next()) {
+            return Some(one);
+        }
+    }
+    let canonical = ImageName::parse(reference).ok()?.canonical();
+    images
+        .values()
+        .find(|r| r.repo_tags.contains(&canonical) || r.repo_digests.contains(&canonical))
+}
+
 fn dedup(items: Vec<String>) -> Vec<String> {
     let mut seen = HashSet::new();
     items
@@ -287,12 +358,24 @@ fn dedup(items: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// Whether a repo tag (`repo:tag`) and a repo digest (`repo@digest`) name one repository.
-fn same_repo(tag: &str, digest: &str) -> bool {
-    match (tag.rsplit_once(':'), digest.split_once('@')) {
-        (Some((a, _)), Some((b, _))) => a == b,
-        _ => false,
+/// The repository of a repo tag (`repo:tag`) or repo digest (`repo@digest`).
+fn repo_of(reference: &str) -> &str {
+    match reference.split_once('@') {
+        Some((repo, _)) => repo,
+        None => reference
+            .rsplit_once(':')
+            .map_or(reference, |(repo, _)| repo),
     }
+}
+
+/// Whether two repo tags name one repository.
+fn same_repo(a: &str, b: &str) -> bool {
+    repo_of(a) == repo_of(b)
+}
+
+/// Whether a repo digest belongs to the repository of a repo tag.
+fn digest_of_repo(digest: &str, tag: &str) -> bool {
+    digest.contains('@') && repo_of(digest) == repo_of(tag)
 }
 
 #[cfg(test)]
@@ -386,6 +469,55 @@ mod tests {
         assert!(!store.remove("busybox:1").unwrap());
     }
 
+    #[test]
+    fn removing_a_tag_keeps_other_repositories_digests_and_filters_match_repos() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let a1 = "docker.io/library/a:1".to_string();
+        store
+            .record(
+                record('a', &[]),
+                Some(a1.clone()),
+                "docker.io/library/a@sha256:1".into(),
+            )
+            .unwrap();
+        store
+            .record(
+                record('a', &[]),
+                Some("docker.io/library/b:1".into()),
+                "docker.io/library/b@sha256:1".into(),
+            )
+            .unwrap();
+        store
+            .record(
+                record('a', &[]),
+                None,
+                "docker.io/library/c@sha256:1".into(),
+            )
+            .unwrap();
+        store
+            .record(
+                record('b', &[]),
+                Some("docker.io/library/a:2".into()),
+                "docker.io/library/a@sha256:2".into(),
+            )
+            .unwrap();
+        assert_eq!(store.matching("a").len(), 2);
+        assert_eq!(store.matching("a:2").len(), 1);
+        assert_eq!(store.matching("c").len(), 1);
+        assert!(store.matching("a:3").is_empty());
+        assert_eq!(store.matching(&"a".repeat(12)).len(), 1);
+        assert!(store.remove("a:1").unwrap());
+        let image = store.resolve("b:1").unwrap();
+        assert_eq!(
+            image.repo_digests,
+            [
+                "docker.io/library/b@sha256:1",
+                "docker.io/library/c@sha256:1"
+            ]
+        );
+    }
+
     #[tokio::test]
     async fn garbage_is_what_no_image_or_container_uses() {
         let dir = tempfile::tempdir().unwrap();
@@ -416,10 +548,11 @@ mod tests {
         for d in [&layer, &pinned, &orphan] {
             fs::create_dir_all(d.join("etc")).unwrap();
         }
-        let collected = store
-            .collect_garbage(&HashSet::from([pinned.clone()]))
-            .await
-            .unwrap();
+        let lease = store.lease(vec![pinned.clone()]);
+        // An unpack in progress is not garbage either.
+        let unpacking = store.root().join("layers/.tmp-x-1-1");
+        fs::create_dir_all(&unpacking).unwrap();
+        let collected = store.collect_garbage().await.unwrap();
         assert_eq!(
             collected,
             Collected {
@@ -430,8 +563,12 @@ mod tests {
         assert!(layer.exists() && pinned.exists() && !orphan.exists());
         assert!(store.content.contains(&kept_d, 4) && !store.content.contains(&gone_d, 4));
 
+        assert!(unpacking.exists());
+        // A stray file among the blobs is neither a blob nor a reason to fail.
+        fs::write(store.content.dir().join("blobs/sha256/stray"), b"?").unwrap();
         store.remove("x/y:1").unwrap();
-        let collected = store.collect_garbage(&HashSet::new()).await.unwrap();
+        drop(lease);
+        let collected = store.collect_garbage().await.unwrap();
         assert_eq!(
             collected,
             Collected {

@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use crate::image::LayerLease;
 use crate::logs::LogFile;
 
 use super::{lock, ContainerRecord, ContainerState};
@@ -18,10 +19,16 @@ pub struct Container {
     pub exited: tokio::sync::watch::Sender<bool>,
     /// The log pumps, handed to the exit watcher so an exit is recorded after the last output.
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Keeps the image layers under the rootfs from garbage collection.
+    _layers: Option<LayerLease>,
 }
 
 impl Container {
-    pub(super) fn new(record: ContainerRecord, log: Option<std::sync::Arc<LogFile>>) -> Self {
+    pub(super) fn new(
+        record: ContainerRecord,
+        log: Option<std::sync::Arc<LogFile>>,
+        layers: Option<LayerLease>,
+    ) -> Self {
         let done = record.state == ContainerState::Exited;
         Self {
             id: record.id.clone(),
@@ -31,6 +38,7 @@ impl Container {
             log,
             exited: tokio::sync::watch::channel(done).0,
             pumps: Mutex::new(Vec::new()),
+            _layers: layers,
         }
     }
 

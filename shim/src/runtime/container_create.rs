@@ -131,14 +131,14 @@ impl Runtime {
         log_path: Option<PathBuf>,
         agent: &crate::sandbox::AgentClient,
     ) -> Result<Container, RuntimeError> {
-        let image = self
-            .images
-            .resolve(image_name)
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "image",
-                id: format!("{image_name} (config.image.image; pull it first)"),
-            })?;
-        let layers = self.images.layer_dirs(&image)?;
+        let (image, lease) =
+            self.images
+                .resolve_and_lease(image_name)?
+                .ok_or_else(|| RuntimeError::NotFound {
+                    what: "image",
+                    id: format!("{image_name} (config.image.image; pull it first)"),
+                })?;
+        let layers = lease.dirs().to_vec();
         let pod_dir = self.dirs.state.join("pods").join(pod_id);
         let shared = pod_dir.join("shared");
         let dir = shared.join(id);
@@ -188,7 +188,7 @@ impl Runtime {
                     state: ContainerState::Created,
                 };
                 self.persist_container(&record)?;
-                Ok(Container::new(record, log))
+                Ok(Container::new(record, log, Some(lease)))
             }
             Err(e) => {
                 staged.undo();

@@ -1,11 +1,7 @@
 //! The runtime's image operations: pulls into the image store, lookups, and removal followed
 //! by garbage collection that keeps every layer a container still has mounted.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
-
 use super::{Runtime, RuntimeError};
-use crate::image::store::Collected;
 use crate::image::{ImageRecord, PullAuth};
 
 impl Runtime {
@@ -32,32 +28,33 @@ impl Runtime {
     /// Every image, or only the one `filter` names.
     pub fn list_images(&self, filter: Option<&str>) -> Vec<ImageRecord> {
         match filter {
-            Some(reference) if !reference.is_empty() => {
-                self.images.resolve(reference).into_iter().collect()
-            }
+            Some(reference) if !reference.is_empty() => self.images.matching(reference),
             _ => self.images.list(),
         }
     }
 
-    /// Removes what `reference` names (a tag untags; an id or digest removes the image) and
-    /// collects what no image or container uses any more. An unknown image is fine.
+    /// Removes what `reference` names (a tag untags; an id or digest removes the image), then
+    /// collects what no image or container uses any more. An unknown image is fine; a failed
+    /// collection is logged (the next one retries), the removal stands.
     pub async fn remove_image(&self, reference: &str) -> Result<(), RuntimeError> {
         if reference.is_empty() {
             return Err(RuntimeError::invalid("image.image", "empty"));
         }
         if self.images.remove(reference)? {
-            self.collect_image_garbage().await?;
+            if let Err(e) = self.images.collect_garbage().await {
+                tracing::warn!(image = reference, error = %e, "image garbage collection");
+            }
         }
         Ok(())
     }
 
-    /// Deletes unreferenced blobs and layers, keeping those under containers' rootfs.
-    pub(super) async fn collect_image_garbage(&self) -> Result<Collected, RuntimeError> {
-        let pinned: HashSet<PathBuf> = self
-            .containers()
-            .iter()
-            .flat_map(|c| c.record().layers)
-            .collect();
-        Ok(self.images.collect_garbage(&pinned).await?)
+    /// The image config as stored, for verbose ImageStatus.
+    pub fn image_config(&self, image: &ImageRecord) -> Result<serde_json::Value, RuntimeError> {
+        Ok(self.images.config_json(image)?)
+    }
+
+    /// Where images live (ImageFsInfo's mountpoint).
+    pub fn image_root(&self) -> &std::path::Path {
+        self.images.root()
     }
 }

@@ -56,7 +56,7 @@ pub struct Runtime {
     containers: RwLock<BTreeMap<String, Arc<Container>>>,
     names: Mutex<Names>,
     /// Pulled images, their blobs and unpacked layers.
-    pub images: ImageStore,
+    images: ImageStore,
 }
 
 impl Runtime {
@@ -88,7 +88,7 @@ impl Runtime {
         });
         restore::restore(&runtime).await?;
         // Drops what an interrupted pull or removal left; layers of restored containers stay.
-        if let Err(e) = runtime.collect_image_garbage().await {
+        if let Err(e) = runtime.images.collect_garbage().await {
             tracing::warn!(error = %e, "image garbage collection at start");
         }
         Ok(runtime)

@@ -85,7 +85,8 @@ fn restore_container(runtime: &Arc<Runtime>, record: ContainerRecord) {
             }
         });
     let state = record.state;
-    let container = Arc::new(Container::new(record, log));
+    let lease = runtime.images.lease(record.layers.clone());
+    let container = Arc::new(Container::new(record, log, Some(lease)));
     write(&runtime.containers).insert(container.id.clone(), container.clone());
     if !matches!(state, ContainerState::Created | ContainerState::Running) {
         return;

@@ -90,18 +90,32 @@ impl Store {
         kind: Kind,
         records: &[(&str, &T)],
     ) -> Result<(), StoreError> {
-        if records.is_empty() {
+        self.apply(kind, records, &[])
+    }
+
+    /// Inserts or replaces `puts` and deletes `deletes`, records of one kind, in one durable
+    /// transaction.
+    pub fn apply<T: Serialize>(
+        &self,
+        kind: Kind,
+        puts: &[(&str, &T)],
+        deletes: &[&str],
+    ) -> Result<(), StoreError> {
+        if puts.is_empty() && deletes.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut table = txn.open_table(kind.table()).map_err(db_err)?;
-            for (id, record) in records {
+            for (id, record) in puts {
                 let bytes = serde_json::to_vec(record).map_err(|source| StoreError::Codec {
                     id: (*id).to_owned(),
                     source,
                 })?;
                 table.insert(*id, bytes.as_slice()).map_err(db_err)?;
+            }
+            for id in deletes {
+                table.remove(*id).map_err(db_err)?;
             }
         }
         txn.commit().map_err(db_err)

@@ -234,10 +234,14 @@ impl Fetcher {
     }
 }
 
-/// The `host[:port]` of a CRI `server_address`, which may be a URL (`https://host/v1/`).
+/// The `host[:port]` of a CRI `server_address`, which may be a URL (`https://host/v1/`);
+/// Docker Hub's aliases are `docker.io`, as image names say.
 fn server_host(server: &str) -> &str {
     let rest = server.split_once("://").map_or(server, |(_, r)| r);
-    rest.split('/').next().unwrap_or(rest)
+    match rest.split('/').next().unwrap_or(rest) {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io",
+        host => host,
+    }
 }
 
 #[cfg(test)]
@@ -274,6 +278,20 @@ mod tests {
         ));
         assert!(matches!(
             f.auth_for(&f.endpoints[1]),
+            RegistryAuth::Anonymous
+        ));
+
+        // Docker Hub credentials, keyed as docker config files key them, reach docker.io.
+        let f = fetcher(PullAuth {
+            credentials: Credentials::Bearer("t".into()),
+            server: Some("https://index.docker.io/v1/".into()),
+        });
+        assert!(matches!(
+            f.auth_for(&f.endpoints[1]),
+            RegistryAuth::Bearer(_)
+        ));
+        assert!(matches!(
+            f.auth_for(&f.endpoints[0]),
             RegistryAuth::Anonymous
         ));
     }

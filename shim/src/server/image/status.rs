@@ -23,7 +23,7 @@ pub async fn status(
         let verbose = serde_json::json!({
             "chainID": image.chain_ids.last(),
             "manifestDigest": image.manifest_digest,
-            "imageSpec": rt.images.config_json(&image)?,
+            "imageSpec": rt.image_config(&image)?,
         });
         info.insert("info".to_owned(), verbose.to_string());
     }
