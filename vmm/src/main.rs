@@ -1,7 +1,7 @@
-//! vessel-vmm: the built-in microVM monitor. Not implemented yet (its own issue); the shim
-//! uses the QEMU backend until then.
+//! vessel-vmm: the built-in microVM monitor. Its library has the KVM core and the first
+//! devices; booting a Linux guest is not there yet, so the shim uses the QEMU backend.
 
 fn main() {
-    eprintln!("vessel-vmm: the built-in VMM is not implemented yet; use hypervisor = \"qemu\"");
+    eprintln!("vessel-vmm: booting Linux guests is not implemented yet; use hypervisor = \"qemu\"");
     std::process::exit(2);
 }

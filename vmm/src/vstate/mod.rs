@@ -1,0 +1,16 @@
+//! The KVM state of one microVM: guest memory, the VM and its vCPUs. Every KVM ioctl that
+//! needs `unsafe` lives here.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+/// Opens `/dev/kvm` and checks the API version, or says why KVM cannot be used.
+pub fn open_kvm() -> Result<kvm_ioctls::Kvm, vm::VmError> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(vm::VmError::OpenKvm)?;
+    let version = kvm.get_api_version();
+    if version != kvm_bindings::KVM_API_VERSION as i32 {
+        return Err(vm::VmError::ApiVersion(version));
+    }
+    Ok(kvm)
+}
