@@ -14,18 +14,23 @@ use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 
 use crate::registry::Registry;
 
-/// The daemon binary cargo built beside the tests and benchmarks.
-pub fn shim_binary() -> PathBuf {
+/// A workspace binary cargo built beside the tests and benchmarks (`cargo build --bins`).
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // A test lives in target/<profile>/deps/, a bin target (a benchmark) in target/<profile>/;
-    // vessel-shim is in target/<profile>/ either way.
+    // the workspace's binaries are in target/<profile>/ either way.
     let dir = exe.parent().expect("target dir");
     let profile = if dir.file_name().is_some_and(|n| n == "deps") {
         dir.parent().expect("target dir")
     } else {
         dir
     };
-    profile.join("vessel-shim")
+    profile.join(name)
+}
+
+/// The daemon binary.
+pub fn shim_binary() -> PathBuf {
+    workspace_binary("vessel-shim")
 }
 
 pub struct Daemon {

@@ -7,6 +7,7 @@ pub mod images;
 pub mod leftovers;
 pub mod registry;
 pub mod rootfs;
+pub mod tiny_elf;
 pub mod token_auth;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,128 @@
-//! vessel-vmm: the built-in microVM monitor. Its library has the KVM core and the first
-//! devices; booting a Linux guest is not there yet, so the shim uses the QEMU backend.
+//! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), puts the
+//! 8250 serial console on stdout or a file, runs vCPU 0 and exits when the guest stops:
+//! 0 on a power-off, 2 on a reset (triple fault, i8042 reset: a guest panic with
+//! `reboot=t` or `reboot=k`), 1 on a
+//! VMM error. Virtio devices, ACPI and the control socket are not there yet, so the shim
+//! still runs pods on QEMU.
 
-fn main() {
-    eprintln!("vessel-vmm: booting Linux guests is not implemented yet; use hypervisor = \"qemu\"");
-    std::process::exit(2);
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use vessel_vmm::boot::{loader, pvh};
+use vessel_vmm::devices::legacy::{
+    I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
+};
+use vessel_vmm::devices::Bus;
+use vessel_vmm::vstate::vcpu::{Exit, Vcpu};
+use vessel_vmm::vstate::vm::Vm;
+use vessel_vmm::vstate::{memory, open_kvm};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+/// RAM ends below the 32-bit MMIO hole until guest memory is split around it.
+const MAX_MEMORY_MIB: u64 = 3 * 1024;
+
+#[derive(Parser)]
+#[command(about = "vessel's built-in microVM monitor")]
+struct Args {
+    /// ELF kernel with a PVH entry note (e.g. vmlinux).
+    #[arg(long)]
+    kernel: PathBuf,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long, default_value = "console=ttyS0 reboot=t panic=-1")]
+    cmdline: String,
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Where the serial console goes (appended); stdout when absent.
+    #[arg(long)]
+    console: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vessel-vmm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    if !(2..=MAX_MEMORY_MIB).contains(&args.memory_mib) {
+        bail!(
+            "--memory-mib {} is outside 2..={MAX_MEMORY_MIB}",
+            args.memory_mib
+        );
+    }
+    let ram = args.memory_mib << 20;
+    let kvm = open_kvm()?;
+    let vm = Vm::new(&kvm)?;
+    vm.create_irqchip()?;
+    let memory = memory::create(&[(GuestAddress(0), ram as usize)])?;
+    vm.register_memory(&memory)?;
+    let loaded = loader::load(
+        &memory,
+        ram,
+        &args.kernel,
+        args.initrd.as_deref(),
+        &args.cmdline,
+    )?;
+    pvh::write_start_info(
+        &memory,
+        ram,
+        GuestAddress(loader::CMDLINE_ADDR),
+        loaded.initrd,
+    )?;
+
+    let console: Box<dyn Write + Send> = match &args.console {
+        Some(path) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("open console {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).context("serial eventfd")?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let pio = Arc::new(Bus::default());
+    pio.insert(
+        COM1_PORT,
+        8,
+        Arc::new(Mutex::new(SerialDevice::new(serial_irq, console))),
+    )?;
+    let reset = EventFd::new(libc::EFD_NONBLOCK).context("reset eventfd")?;
+    pio.insert(
+        I8042_COMMAND_PORT,
+        1,
+        Arc::new(Mutex::new(I8042Device::new(
+            reset.try_clone().context("reset eventfd")?,
+        ))),
+    )?;
+    let mmio = Arc::new(Bus::default());
+
+    let mut vcpu = Vcpu::new(&vm, 0, pio, mmio)?;
+    vcpu.configure_cpu(&kvm)?;
+    vcpu.set_pvh_entry(&memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
+    vcpu.set_lint()?;
+    loop {
+        match vcpu.run_once()? {
+            Exit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN) => {
+                return Ok(ExitCode::SUCCESS)
+            }
+            Exit::SystemEvent(_) | Exit::Shutdown => return Ok(ExitCode::from(2)),
+            // A port write may have been the i8042 reset command.
+            Exit::Io if reset.read().is_ok() => return Ok(ExitCode::from(2)),
+            // Only without an in-kernel irqchip does a halt reach the VMM.
+            Exit::Halt | Exit::Io | Exit::Mmio | Exit::Interrupted => continue,
+        }
+    }
 }

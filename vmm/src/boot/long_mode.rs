@@ -2,32 +2,19 @@
 //! control registers, EFER and segment state that go with them (the layout Firecracker's
 //! and Cloud Hypervisor's x86_64 boot code uses, low in guest RAM).
 
-use kvm_bindings::{kvm_segment, kvm_sregs};
+use kvm_bindings::kvm_sregs;
 use vm_memory::{Bytes, GuestAddress};
 
+use super::gdt;
 use crate::vstate::memory::GuestMemory;
 
-/// Where the GDT, the (empty) IDT and the page tables go in guest RAM.
-pub const GDT_ADDR: u64 = 0x500;
+/// Where the (empty) IDT and the page tables go in guest RAM.
 pub const IDT_ADDR: u64 = 0x520;
 pub const PML4_ADDR: u64 = 0x9000;
 const PDPT_ADDR: u64 = 0xa000;
 const PD_ADDR: u64 = 0xb000;
 /// The 4 KiB page table (only with [`PageSize::Small`]).
 const PT_ADDR: u64 = 0xc000;
-
-/// GDT selectors.
-pub const CODE_SELECTOR: u16 = 0x08;
-pub const DATA_SELECTOR: u16 = 0x10;
-pub const TSS_SELECTOR: u16 = 0x18;
-
-/// GDT entries: null, 64-bit code, data, TSS.
-const GDT: [u64; 4] = [
-    0,
-    0x00af_9b00_0000_ffff,
-    0x00cf_9300_0000_ffff,
-    0x008f_8b00_0000_ffff,
-];
 
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
@@ -48,6 +35,8 @@ pub enum PageSize {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LongModeError {
+    #[error(transparent)]
+    Gdt(#[from] gdt::GdtError),
     #[error("write {what} at {addr:#x} into guest memory: {source}")]
     Write {
         what: &'static str,
@@ -67,35 +56,6 @@ fn write(
         .map_err(|source| LongModeError::Write { what, addr, source })
 }
 
-/// The KVM view of GDT entry `index` (the hidden part of a segment register).
-fn segment(index: usize) -> kvm_segment {
-    let entry = GDT[index];
-    let base = ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24);
-    let limit = (entry & 0xffff) | (((entry >> 48) & 0xf) << 16);
-    let flag = |bit: u32| ((entry >> bit) & 1) as u8;
-    let granular = flag(55);
-    kvm_segment {
-        base,
-        // With 4 KiB granularity the limit counts pages.
-        limit: if granular == 1 {
-            ((limit as u32) << 12) | 0xfff
-        } else {
-            limit as u32
-        },
-        selector: (index * 8) as u16,
-        type_: ((entry >> 40) & 0xf) as u8,
-        present: flag(47),
-        dpl: ((entry >> 45) & 0x3) as u8,
-        db: flag(54),
-        s: flag(44),
-        l: flag(53),
-        g: granular,
-        avl: flag(52),
-        unusable: if flag(47) == 1 { 0 } else { 1 },
-        padding: 0,
-    }
-}
-
 /// Writes the GDT, an empty IDT and identity page tables into guest memory and switches
 /// `sregs` to 64-bit long mode on them.
 pub fn setup(
@@ -103,8 +63,7 @@ pub fn setup(
     sregs: &mut kvm_sregs,
     pages: PageSize,
 ) -> Result<(), LongModeError> {
-    let gdt: Vec<u8> = GDT.iter().flat_map(|e| e.to_le_bytes()).collect();
-    write(memory, "GDT", GDT_ADDR, &gdt)?;
+    gdt::write(memory, &gdt::table(gdt::CODE64))?;
     write(memory, "IDT", IDT_ADDR, &0u64.to_le_bytes())?;
     write(
         memory,
@@ -141,14 +100,9 @@ pub fn setup(
     };
     write(memory, "page table", table, &entries)?;
 
-    sregs.gdt.base = GDT_ADDR;
-    sregs.gdt.limit = (GDT.len() * 8 - 1) as u16;
+    gdt::load(sregs, gdt::CODE64);
     sregs.idt.base = IDT_ADDR;
     sregs.idt.limit = 7;
-    sregs.cs = segment(1);
-    let data = segment(2);
-    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-    sregs.tr = segment(3);
     sregs.cr3 = PML4_ADDR;
     sregs.cr4 |= CR4_PAE;
     sregs.cr0 |= CR0_PE | CR0_PG;
@@ -160,25 +114,6 @@ pub fn setup(
 mod tests {
     use super::*;
     use crate::vstate::memory;
-
-    #[test]
-    fn segments_decode_the_gdt() {
-        let code = segment(1);
-        assert_eq!(
-            (code.selector, code.l, code.db, code.present),
-            (0x08, 1, 0, 1)
-        );
-        assert_eq!(
-            (code.type_, code.s, code.g, code.limit),
-            (0xb, 1, 1, 0xffff_ffff)
-        );
-        let data = segment(2);
-        assert_eq!(
-            (data.selector, data.type_, data.db, data.l),
-            (0x10, 0x3, 1, 0)
-        );
-        assert_eq!(segment(0).unusable, 1);
-    }
 
     #[test]
     fn identity_maps_and_enters_long_mode() {
@@ -195,6 +130,6 @@ mod tests {
         // Too little memory for the tables is an error naming them.
         let small = memory::create(&[(GuestAddress(0), 0x1000)]).unwrap();
         let err = setup(&small, &mut sregs, PageSize::Small).unwrap_err();
-        assert!(err.to_string().contains("PML4"), "{err}");
+        assert!(err.to_string().contains("guest memory"), "{err}");
     }
 }

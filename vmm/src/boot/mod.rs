@@ -1,4 +1,8 @@
-//! Booting a guest: the CPU state a 64-bit entry needs (GDT, identity page tables, long-mode
-//! control registers). The Linux loader, boot params, e820 map and ACPI tables come next.
+//! Booting a guest: loading the kernel, initramfs and command line (PVH ELF), the PVH start
+//! info, and the CPU state of a 32-bit PVH or 64-bit entry (GDT, identity page tables).
+//! ACPI tables come next.
 
+pub mod gdt;
+pub mod loader;
 pub mod long_mode;
+pub mod pvh;

@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
 use super::memory::GuestMemory;
 use super::vm::Vm;
 use crate::boot::long_mode::{self, PageSize};
+use crate::boot::pvh;
 use crate::devices::Bus;
 
 /// Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1).
@@ -34,6 +35,11 @@ pub enum VcpuError {
     Internal { id: u64 },
     #[error("vCPU {id}: unexpected exit {exit}")]
     Unexpected { id: u64, exit: String },
+    #[error("vCPU {id}: {source}")]
+    Pvh {
+        id: u64,
+        source: crate::boot::pvh::PvhError,
+    },
     #[error("vCPU {id}: {source}")]
     LongMode {
         id: u64,
@@ -123,6 +129,54 @@ impl Vcpu {
             ..Default::default()
         };
         self.fd.set_regs(&regs).map_err(self.registers("set regs"))
+    }
+
+    /// The PVH entry state: 32-bit protected mode, paging off, `%ebx` = the start info.
+    pub fn set_pvh_entry(
+        &self,
+        memory: &GuestMemory,
+        entry: u64,
+        start_info: u64,
+    ) -> Result<(), VcpuError> {
+        let mut sregs = self.fd.get_sregs().map_err(self.registers("get sregs"))?;
+        pvh::setup_sregs(memory, &mut sregs).map_err(|source| VcpuError::Pvh {
+            id: self.id,
+            source,
+        })?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(self.registers("set sregs"))?;
+        let regs = kvm_bindings::kvm_regs {
+            rip: entry,
+            rbx: start_info,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(self.registers("set regs"))
+    }
+
+    /// The CPUID KVM supports, with this vCPU's APIC id in leaves 0x1 and 0xb, and the x87
+    /// and SSE control words a booting kernel expects.
+    pub fn configure_cpu(&self, kvm: &Kvm) -> Result<(), VcpuError> {
+        let mut cpuid = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(self.registers("get supported CPUID"))?;
+        for entry in cpuid.as_mut_slice() {
+            match entry.function {
+                0x1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((self.id as u32) << 24),
+                0xb => entry.edx = self.id as u32,
+                _ => {}
+            }
+        }
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(self.registers("set CPUID"))?;
+        let fpu = kvm_bindings::kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        self.fd.set_fpu(&fpu).map_err(self.registers("set FPU"))
     }
 
     /// Local APIC LINT0 as ExtINT (the PIC's output reaches the CPU) and LINT1 as NMI, the

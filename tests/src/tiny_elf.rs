@@ -1,0 +1,73 @@
+//! A tiny PVH kernel: an ELF64 image whose one loadable segment holds hand-assembled 32-bit
+//! code at 1 MiB, and whose `XEN_ELFNOTE_PHYS32_ENTRY` note points at it, so both vessel-vmm
+//! and QEMU (`-kernel`) boot it the way they boot a PVH vmlinux. Written byte by byte here
+//! (no toolchain needed at test time).
+
+/// Where the code is loaded and entered.
+pub const ENTRY: u64 = 0x10_0000;
+
+/// The code: `mov $0x3f8,%dx; mov $'!',%al; out %al,%dx; 1: hlt; jmp 1b` (32-bit): one byte
+/// on the serial console, then halt forever.
+pub const PRINT_BANG: &[u8] = &[0x66, 0xba, 0xf8, 0x03, 0xb0, 0x21, 0xee, 0xf4, 0xeb, 0xfd];
+
+/// The code: print `!`, then ask the i8042 for a reset (`mov $0xfe,%al; out %al,$0x64`), as
+/// a guest with `reboot=k` does.
+pub const PRINT_THEN_RESET: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x21, 0xee, // print '!'
+    0xb0, 0xfe, 0xe6, 0x64, // i8042 reset
+    0xf4, 0xeb, 0xfd, // 1: hlt; jmp 1b
+];
+
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+const CODE_OFFSET: usize = 0x1000;
+
+/// The ELF image of `code`.
+pub fn pvh_elf(code: &[u8]) -> Vec<u8> {
+    let note_offset = EHDR_SIZE + 2 * PHDR_SIZE;
+    // Note: namesz, descsz, type (18 = XEN_ELFNOTE_PHYS32_ENTRY), "Xen\0", the entry.
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&4u32.to_le_bytes());
+    note.extend_from_slice(&18u32.to_le_bytes());
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(ENTRY as u32).to_le_bytes());
+
+    let mut elf = Vec::with_capacity(CODE_OFFSET + code.len());
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // ELF64, LE, v1, SysV
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&ENTRY.to_le_bytes());
+    elf.extend_from_slice(&(EHDR_SIZE as u64).to_le_bytes()); // program headers
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    elf.extend_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
+    elf.extend_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+    elf.extend_from_slice(&2u16.to_le_bytes());
+    elf.extend_from_slice(&64u16.to_le_bytes());
+    elf.extend_from_slice(&[0; 4]); // no sections, no names
+    let phdr = |elf: &mut Vec<u8>,
+                kind: u32,
+                flags: u32,
+                offset: usize,
+                addr: u64,
+                size: usize,
+                align: u64| {
+        elf.extend_from_slice(&kind.to_le_bytes());
+        elf.extend_from_slice(&flags.to_le_bytes());
+        elf.extend_from_slice(&(offset as u64).to_le_bytes());
+        elf.extend_from_slice(&addr.to_le_bytes());
+        elf.extend_from_slice(&addr.to_le_bytes());
+        elf.extend_from_slice(&(size as u64).to_le_bytes());
+        elf.extend_from_slice(&(size as u64).to_le_bytes());
+        elf.extend_from_slice(&align.to_le_bytes());
+    };
+    phdr(&mut elf, 1, 5, CODE_OFFSET, ENTRY, code.len(), 0x1000); // PT_LOAD, R+X
+    phdr(&mut elf, 4, 4, note_offset, 0, note.len(), 4); // PT_NOTE
+    elf.extend_from_slice(&note);
+    elf.resize(CODE_OFFSET, 0);
+    elf.extend_from_slice(code);
+    elf
+}

@@ -1,0 +1,109 @@
+//! The vessel-vmm binary end to end on tiny PVH kernels (this machine's KVM runs only tiny
+//! guests): it loads the ELF through its PVH note, enters it in 32-bit protected mode, puts
+//! the guest's serial output on stdout, and exits non-zero when the guest resets. Skipped,
+//! with the reason, where /dev/kvm cannot be opened.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vessel_tests::cri::workspace_binary;
+use vessel_tests::tiny_elf::{pvh_elf, PRINT_BANG, PRINT_THEN_RESET};
+
+fn vmm(test: &str) -> Option<std::path::PathBuf> {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        println!("SKIPPED {test}: /dev/kvm: {e}");
+        return None;
+    }
+    let vmm = workspace_binary("vessel-vmm");
+    assert!(
+        vmm.is_file(),
+        "{} missing: cargo build --workspace --bins",
+        vmm.display()
+    );
+    Some(vmm)
+}
+
+#[test]
+fn tiny_pvh_kernel_prints_on_the_serial_console() {
+    let test = "tiny_pvh_kernel_prints_on_the_serial_console";
+    let Some(vmm) = vmm(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, pvh_elf(PRINT_BANG)).unwrap();
+    let mut child = Command::new(vmm)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        stdout.read_exact(&mut byte).map(|_| byte[0])
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The guest halts forever after printing: the VMM keeps running until killed.
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        reader.is_finished(),
+        "no console output in 10 s; stderr: {stderr}"
+    );
+    assert_eq!(reader.join().unwrap().unwrap(), b'!', "stderr: {stderr}");
+    assert!(
+        still_running,
+        "vessel-vmm exited early ({status}): {stderr}"
+    );
+}
+
+#[test]
+fn guest_reset_ends_the_vmm_with_a_failure_status() {
+    let test = "guest_reset_ends_the_vmm_with_a_failure_status";
+    let Some(vmm) = vmm(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("reset.elf");
+    std::fs::write(&kernel, pvh_elf(PRINT_THEN_RESET)).unwrap();
+    let console = dir.path().join("console.log");
+    let out = Command::new(&vmm)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--console", console.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(std::fs::read(&console).unwrap(), b"!");
+
+    // Bad input: a file that is no ELF, and too little memory, are errors that say so.
+    let out = Command::new(&vmm)
+        .args(["--kernel", console.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("console.log"), "{stderr}");
+    let out = Command::new(&vmm)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-mib"));
+}
