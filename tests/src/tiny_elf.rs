@@ -18,6 +18,14 @@ pub const PRINT_THEN_RESET: &[u8] = &[
     0xf4, 0xeb, 0xfd, // 1: hlt; jmp 1b
 ];
 
+/// The code: print `!`, then power off through the ACPI sleep control register (port 0x600,
+/// SLP_TYP = S5 with SLP_EN): `mov $0x600,%dx; mov $0x34,%al; out %al,%dx`.
+pub const PRINT_THEN_POWER_OFF: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, 0x21, 0xee, // print '!'
+    0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, // S5
+    0xf4, 0xeb, 0xfd, // 1: hlt; jmp 1b
+];
+
 const EHDR_SIZE: usize = 64;
 const PHDR_SIZE: usize = 56;
 const CODE_OFFSET: usize = 0x1000;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vessel_tests::cri::workspace_binary;
-use vessel_tests::tiny_elf::{pvh_elf, PRINT_BANG, PRINT_THEN_RESET};
+use vessel_tests::tiny_elf::{pvh_elf, PRINT_BANG, PRINT_THEN_POWER_OFF, PRINT_THEN_RESET};
 
 fn vmm(test: &str) -> Option<std::path::PathBuf> {
     if let Err(e) = std::fs::OpenOptions::new()
@@ -75,8 +75,8 @@ fn tiny_pvh_kernel_prints_on_the_serial_console() {
 }
 
 #[test]
-fn guest_reset_ends_the_vmm_with_a_failure_status() {
-    let test = "guest_reset_ends_the_vmm_with_a_failure_status";
+fn power_off_and_reset_end_the_vmm_with_their_status() {
+    let test = "power_off_and_reset_end_the_vmm_with_their_status";
     let Some(vmm) = vmm(test) else {
         return;
     };
@@ -91,6 +91,21 @@ fn guest_reset_ends_the_vmm_with_a_failure_status() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert_eq!(std::fs::read(&console).unwrap(), b"!");
+
+    // A power-off through the ACPI sleep control register ends it with 0.
+    let kernel_off = dir.path().join("off.elf");
+    std::fs::write(&kernel_off, pvh_elf(PRINT_THEN_POWER_OFF)).unwrap();
+    let out = Command::new(&vmm)
+        .args([
+            "--kernel",
+            kernel_off.to_str().unwrap(),
+            "--memory-mib",
+            "16",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"!");
 
     // Bad input: a file that is no ELF, and too little memory, are errors that say so.
     let out = Command::new(&vmm)

@@ -1,6 +1,6 @@
 //! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), puts the
 //! 8250 serial console on stdout or a file, runs vCPU 0 and exits when the guest stops:
-//! 0 on a power-off, 2 on a reset (triple fault, i8042 reset: a guest panic with
+//! 0 on a power-off (the ACPI sleep control register, S5), 2 on a reset (triple fault, i8042 reset: a guest panic with
 //! `reboot=t` or `reboot=k`), 1 on a
 //! VMM error. Virtio devices, ACPI and the control socket are not there yet, so the shim
 //! still runs pods on QEMU.
@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use vessel_vmm::boot::{loader, pvh};
+use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
 use vessel_vmm::devices::legacy::{
     I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
 };
@@ -107,6 +108,14 @@ fn run(args: Args) -> Result<ExitCode> {
             reset.try_clone().context("reset eventfd")?,
         ))),
     )?;
+    let power_off = EventFd::new(libc::EFD_NONBLOCK).context("power-off eventfd")?;
+    pio.insert(
+        SLEEP_CONTROL_PORT,
+        1,
+        Arc::new(Mutex::new(SleepControl::new(
+            power_off.try_clone().context("power-off eventfd")?,
+        ))),
+    )?;
     let mmio = Arc::new(Bus::default());
 
     let mut vcpu = Vcpu::new(&vm, 0, pio, mmio)?;
@@ -119,7 +128,8 @@ fn run(args: Args) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS)
             }
             Exit::SystemEvent(_) | Exit::Shutdown => return Ok(ExitCode::from(2)),
-            // A port write may have been the i8042 reset command.
+            // A port write may have been the ACPI power-off or the i8042 reset command.
+            Exit::Io if power_off.read().is_ok() => return Ok(ExitCode::SUCCESS),
             Exit::Io if reset.read().is_ok() => return Ok(ExitCode::from(2)),
             // Only without an in-kernel irqchip does a halt reach the VMM.
             Exit::Halt | Exit::Io | Exit::Mmio | Exit::Interrupted => continue,
