@@ -1,9 +1,9 @@
-//! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), puts the
-//! 8250 serial console on stdout or a file, runs vCPU 0 and exits when the guest stops:
-//! 0 on a power-off (the ACPI sleep control register, S5), 2 on a reset (triple fault, i8042 reset: a guest panic with
-//! `reboot=t` or `reboot=k`), 1 on a
-//! VMM error. Virtio devices, ACPI and the control socket are not there yet, so the shim
-//! still runs pods on QEMU.
+//! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), writes the
+//! ACPI tables (hardware-reduced: the power-off port, COM1), puts the 8250 serial console on
+//! stdout or a file, runs vCPU 0 and exits when the guest stops: 0 on a power-off (S5 through
+//! the ACPI sleep control register), 2 on a reset (triple fault or i8042 reset: a guest panic
+//! with `reboot=t` or `reboot=k`), 1 on a VMM error. Virtio devices and the control socket
+//! are not there yet, so the shim still runs pods on QEMU.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use vessel_vmm::boot::{loader, pvh};
+use vessel_vmm::boot::{acpi, loader, pvh};
 use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
 use vessel_vmm::devices::legacy::{
     I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
@@ -75,11 +75,13 @@ fn run(args: Args) -> Result<ExitCode> {
         args.initrd.as_deref(),
         &args.cmdline,
     )?;
+    let rsdp = acpi::write_tables(&memory, 1, &[])?;
     pvh::write_start_info(
         &memory,
         ram,
         GuestAddress(loader::CMDLINE_ADDR),
         loaded.initrd,
+        rsdp,
     )?;
 
     let console: Box<dyn Write + Send> = match &args.console {

@@ -37,12 +37,13 @@ pub enum PvhError {
 }
 
 /// Writes the start info for a guest with `ram` bytes of RAM from address 0, the command
-/// line at `cmdline`, and the initramfs (`(address, size)`) if any.
+/// line at `cmdline`, the initramfs (`(address, size)`) if any, and the ACPI RSDP.
 pub fn write_start_info(
     memory: &GuestMemory,
     ram: u64,
     cmdline: GuestAddress,
     initrd: Option<(GuestAddress, u64)>,
+    rsdp: GuestAddress,
 ) -> Result<(), PvhError> {
     if ram <= HIMEM_START {
         return Err(PvhError::TooSmall(ram));
@@ -66,6 +67,7 @@ pub fn write_start_info(
         memmap_entries: memmap.len() as u32,
         nr_modules: u32::from(initrd.is_some()),
         modlist_paddr: if initrd.is_some() { MODLIST_ADDR } else { 0 },
+        rsdp_paddr: rsdp.0,
         ..Default::default()
     };
     let mut params = BootParams::new(&start_info, GuestAddress(START_INFO_ADDR));
@@ -103,10 +105,12 @@ mod tests {
     fn start_info_describes_memory_cmdline_and_initrd() {
         let mem = memory::create(&[(GuestAddress(0), 0x20_0000)]).unwrap();
         let initrd = (GuestAddress(0x18_0000), 0x1000);
-        write_start_info(&mem, 0x20_0000, GuestAddress(0x2_0000), Some(initrd)).unwrap();
+        let rsdp = GuestAddress(0xe_0000);
+        write_start_info(&mem, 0x20_0000, GuestAddress(0x2_0000), Some(initrd), rsdp).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(START_INFO_ADDR)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!((info.cmdline_paddr, info.nr_modules), (0x2_0000, 1));
+        assert_eq!(info.rsdp_paddr, 0xe_0000);
         let last: hvm_memmap_table_entry =
             mem.read_obj(GuestAddress(MEMMAP_ADDR + 2 * 24)).unwrap();
         assert_eq!(
@@ -116,7 +120,7 @@ mod tests {
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(MODLIST_ADDR)).unwrap();
         assert_eq!((module.paddr, module.size), (0x18_0000, 0x1000));
         assert!(matches!(
-            write_start_info(&mem, 0x8_0000, GuestAddress(0), None),
+            write_start_info(&mem, 0x8_0000, GuestAddress(0), None, rsdp),
             Err(PvhError::TooSmall(_))
         ));
     }
