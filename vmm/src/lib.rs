@@ -6,9 +6,9 @@
 //! - [`boot`]: loading a PVH ELF kernel, initramfs and command line; the PVH start info;
 //!   ACPI tables; the CPU state of the 32-bit PVH and 64-bit entries.
 //! - [`devices`]: the buses and the device models on them (8250 serial, i8042 reset, ACPI
-//!   sleep control).
+//!   sleep control), and the virtio-mmio transport virtio devices plug into.
 //!
-//! The virtio devices, the control socket and seccomp come next; until then the shim uses
+//! The virtio device models, the control socket and seccomp come next; until then the shim uses
 //! the QEMU backend.
 
 pub mod boot;
