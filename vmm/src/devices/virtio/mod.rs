@@ -4,6 +4,7 @@
 //! once the driver is ready.
 
 pub mod mmio;
+pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
