@@ -101,12 +101,13 @@ impl ContentStore {
     }
 
     /// Starts writing the blob `digest` of `size` bytes.
-    pub async fn writer(&self, digest: &str, size: u64) -> Result<BlobWriter, ImageError> {
+    pub fn writer(&self, digest: &str, size: u64) -> Result<BlobWriter, ImageError> {
         let dest = self.path(digest)?;
         let tmp = self.ingest_path(digest)?;
-        let file = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(ImageError::io(&tmp))?;
+        // Created synchronously (one quick syscall): an async create could finish after a
+        // cancelled pull dropped this future, leaving a file nobody owns.
+        let file = std::fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
+        let file = tokio::fs::File::from_std(file);
         Ok(BlobWriter {
             file: tokio::io::BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
@@ -241,7 +242,7 @@ mod tests {
         let digest = digest_of(data);
 
         // Right bytes: committed.
-        let mut w = store.writer(&digest, data.len() as u64).await.unwrap();
+        let mut w = store.writer(&digest, data.len() as u64).unwrap();
         w.write(&data[..4]).await.unwrap();
         w.write(&data[4..]).await.unwrap();
         let path = w.commit().await.unwrap();
@@ -251,7 +252,7 @@ mod tests {
 
         // Same size, other bytes: a digest error naming both hashes; nothing left behind.
         let other = digest_of(b"another!!!");
-        let mut w = store.writer(&other, data.len() as u64).await.unwrap();
+        let mut w = store.writer(&other, data.len() as u64).unwrap();
         w.write(data).await.unwrap();
         let err = w.commit().await.unwrap_err();
         assert!(matches!(err, ImageError::Digest { .. }), "{err}");
@@ -259,13 +260,13 @@ mod tests {
         assert!(!store.path(&other).unwrap().exists());
 
         // Too many bytes fail at the write; too few at the commit.
-        let mut w = store.writer(&digest, 3).await.unwrap();
+        let mut w = store.writer(&digest, 3).unwrap();
         assert!(matches!(
             w.write(data).await.unwrap_err(),
             ImageError::Size { .. }
         ));
         drop(w);
-        let w = store.writer(&digest, 99).await.unwrap();
+        let w = store.writer(&digest, 99).unwrap();
         assert!(matches!(
             w.commit().await.unwrap_err(),
             ImageError::Size { .. }

@@ -153,10 +153,7 @@ impl Fetcher {
                 .store_auth_if_needed(reference.resolve_registry(), &self.auth_for(endpoint))
                 .await;
             let mut stream = self.client.pull_blob_stream(&reference, digest).await?;
-            let mut writer = content
-                .writer(digest, size)
-                .await
-                .map_err(Failure::Content)?;
+            let mut writer = content.writer(digest, size).map_err(Failure::Content)?;
             while let Some(chunk) = stream.next().await {
                 match chunk {
                     Ok(chunk) => writer.write(&chunk).await.map_err(Failure::Content)?,
