@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
 use super::memory::GuestMemory;
@@ -45,6 +46,15 @@ pub enum VcpuError {
         id: u64,
         source: crate::boot::long_mode::LongModeError,
     },
+}
+
+/// General registers at an entry point: `rip`, and RFLAGS with only its always-set bit 1.
+fn entry_regs(rip: u64) -> kvm_regs {
+    kvm_regs {
+        rip,
+        rflags: 0x2,
+        ..Default::default()
+    }
 }
 
 /// What one `KVM_RUN` ended with, after the VMM handled it.
@@ -90,18 +100,28 @@ impl Vcpu {
         move |source| VcpuError::Registers { id, what, source }
     }
 
-    /// Real mode, code segment at 0, execution from `ip` (for tiny guests and tests).
-    pub fn set_real_mode(&self, ip: u64) -> Result<(), VcpuError> {
+    /// Applies `setup` to the special registers and loads `regs`: the vCPU's entry state.
+    fn enter(
+        &self,
+        setup: impl FnOnce(&mut kvm_sregs) -> Result<(), VcpuError>,
+        regs: kvm_regs,
+    ) -> Result<(), VcpuError> {
         let mut sregs = self.fd.get_sregs().map_err(self.registers("get sregs"))?;
-        sregs.cs.base = 0;
-        sregs.cs.selector = 0;
+        setup(&mut sregs)?;
         self.fd
             .set_sregs(&sregs)
             .map_err(self.registers("set sregs"))?;
-        let mut regs = self.fd.get_regs().map_err(self.registers("get regs"))?;
-        regs.rip = ip;
-        regs.rflags = 0x2; // bit 1 is reserved and always set
         self.fd.set_regs(&regs).map_err(self.registers("set regs"))
+    }
+
+    /// Real mode, code segment at 0, execution from `ip` (for tiny guests and tests).
+    pub fn set_real_mode(&self, ip: u64) -> Result<(), VcpuError> {
+        let setup = |sregs: &mut kvm_sregs| {
+            sregs.cs.base = 0;
+            sregs.cs.selector = 0;
+            Ok(())
+        };
+        self.enter(setup, entry_regs(ip))
     }
 
     /// 64-bit long mode with the boot GDT and identity page tables written into `memory`,
@@ -113,22 +133,17 @@ impl Vcpu {
         stack: u64,
         pages: PageSize,
     ) -> Result<(), VcpuError> {
-        let mut sregs = self.fd.get_sregs().map_err(self.registers("get sregs"))?;
-        long_mode::setup(memory, &mut sregs, pages).map_err(|source| VcpuError::LongMode {
-            id: self.id,
-            source,
-        })?;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(self.registers("set sregs"))?;
-        let regs = kvm_bindings::kvm_regs {
-            rip: entry,
+        let id = self.id;
+        let setup = |sregs: &mut kvm_sregs| {
+            long_mode::setup(memory, sregs, pages)
+                .map_err(|source| VcpuError::LongMode { id, source })
+        };
+        let regs = kvm_regs {
             rsp: stack,
             rbp: stack,
-            rflags: 0x2,
-            ..Default::default()
+            ..entry_regs(entry)
         };
-        self.fd.set_regs(&regs).map_err(self.registers("set regs"))
+        self.enter(setup, regs)
     }
 
     /// The PVH entry state: 32-bit protected mode, paging off, `%ebx` = the start info.
@@ -138,21 +153,15 @@ impl Vcpu {
         entry: u64,
         start_info: u64,
     ) -> Result<(), VcpuError> {
-        let mut sregs = self.fd.get_sregs().map_err(self.registers("get sregs"))?;
-        pvh::setup_sregs(memory, &mut sregs).map_err(|source| VcpuError::Pvh {
-            id: self.id,
-            source,
-        })?;
-        self.fd
-            .set_sregs(&sregs)
-            .map_err(self.registers("set sregs"))?;
-        let regs = kvm_bindings::kvm_regs {
-            rip: entry,
-            rbx: start_info,
-            rflags: 0x2,
-            ..Default::default()
+        let id = self.id;
+        let setup = |sregs: &mut kvm_sregs| {
+            pvh::setup_sregs(memory, sregs).map_err(|source| VcpuError::Pvh { id, source })
         };
-        self.fd.set_regs(&regs).map_err(self.registers("set regs"))
+        let regs = kvm_regs {
+            rbx: start_info,
+            ..entry_regs(entry)
+        };
+        self.enter(setup, regs)
     }
 
     /// The CPUID KVM supports, with this vCPU's APIC id in leaves 0x1 and 0xb, and the x87
