@@ -67,17 +67,39 @@ fn run(args: Args) -> Result<ExitCode> {
     let vm = Vm::new(&kvm)?;
     vm.create_irqchip()?;
     let memory = memory::create(&[(GuestAddress(0), ram as usize)])?;
-    vm.register_memory(&memory)?;
+    // Registering guest memory with KVM is the slowest step of a start (milliseconds on some
+    // hosts); loading, tables, devices and vCPU state are set up beside it.
+    std::thread::scope(|scope| {
+        let registering = scope.spawn(|| vm.register_memory(&memory));
+        set_up_and_run(&args, &kvm, &vm, &memory, ram, || {
+            registering
+                .join()
+                .map_err(|_| anyhow::anyhow!("the memory registration thread panicked"))?
+                .map_err(anyhow::Error::from)
+        })
+    })
+}
+
+/// Loads the guest, creates its devices and vCPU 0, waits for `memory_registered`, and runs
+/// the guest until it stops.
+fn set_up_and_run(
+    args: &Args,
+    kvm: &kvm_ioctls::Kvm,
+    vm: &Vm,
+    memory: &memory::GuestMemory,
+    ram: u64,
+    memory_registered: impl FnOnce() -> Result<()>,
+) -> Result<ExitCode> {
     let loaded = loader::load(
-        &memory,
+        memory,
         ram,
         &args.kernel,
         args.initrd.as_deref(),
         &args.cmdline,
     )?;
-    let rsdp = acpi::write_tables(&memory, 1, &[])?;
+    let rsdp = acpi::write_tables(memory, 1, &[])?;
     pvh::write_start_info(
-        &memory,
+        memory,
         ram,
         GuestAddress(loader::CMDLINE_ADDR),
         loaded.initrd,
@@ -120,10 +142,11 @@ fn run(args: Args) -> Result<ExitCode> {
     )?;
     let mmio = Arc::new(Bus::default());
 
-    let mut vcpu = Vcpu::new(&vm, 0, pio, mmio)?;
-    vcpu.configure_cpu(&kvm)?;
-    vcpu.set_pvh_entry(&memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
+    let mut vcpu = Vcpu::new(vm, 0, pio, mmio)?;
+    vcpu.configure_cpu(kvm)?;
+    vcpu.set_pvh_entry(memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
     vcpu.set_lint()?;
+    memory_registered()?;
     loop {
         match vcpu.run_once()? {
             Exit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN) => {
