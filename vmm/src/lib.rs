@@ -6,11 +6,15 @@
 //! - [`boot`]: loading a PVH ELF kernel, initramfs and command line; the PVH start info;
 //!   ACPI tables; the CPU state of the 32-bit PVH and 64-bit entries.
 //! - [`devices`]: the buses and the device models on them (8250 serial, i8042 reset, ACPI
-//!   sleep control), and the virtio-mmio transport virtio devices plug into.
+//!   sleep control), the virtio-mmio transport and virtio-rng.
+//! - [`event_loop`]: the thread that waits on device eventfds and runs their handlers.
+//! - [`builder`]: wiring a device into a VM (MMIO window, irqfd, ioeventfd, event handler).
 //!
-//! The virtio device models, the control socket and seccomp come next; until then the shim uses
+//! The other virtio device models, the control socket and seccomp come next; until then the shim uses
 //! the QEMU backend.
 
 pub mod boot;
+pub mod builder;
 pub mod devices;
+pub mod event_loop;
 pub mod vstate;

@@ -1,9 +1,10 @@
 //! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), writes the
-//! ACPI tables (hardware-reduced: the power-off port, COM1), puts the 8250 serial console on
-//! stdout or a file, runs vCPU 0 and exits when the guest stops: 0 on a power-off (S5 through
-//! the ACPI sleep control register), 2 on a reset (triple fault or i8042 reset: a guest panic
-//! with `reboot=t` or `reboot=k`), 1 on a VMM error. Virtio devices and the control socket
-//! are not there yet, so the shim still runs pods on QEMU.
+//! ACPI tables (hardware-reduced: the power-off port, COM1, a virtio-rng on virtio-mmio),
+//! puts the 8250 serial console on stdout or a file, runs the device event loop and vCPU 0,
+//! and exits when the guest stops: 0 on a power-off (S5 through the ACPI sleep control
+//! register), 2 on a reset (triple fault or i8042 reset: a guest panic with `reboot=t` or
+//! `reboot=k`), 1 on a VMM error. vsock, virtio-fs and the control socket are not there yet,
+//! so the shim still runs pods on QEMU.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -14,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use vessel_vmm::boot::{acpi, loader, pvh};
+use vessel_vmm::builder;
 use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
 use vessel_vmm::devices::legacy::{
     I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
 };
 use vessel_vmm::devices::Bus;
+use vessel_vmm::event_loop::EventLoop;
 use vessel_vmm::vstate::vcpu::{Exit, Vcpu};
 use vessel_vmm::vstate::vm::Vm;
 use vessel_vmm::vstate::{memory, open_kvm};
@@ -80,6 +83,10 @@ fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
+/// The first virtio-mmio window and its interrupt line (the DSDT tells the guest).
+const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+const VIRTIO_IRQ: u32 = 5;
+
 /// Loads the guest, creates its devices and vCPU 0, waits for `memory_registered`, and runs
 /// the guest until it stops.
 fn set_up_and_run(
@@ -97,7 +104,11 @@ fn set_up_and_run(
         args.initrd.as_deref(),
         &args.cmdline,
     )?;
-    let rsdp = acpi::write_tables(memory, 1, &[])?;
+    let mmio = Arc::new(Bus::default());
+    let mut events = EventLoop::new()?;
+    let virtio =
+        builder::add_virtio_rng(vm, memory, &mmio, &mut events, VIRTIO_MMIO_BASE, VIRTIO_IRQ)?;
+    let rsdp = acpi::write_tables(memory, 1, &[virtio])?;
     pvh::write_start_info(
         memory,
         ram,
@@ -140,7 +151,8 @@ fn set_up_and_run(
             power_off.try_clone().context("power-off eventfd")?,
         ))),
     )?;
-    let mmio = Arc::new(Bus::default());
+    // Device threads end with the process; the loop is not joined.
+    let (_event_thread, _stop_events) = events.spawn()?;
 
     let mut vcpu = Vcpu::new(vm, 0, pio, mmio)?;
     vcpu.configure_cpu(kvm)?;

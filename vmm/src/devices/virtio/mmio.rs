@@ -5,7 +5,7 @@
 //! unknown registers, queue setup after activation) are ignored; a driver that breaks the
 //! protocol gets DEVICE_NEEDS_RESET.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -22,6 +22,8 @@ const VENDOR_ID: u32 = 0x4c53_5356;
 /// The register window of one device (registers, then configuration space).
 pub const MMIO_LEN: u64 = 0x1000;
 const CONFIG_OFFSET: u64 = 0x100;
+/// The QueueNotify register, where the VMM registers each device's ioeventfd.
+pub const QUEUE_NOTIFY_OFFSET: u64 = 0x050;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub const ACKNOWLEDGE: u32 = 1;
@@ -31,9 +33,13 @@ pub const FEATURES_OK: u32 = 8;
 pub const DEVICE_NEEDS_RESET: u32 = 64;
 pub const FAILED: u32 = 128;
 
+fn lock(device: &Mutex<dyn VirtioDevice>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    device.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
+    device: Arc<Mutex<dyn VirtioDevice>>,
     memory: GuestMemory,
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<Queue>,
@@ -58,13 +64,14 @@ pub enum MmioError {
 
 impl MmioTransport {
     pub fn new(
-        device: Box<dyn VirtioDevice>,
+        device: Arc<Mutex<dyn VirtioDevice>>,
         memory: GuestMemory,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<Self, MmioError> {
         let mut queues = Vec::new();
         let mut events = Vec::new();
-        for &size in device.queue_max_sizes() {
+        let sizes = lock(&device).queue_max_sizes().to_vec();
+        for size in sizes {
             queues.push(Queue::new(size).map_err(|e| MmioError::Queue(size, e))?);
             events.push(EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?);
         }
@@ -84,6 +91,10 @@ impl MmioTransport {
         })
     }
 
+    fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+        lock(&self.device)
+    }
+
     /// The notification eventfd of each queue (for ioeventfd registration at
     /// `base + 0x50` with the queue index as datamatch).
     pub fn queue_events(&self) -> &[EventFd] {
@@ -95,7 +106,7 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        self.device().features() | VIRTIO_F_VERSION_1
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -110,7 +121,7 @@ impl MmioTransport {
         match offset {
             0x000 => MAGIC,
             0x004 => VERSION,
-            0x008 => self.device.device_type(),
+            0x008 => self.device().device_type(),
             0x00c => VENDOR_ID,
             0x010 => match self.device_features_sel {
                 0 => self.offered_features() as u32,
@@ -225,7 +236,7 @@ impl MmioTransport {
                 // FEATURES_OK stays clear: the driver sees the device refused.
                 return;
             }
-            self.device.ack_features(accepted);
+            self.device().ack_features(accepted);
         }
         self.status = value;
         if added == DRIVER_OK {
@@ -249,8 +260,8 @@ impl MmioTransport {
         let events: Result<Vec<EventFd>, _> = self.events.iter().map(EventFd::try_clone).collect();
         let result = match (queues, events) {
             (Ok(queues), Ok(events)) => {
-                self.device
-                    .activate(self.memory.clone(), self.interrupt.clone(), queues, events)
+                let (memory, interrupt) = (self.memory.clone(), self.interrupt.clone());
+                self.device().activate(memory, interrupt, queues, events)
             }
             (Err(e), _) => Err(super::ActivateError::Device(format!("{e:?}"))),
             (_, Err(e)) => Err(super::ActivateError::Device(e.to_string())),
@@ -265,7 +276,7 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        if self.activated && !self.device.reset() {
+        if self.activated && !self.device().reset() {
             self.status |= FAILED;
             return;
         }
@@ -285,7 +296,7 @@ impl MmioTransport {
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_OFFSET {
-            self.device.read_config(offset - CONFIG_OFFSET, data);
+            self.device().read_config(offset - CONFIG_OFFSET, data);
             return;
         }
         match <&mut [u8; 4]>::try_from(&mut *data) {
@@ -298,7 +309,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_OFFSET {
-            self.device.write_config(offset - CONFIG_OFFSET, data);
+            self.device().write_config(offset - CONFIG_OFFSET, data);
             return;
         }
         match <[u8; 4]>::try_from(data) {
@@ -312,8 +323,6 @@ impl BusDevice for MmioTransport {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use vm_memory::GuestAddress;
 
     use super::*;
@@ -375,7 +384,8 @@ mod tests {
         let irq = Arc::new(VirtioInterrupt::new(
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ));
-        let t = MmioTransport::new(Box::new(Dummy(seen.clone())), mem, irq.clone()).unwrap();
+        let t = MmioTransport::new(Arc::new(Mutex::new(Dummy(seen.clone()))), mem, irq.clone())
+            .unwrap();
         (t, seen, irq)
     }
 
