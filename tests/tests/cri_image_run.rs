@@ -101,7 +101,12 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     .await
     .expect("StartContainer");
     let status = wait_state(&mut cri, &ctr, cri::ContainerState::ContainerRunning).await;
-    assert_eq!(status.image_ref, image.config_digest);
+    // CRI's image_ref is the repo digest (kubectl's imageID), image_id the image id.
+    assert_eq!(
+        status.image_ref,
+        format!("{}/layers@{}", reg.host(), image.digest)
+    );
+    assert_eq!(status.image_id, image.config_digest);
 
     // Whiteout: gone; opaque dir: only the upper layer's file; lower files kept.
     assert_eq!(exec_sh(&mut cri, &ctr, "test -e /etc/motd").await.0, 1);

@@ -173,6 +173,7 @@ impl Runtime {
                     config: config.clone(),
                     image: image_name.to_owned(),
                     image_ref: image.id.clone(),
+                    repo_digest: image.repo_digests.first().cloned(),
                     log_path,
                     process,
                     rootfs: staged.rootfs.clone(),

@@ -70,6 +70,9 @@ pub struct ContainerRecord {
     /// The image as named, and the id it resolved to.
     pub image: String,
     pub image_ref: String,
+    /// The image's first repo digest (`repo@sha256:…`), what CRI reports as `image_ref`.
+    #[serde(default)]
+    pub repo_digest: Option<String>,
     /// Absolute host path of the CRI log, if kubelet asked for one.
     pub log_path: Option<PathBuf>,
     /// The OCI process of the container, the base of its execs.

@@ -53,13 +53,19 @@ fn image_spec(r: &ContainerRecord) -> cri::ImageSpec {
     spec
 }
 
+/// What CRI's `image_ref` reports: the image's repo digest, as containerd does (kubectl shows
+/// it as imageID), else its id. `image_id` is always the id.
+fn image_ref(r: &ContainerRecord) -> String {
+    r.repo_digest.clone().unwrap_or_else(|| r.image_ref.clone())
+}
+
 pub fn container(r: &ContainerRecord) -> cri::Container {
     cri::Container {
         id: r.id.clone(),
         pod_sandbox_id: r.sandbox_id.clone(),
         metadata: r.config.metadata.clone(),
         image: Some(image_spec(r)),
-        image_ref: r.image_ref.clone(),
+        image_ref: image_ref(r),
         state: r.state.to_cri() as i32,
         created_at: r.created_at_ns,
         labels: r.config.labels.clone(),
@@ -78,7 +84,7 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
         finished_at: r.finished_at_ns,
         exit_code: r.exit_code,
         image: Some(image_spec(r)),
-        image_ref: r.image_ref.clone(),
+        image_ref: image_ref(r),
         reason: r.reason.clone(),
         message: r.message.clone(),
         labels: r.config.labels.clone(),
