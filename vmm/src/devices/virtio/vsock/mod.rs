@@ -1,0 +1,15 @@
+//! virtio-vsock (device id 19) with a hybrid-vsock host side, the Firecracker convention the
+//! shim's agent client speaks (see DESIGN.md): the host connects to a Unix socket and writes
+//! `CONNECT <port>\n`, the device answers `OK <host port>\n` once the guest accepted; guest
+//! connections to host port P go to the Unix socket `<uds>_P`.
+//!
+//! So far: the packet format on the queues ([`packet`]) and the host handshake
+//! ([`hybrid`]). The connection state machine, credit accounting and the device come next.
+
+pub mod hybrid;
+pub mod packet;
+
+/// The virtio device id of a socket device.
+pub const TYPE_VSOCK: u32 = 19;
+/// The host's CID.
+pub const HOST_CID: u64 = 2;
