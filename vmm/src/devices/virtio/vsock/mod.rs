@@ -3,9 +3,11 @@
 //! `CONNECT <port>\n`, the device answers `OK <host port>\n` once the guest accepted; guest
 //! connections to host port P go to the Unix socket `<uds>_P`.
 //!
-//! So far: the packet format on the queues ([`packet`]) and the host handshake
-//! ([`hybrid`]). The connection state machine, credit accounting and the device come next.
+//! So far: the packet format on the queues ([`packet`]), the host handshake ([`hybrid`]) and
+//! one connection's state machine and credit accounting ([`connection`]). The connection
+//! table, the Unix listeners and the device itself come next.
 
+pub mod connection;
 pub mod hybrid;
 pub mod packet;
 
