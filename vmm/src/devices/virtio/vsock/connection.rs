@@ -90,6 +90,11 @@ impl<S: Read + Write> Connection<S> {
         &self.stream
     }
 
+    /// Whether control packets are still owed to the guest.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_ops.is_empty()
+    }
+
     fn update_peer_credit(&mut self, header: &Header) {
         self.peer_buf_alloc = header.buf_alloc;
         self.peer_fwd_cnt = header.fwd_cnt;

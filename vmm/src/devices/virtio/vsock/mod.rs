@@ -4,11 +4,12 @@
 //! connections to host port P go to the Unix socket `<uds>_P`.
 //!
 //! So far: the packet format on the queues ([`packet`]), the host handshake ([`hybrid`]) and
-//! one connection's state machine and credit accounting ([`connection`]). The connection
-//! table, the Unix listeners and the device itself come next.
+//! one connection's state machine and credit accounting ([`connection`]), and the connection
+//! table with the host's Unix sockets ([`muxer`]). The device around them comes next.
 
 pub mod connection;
 pub mod hybrid;
+pub mod muxer;
 pub mod packet;
 
 /// The virtio device id of a socket device.
