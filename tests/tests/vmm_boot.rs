@@ -37,8 +37,10 @@ fn tiny_pvh_kernel_prints_on_the_serial_console() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("tiny.elf");
     std::fs::write(&kernel, pvh_elf(PRINT_BANG)).unwrap();
+    let uds = dir.path().join("vsock.sock");
     let mut child = Command::new(vmm)
         .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--vsock-uds", uds.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,8 +54,10 @@ fn tiny_pvh_kernel_prints_on_the_serial_console() {
     while !reader.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The guest halts forever after printing: the VMM keeps running until killed.
+    // The guest halts forever after printing: the VMM keeps running until killed, its
+    // hybrid vsock socket accepting host clients.
     let still_running = child.try_wait().unwrap().is_none();
+    let vsock_listening = std::os::unix::net::UnixStream::connect(&uds).is_ok();
     child.kill().unwrap();
     let status = child.wait().unwrap();
     let mut stderr = String::new();

@@ -2,15 +2,16 @@
 //! an irqfd for its interrupt line, an ioeventfd on its QueueNotify register, and a handler
 //! on the device event loop.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use kvm_ioctls::IoEventAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::acpi::MmioDevice;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::{Rng, RngError};
-use crate::devices::virtio::VirtioInterrupt;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, BusError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::vstate::memory::GuestMemory;
@@ -30,9 +31,44 @@ pub enum BuilderError {
     EventLoop(#[from] EventLoopError),
     #[error(transparent)]
     Rng(#[from] RngError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
 }
 
-/// Puts a virtio-rng device at `base` with interrupt line `irq`; returns its DSDT entry.
+/// Puts `device` at `base` with interrupt line `irq`: its virtio-mmio window on the MMIO
+/// bus, an irqfd, and an ioeventfd per queue on QueueNotify. Returns its DSDT entry and the
+/// queue notification eventfds (for a device served by the event loop).
+pub fn add_virtio_device(
+    vm: &Vm,
+    memory: &GuestMemory,
+    mmio: &Bus,
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    base: u64,
+    irq: u32,
+) -> Result<(MmioDevice, Vec<EventFd>), BuilderError> {
+    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuilderError::EventFd)?;
+    vm.register_irqfd(&irqfd, irq)?;
+    let transport = MmioTransport::new(
+        device,
+        memory.clone(),
+        Arc::new(VirtioInterrupt::new(irqfd)),
+    )?;
+    let mut notify = Vec::new();
+    for (queue, event) in transport.queue_events().iter().enumerate() {
+        vm.register_queue_notify(event, base + QUEUE_NOTIFY_OFFSET, queue as u32)?;
+        notify.push(event.try_clone().map_err(BuilderError::EventFd)?);
+    }
+    mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport)))?;
+    let entry = MmioDevice {
+        base: base as u32,
+        len: MMIO_LEN as u32,
+        irq,
+    };
+    Ok((entry, notify))
+}
+
+/// Puts a virtio-rng device at `base` with interrupt line `irq`, served by `events`;
+/// returns its DSDT entry.
 pub fn add_virtio_rng(
     vm: &Vm,
     memory: &GuestMemory,
@@ -42,19 +78,12 @@ pub fn add_virtio_rng(
     irq: u32,
 ) -> Result<MmioDevice, BuilderError> {
     let rng = Arc::new(Mutex::new(Rng::new()?));
-    let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(BuilderError::EventFd)?;
-    vm.register_irqfd(&irqfd, irq)?;
-    let transport = MmioTransport::new(
-        rng.clone(),
-        memory.clone(),
-        Arc::new(VirtioInterrupt::new(irqfd)),
-    )?;
-    let notify = transport.queue_events()[0]
-        .try_clone()
-        .map_err(BuilderError::EventFd)?;
-    vm.register_ioevent(&notify, IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET))?;
+    let (entry, mut notify) = add_virtio_device(vm, memory, mmio, rng.clone(), base, irq)?;
+    let Some(request_queue) = notify.pop() else {
+        return Ok(entry);
+    };
     events.add(
-        notify,
+        request_queue,
         Box::new(move || {
             let served = rng
                 .lock()
@@ -65,10 +94,22 @@ pub fn add_virtio_rng(
             }
         }),
     )?;
-    mmio.insert(base, MMIO_LEN, Arc::new(Mutex::new(transport)))?;
-    Ok(MmioDevice {
-        base: base as u32,
-        len: MMIO_LEN as u32,
-        irq,
-    })
+    Ok(entry)
+}
+
+/// Puts a virtio-vsock device for guest `cid` at `base` with interrupt line `irq`; its host
+/// side is the hybrid Unix socket `uds`. It runs its own worker thread once the driver
+/// activates it. Returns its DSDT entry.
+pub fn add_virtio_vsock(
+    vm: &Vm,
+    memory: &GuestMemory,
+    mmio: &Bus,
+    cid: u64,
+    uds: &Path,
+    base: u64,
+    irq: u32,
+) -> Result<MmioDevice, BuilderError> {
+    let vsock = Arc::new(Mutex::new(Vsock::new(cid, uds)?));
+    let (entry, _) = add_virtio_device(vm, memory, mmio, vsock, base, irq)?;
+    Ok(entry)
 }

@@ -1,10 +1,11 @@
 //! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), writes the
-//! ACPI tables (hardware-reduced: the power-off port, COM1, a virtio-rng on virtio-mmio),
-//! puts the 8250 serial console on stdout or a file, runs the device event loop and vCPU 0,
+//! ACPI tables (hardware-reduced: the power-off port, COM1, virtio-rng and, with
+//! `--vsock-uds`, virtio-vsock on virtio-mmio), puts the 8250 serial console on stdout or a
+//! file, runs the device event loop and vCPU 0,
 //! and exits when the guest stops: 0 on a power-off (S5 through the ACPI sleep control
 //! register), 2 on a reset (triple fault or i8042 reset: a guest panic with `reboot=t` or
-//! `reboot=k`), 1 on a VMM error. vsock, virtio-fs and the control socket are not there yet,
-//! so the shim still runs pods on QEMU.
+//! `reboot=k`), 1 on a VMM error. virtio-fs and the control socket are not there yet, so
+//! the shim still runs pods on QEMU.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -20,6 +21,7 @@ use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
 use vessel_vmm::devices::legacy::{
     I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
 };
+use vessel_vmm::devices::virtio::mmio::MMIO_LEN;
 use vessel_vmm::devices::Bus;
 use vessel_vmm::event_loop::EventLoop;
 use vessel_vmm::vstate::vcpu::{Exit, Vcpu};
@@ -46,6 +48,13 @@ struct Args {
     /// Where the serial console goes (appended); stdout when absent.
     #[arg(long)]
     console: Option<PathBuf>,
+    /// The hybrid vsock Unix socket (host clients write `CONNECT <port>`); no vsock device
+    /// when absent.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = 3)]
+    guest_cid: u64,
 }
 
 fn main() -> ExitCode {
@@ -83,7 +92,8 @@ fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
-/// The first virtio-mmio window and its interrupt line (the DSDT tells the guest).
+/// The first virtio-mmio window and its interrupt line; each further device takes the next
+/// window and line (the DSDT tells the guest).
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_IRQ: u32 = 5;
 
@@ -106,9 +116,26 @@ fn set_up_and_run(
     )?;
     let mmio = Arc::new(Bus::default());
     let mut events = EventLoop::new()?;
-    let virtio =
-        builder::add_virtio_rng(vm, memory, &mmio, &mut events, VIRTIO_MMIO_BASE, VIRTIO_IRQ)?;
-    let rsdp = acpi::write_tables(memory, 1, &[virtio])?;
+    let mut virtio = vec![builder::add_virtio_rng(
+        vm,
+        memory,
+        &mmio,
+        &mut events,
+        VIRTIO_MMIO_BASE,
+        VIRTIO_IRQ,
+    )?];
+    if let Some(uds) = &args.vsock_uds {
+        virtio.push(builder::add_virtio_vsock(
+            vm,
+            memory,
+            &mmio,
+            args.guest_cid,
+            uds,
+            VIRTIO_MMIO_BASE + MMIO_LEN,
+            VIRTIO_IRQ + 1,
+        )?);
+    }
+    let rsdp = acpi::write_tables(memory, 1, &virtio)?;
     pvh::write_start_info(
         memory,
         ram,

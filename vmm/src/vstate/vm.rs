@@ -109,6 +109,22 @@ impl Vm {
             .map_err(|source| VmError::IoEvent { addr: name, source })
     }
 
+    /// Has KVM signal `fd` on a 32-bit guest write of `queue` to a virtio-mmio QueueNotify
+    /// register at `addr` (one eventfd per queue on the same register).
+    pub fn register_queue_notify(
+        &self,
+        fd: &EventFd,
+        addr: u64,
+        queue: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), queue)
+            .map_err(|source| VmError::IoEvent {
+                addr: format!("MMIO {addr:#x} = {queue}"),
+                source,
+            })
+    }
+
     /// Has KVM raise interrupt line `gsi` whenever `fd` is written.
     pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd

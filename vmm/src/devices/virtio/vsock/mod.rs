@@ -4,13 +4,17 @@
 //! connections to host port P go to the Unix socket `<uds>_P`.
 //!
 //! So far: the packet format on the queues ([`packet`]), the host handshake ([`hybrid`]) and
-//! one connection's state machine and credit accounting ([`connection`]), and the connection
-//! table with the host's Unix sockets ([`muxer`]). The device around them comes next.
+//! one connection's state machine and credit accounting ([`connection`]), the connection
+//! table with the host's Unix sockets ([`muxer`]), and the device ([`Vsock`]) whose worker
+//! thread moves packets between the queues and the muxer.
 
 pub mod connection;
+mod device;
 pub mod hybrid;
 pub mod muxer;
 pub mod packet;
+
+pub use device::{Vsock, VsockError};
 
 /// The virtio device id of a socket device.
 pub const TYPE_VSOCK: u32 = 19;
