@@ -76,6 +76,11 @@ fn tiny_pvh_kernel_prints_on_the_serial_console() {
         still_running,
         "vessel-vmm exited early ({status}): {stderr}"
     );
+    assert!(
+        vsock_listening,
+        "no hybrid vsock socket at {}",
+        uds.display()
+    );
 }
 
 #[test]
