@@ -1,9 +1,9 @@
 //! The vessel-vmm binary end to end on tiny PVH kernels (this machine's KVM runs only tiny
 //! guests): it loads the ELF through its PVH note, enters it in 32-bit protected mode, puts
-//! the guest's serial output on stdout, and exits non-zero when the guest resets. Skipped,
-//! with the reason, where /dev/kvm cannot be opened.
+//! the guest's serial output on stdout, exits with the guest's power-off or reset status, and
+//! obeys its control socket. Skipped, with the reason, where /dev/kvm cannot be opened.
 
-use std::io::Read;
+use std::io::{BufRead, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -130,4 +130,62 @@ fn power_off_and_reset_end_the_vmm_with_their_status() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-mib"));
+}
+
+#[test]
+fn the_control_socket_pauses_resumes_and_shuts_down() {
+    let test = "the_control_socket_pauses_resumes_and_shuts_down";
+    let Some(vmm) = vmm(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, pvh_elf(PRINT_BANG)).unwrap();
+    let api = dir.path().join("api.sock");
+    let mut child = Command::new(vmm)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--api-sock", api.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match std::os::unix::net::UnixStream::connect(&api) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no control socket: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut lines = std::io::BufReader::new(stream.try_clone().unwrap()).lines();
+    let mut ask = |command: &str| {
+        (&stream)
+            .write_all(format!("{command}\n").as_bytes())
+            .unwrap();
+        lines.next().unwrap().unwrap()
+    };
+    assert!(ask("info").contains(r#""state":"running""#));
+    // The guest sits in HLT inside KVM: pausing must kick the vCPU out of KVM_RUN.
+    assert_eq!(ask("pause"), r#"{"ok":true,"state":"paused"}"#);
+    assert!(ask("info").contains(r#""state":"paused""#));
+    assert_eq!(ask("resume"), r#"{"ok":true,"state":"running"}"#);
+    assert!(ask("nonsense").contains(r#""ok":false"#));
+    assert_eq!(ask("shutdown"), r#"{"ok":true,"state":"shutting-down"}"#);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("vessel-vmm did not exit after shutdown");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
 }

@@ -9,10 +9,12 @@
 //!   sleep control), the virtio-mmio transport and virtio-rng.
 //! - [`event_loop`]: the thread that waits on device eventfds and runs their handlers.
 //! - [`builder`]: wiring a device into a VM (MMIO window, irqfd, ioeventfd, event handler).
+//! - [`api`]: the control socket (pause, resume, shutdown, info).
 //!
-//! The other virtio device models, the control socket and seccomp come next; until then the shim uses
+//! virtio-fs, net and blk, and seccomp come next; until then the shim uses
 //! the QEMU backend.
 
+pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod devices;

@@ -4,8 +4,8 @@
 //! file, runs the device event loop and vCPU 0,
 //! and exits when the guest stops: 0 on a power-off (S5 through the ACPI sleep control
 //! register), 2 on a reset (triple fault or i8042 reset: a guest panic with `reboot=t` or
-//! `reboot=k`), 1 on a VMM error. virtio-fs and the control socket are not there yet, so
-//! the shim still runs pods on QEMU.
+//! `reboot=k`), 1 on a VMM error; `--api-sock` serves the control socket (pause, resume,
+//! shutdown, info). virtio-fs is not there yet, so the shim still runs pods on QEMU.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use vessel_vmm::api::{self, VmControl};
 use vessel_vmm::boot::{acpi, loader, pvh};
 use vessel_vmm::builder;
 use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
@@ -29,6 +30,7 @@ use vessel_vmm::vstate::vm::Vm;
 use vessel_vmm::vstate::{memory, open_kvm};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 /// RAM ends below the 32-bit MMIO hole until guest memory is split around it.
 const MAX_MEMORY_MIB: u64 = 3 * 1024;
@@ -55,6 +57,9 @@ struct Args {
     /// The guest's vsock CID.
     #[arg(long, default_value_t = 3)]
     guest_cid: u64,
+    /// The control socket (`pause`, `resume`, `shutdown`, `info`); none when absent.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -96,6 +101,25 @@ fn run(args: Args) -> Result<ExitCode> {
 /// window and line (the DSDT tells the guest).
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_IRQ: u32 = 5;
+
+/// Does nothing: the signal only has to interrupt the vCPU's KVM_RUN.
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Serves the control socket; its commands kick this (the vCPU's) thread out of KVM_RUN.
+fn start_api(path: &std::path::Path, memory_mib: u64) -> Result<Arc<VmControl>> {
+    register_signal_handler(SIGRTMIN(), kick_handler).context("kick signal handler")?;
+    // SAFETY: pthread_self has no preconditions; it names the calling thread.
+    let vcpu_thread = unsafe { libc::pthread_self() };
+    let kick = move || {
+        // SAFETY: the vCPU runs on the main thread, which lives until the process exits, so
+        // the id stays valid; the signal's handler does nothing but interrupt KVM_RUN.
+        unsafe { libc::pthread_kill(vcpu_thread, SIGRTMIN()) };
+    };
+    let control = Arc::new(VmControl::new(memory_mib, Box::new(kick)));
+    api::serve(path, control.clone())
+        .with_context(|| format!("control socket {}", path.display()))?;
+    Ok(control)
+}
 
 /// Loads the guest, creates its devices and vCPU 0, waits for `memory_registered`, and runs
 /// the guest until it stops.
@@ -186,8 +210,18 @@ fn set_up_and_run(
     vcpu.set_pvh_entry(memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
     vcpu.set_lint()?;
     memory_registered()?;
+    let control = match &args.api_sock {
+        Some(path) => Some(start_api(path, args.memory_mib)?),
+        None => None,
+    };
     loop {
-        match vcpu.run_once()? {
+        let exit = vcpu.run_once()?;
+        if let Some(control) = &control {
+            if !control.checkpoint() {
+                return Ok(ExitCode::SUCCESS); // shut down through the control socket
+            }
+        }
+        match exit {
             Exit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN) => {
                 return Ok(ExitCode::SUCCESS)
             }

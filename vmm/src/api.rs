@@ -1,0 +1,257 @@
+//! The control socket of a running VM: a Unix socket taking one command per line, `pause`,
+//! `resume`, `shutdown` or `info`, and answering each with one JSON line (`{"ok":true,...}`
+//! or `{"ok":false,"error":"..."}`). [`VmControl`] is the state the vCPU loop consults after
+//! every exit; a command that changes it kicks the vCPU out of KVM_RUN with a signal.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the vCPUs should be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    ShuttingDown,
+}
+
+impl RunState {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::ShuttingDown => "shutting-down",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    wanted: RunState,
+    /// Whether the vCPU has seen a pause and is parked.
+    parked: bool,
+}
+
+/// Shared between the control socket and the vCPU loop.
+pub struct VmControl {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    /// Interrupts the vCPU's KVM_RUN (it then calls [`VmControl::checkpoint`]).
+    kick: Box<dyn Fn() + Send + Sync>,
+    memory_mib: u64,
+    started: Instant,
+}
+
+impl VmControl {
+    pub fn new(memory_mib: u64, kick: Box<dyn Fn() + Send + Sync>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                wanted: RunState::Running,
+                parked: false,
+            }),
+            changed: Condvar::new(),
+            kick,
+            memory_mib,
+            started: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by the vCPU loop after every exit: parks while paused; returns false once the
+    /// VM is to shut down.
+    pub fn checkpoint(&self) -> bool {
+        let mut inner = self.lock();
+        while inner.wanted == RunState::Paused {
+            inner.parked = true;
+            self.changed.notify_all();
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        inner.parked = false;
+        inner.wanted != RunState::ShuttingDown
+    }
+
+    /// Pauses the vCPU and waits until it is parked (kicking it out of the guest).
+    pub fn pause(&self) -> Result<(), String> {
+        let mut inner = self.lock();
+        match inner.wanted {
+            RunState::ShuttingDown => return Err("the VM is shutting down".into()),
+            RunState::Paused if inner.parked => return Ok(()),
+            _ => inner.wanted = RunState::Paused,
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !inner.parked {
+            drop(inner);
+            (self.kick)();
+            inner = self.lock();
+            if inner.parked {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err("the vCPU did not stop within 5 s".into());
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) -> Result<(), String> {
+        let mut inner = self.lock();
+        if inner.wanted == RunState::ShuttingDown {
+            return Err("the VM is shutting down".into());
+        }
+        inner.wanted = RunState::Running;
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Asks the vCPU loop to end (the VMM then exits 0).
+    pub fn shutdown(&self) {
+        self.lock().wanted = RunState::ShuttingDown;
+        self.changed.notify_all();
+        (self.kick)();
+    }
+
+    pub fn state(&self) -> RunState {
+        self.lock().wanted
+    }
+
+    /// The `info` answer.
+    fn info(&self) -> String {
+        format!(
+            r#"{{"ok":true,"state":"{}","memory_mib":{},"vcpus":1,"uptime_ms":{}}}"#,
+            self.state().name(),
+            self.memory_mib,
+            self.started.elapsed().as_millis()
+        )
+    }
+
+    /// Answers one command line.
+    pub fn handle(&self, line: &str) -> String {
+        let done = |r: Result<(), String>| match r {
+            Ok(()) => format!(r#"{{"ok":true,"state":"{}"}}"#, self.state().name()),
+            Err(e) => format!(r#"{{"ok":false,"error":{e:?}}}"#),
+        };
+        match line.trim() {
+            "info" => self.info(),
+            "pause" => done(self.pause()),
+            "resume" => done(self.resume()),
+            "shutdown" => {
+                self.shutdown();
+                done(Ok(()))
+            }
+            other => format!(r#"{{"ok":false,"error":"unknown command {other:?}"}}"#),
+        }
+    }
+}
+
+/// Serves `control` on a Unix socket at `path` (a stale file there is replaced), one
+/// connection at a time, on its own thread.
+pub fn serve(path: &Path, control: std::sync::Arc<VmControl>) -> std::io::Result<JoinHandle<()>> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("vmm-api".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(e) = answer(&control, stream) {
+                    tracing::warn!(error = %e, "control socket client");
+                }
+                if control.state() == RunState::ShuttingDown {
+                    return;
+                }
+            }
+        })
+}
+
+fn answer(control: &VmControl, stream: UnixStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        let reply = control.handle(&line?);
+        out.write_all(reply.as_bytes())?;
+        out.write_all(b"\n")?;
+        if control.state() == RunState::ShuttingDown {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A fake vCPU: a thread calling `checkpoint` in a loop, counting its "exits".
+    fn vcpu(control: &Arc<VmControl>, exits: &Arc<AtomicUsize>) -> JoinHandle<()> {
+        let (control, exits) = (control.clone(), exits.clone());
+        std::thread::spawn(move || {
+            while control.checkpoint() {
+                exits.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    }
+
+    #[test]
+    fn pause_parks_the_vcpu_resume_releases_it_shutdown_ends_it() {
+        let control = Arc::new(VmControl::new(64, Box::new(|| {})));
+        let exits = Arc::new(AtomicUsize::new(0));
+        let thread = vcpu(&control, &exits);
+        assert!(control.handle("info").contains(r#""state":"running""#));
+        assert_eq!(control.handle("pause"), r#"{"ok":true,"state":"paused"}"#);
+        let parked_at = exits.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            exits.load(Ordering::SeqCst),
+            parked_at,
+            "no progress while paused"
+        );
+        assert_eq!(control.handle("resume"), r#"{"ok":true,"state":"running"}"#);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while exits.load(Ordering::SeqCst) == parked_at {
+            assert!(Instant::now() < deadline, "never resumed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(control.handle("bogus").contains("unknown command"));
+        assert_eq!(
+            control.handle("shutdown"),
+            r#"{"ok":true,"state":"shutting-down"}"#
+        );
+        thread.join().unwrap();
+        assert!(control.handle("pause").contains(r#""ok":false"#));
+    }
+
+    #[test]
+    fn the_socket_answers_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let control = Arc::new(VmControl::new(64, Box::new(|| {})));
+        let exits = Arc::new(AtomicUsize::new(0));
+        let thread = vcpu(&control, &exits);
+        let server = serve(&path, control.clone()).unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"info\npause\nshutdown\n").unwrap();
+        let replies: Vec<String> = BufReader::new(client).lines().map(|l| l.unwrap()).collect();
+        assert_eq!(replies.len(), 3, "{replies:?}");
+        assert!(replies[0].contains(r#""memory_mib":64"#), "{replies:?}");
+        assert!(replies[1].contains("paused"), "{replies:?}");
+        assert!(replies[2].contains("shutting-down"), "{replies:?}");
+        server.join().unwrap();
+        thread.join().unwrap();
+    }
+}
