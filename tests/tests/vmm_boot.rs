@@ -130,6 +130,13 @@ fn power_off_and_reset_end_the_vmm_with_their_status() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-mib"));
+    let out = Command::new(&vmm)
+        .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
+        .args(["--disk", "/nonexistent/disk.img"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/disk.img"));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::acpi::MmioDevice;
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -33,6 +34,8 @@ pub enum BuilderError {
     Rng(#[from] RngError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
 }
 
 /// Puts `device` at `base` with interrupt line `irq`: its virtio-mmio window on the MMIO
@@ -91,6 +94,39 @@ pub fn add_virtio_rng(
                 .process_queue();
             if let Err(e) = served {
                 tracing::warn!(error = %e, "virtio-rng");
+            }
+        }),
+    )?;
+    Ok(entry)
+}
+
+/// Puts a virtio-blk device on the file `path` at `base` with interrupt line `irq`, served
+/// by `events`; returns its DSDT entry.
+#[allow(clippy::too_many_arguments)]
+pub fn add_virtio_blk(
+    vm: &Vm,
+    memory: &GuestMemory,
+    mmio: &Bus,
+    events: &mut EventLoop,
+    path: &Path,
+    read_only: bool,
+    base: u64,
+    irq: u32,
+) -> Result<MmioDevice, BuilderError> {
+    let block = Arc::new(Mutex::new(Block::new(path, read_only)?));
+    let (entry, mut notify) = add_virtio_device(vm, memory, mmio, block.clone(), base, irq)?;
+    let Some(request_queue) = notify.pop() else {
+        return Ok(entry);
+    };
+    events.add(
+        request_queue,
+        Box::new(move || {
+            let served = block
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_queue();
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "virtio-blk");
             }
         }),
     )?;

@@ -1,6 +1,6 @@
 //! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), writes the
-//! ACPI tables (hardware-reduced: the power-off port, COM1, virtio-rng and, with
-//! `--vsock-uds`, virtio-vsock on virtio-mmio), puts the 8250 serial console on stdout or a
+//! ACPI tables (hardware-reduced: the power-off port, COM1, virtio-rng and, when asked,
+//! virtio-vsock (`--vsock-uds`) and virtio-blk (`--disk`) on virtio-mmio), puts the 8250 serial console on stdout or a
 //! file, runs the device event loop and vCPU 0,
 //! and exits when the guest stops: 0 on a power-off (S5 through the ACPI sleep control
 //! register), 2 on a reset (triple fault or i8042 reset: a guest panic with `reboot=t` or
@@ -57,6 +57,12 @@ struct Args {
     /// The guest's vsock CID.
     #[arg(long, default_value_t = 3)]
     guest_cid: u64,
+    /// A file the guest sees as a virtio-blk disk.
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Offer `--disk` read-only.
+    #[arg(long, requires = "disk")]
+    disk_read_only: bool,
     /// The control socket (`pause`, `resume`, `shutdown`, `info`); none when absent.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -157,6 +163,19 @@ fn set_up_and_run(
             uds,
             VIRTIO_MMIO_BASE + MMIO_LEN,
             VIRTIO_IRQ + 1,
+        )?);
+    }
+    if let Some(disk) = &args.disk {
+        let n = virtio.len() as u64;
+        virtio.push(builder::add_virtio_blk(
+            vm,
+            memory,
+            &mmio,
+            &mut events,
+            disk,
+            args.disk_read_only,
+            VIRTIO_MMIO_BASE + n * MMIO_LEN,
+            VIRTIO_IRQ + n as u32,
         )?);
     }
     let rsdp = acpi::write_tables(memory, 1, &virtio)?;

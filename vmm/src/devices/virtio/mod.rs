@@ -3,6 +3,7 @@
 //! to the guest driver, negotiates features, sets up the virtqueues and activates the device
 //! once the driver is ready.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
