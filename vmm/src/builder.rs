@@ -70,6 +70,40 @@ pub fn add_virtio_device(
     Ok((entry, notify))
 }
 
+/// Puts a one-queue `device` at `base` with interrupt line `irq`, its requests served by
+/// `process` on the event loop; returns its DSDT entry.
+#[allow(clippy::too_many_arguments)]
+fn add_event_served<T, E>(
+    vm: &Vm,
+    memory: &GuestMemory,
+    mmio: &Bus,
+    events: &mut EventLoop,
+    device: T,
+    (base, irq): (u64, u32),
+    name: &'static str,
+    process: fn(&mut T) -> Result<usize, E>,
+) -> Result<MmioDevice, BuilderError>
+where
+    T: VirtioDevice + 'static,
+    E: std::fmt::Display + 'static,
+{
+    let device = Arc::new(Mutex::new(device));
+    let (entry, mut notify) = add_virtio_device(vm, memory, mmio, device.clone(), base, irq)?;
+    let Some(request_queue) = notify.pop() else {
+        return Ok(entry);
+    };
+    events.add(
+        request_queue,
+        Box::new(move || {
+            let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = process(&mut device) {
+                tracing::warn!(error = %e, device = name, "virtio request");
+            }
+        }),
+    )?;
+    Ok(entry)
+}
+
 /// Puts a virtio-rng device at `base` with interrupt line `irq`, served by `events`;
 /// returns its DSDT entry.
 pub fn add_virtio_rng(
@@ -80,24 +114,17 @@ pub fn add_virtio_rng(
     base: u64,
     irq: u32,
 ) -> Result<MmioDevice, BuilderError> {
-    let rng = Arc::new(Mutex::new(Rng::new()?));
-    let (entry, mut notify) = add_virtio_device(vm, memory, mmio, rng.clone(), base, irq)?;
-    let Some(request_queue) = notify.pop() else {
-        return Ok(entry);
-    };
-    events.add(
-        request_queue,
-        Box::new(move || {
-            let served = rng
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .process_queue();
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "virtio-rng");
-            }
-        }),
-    )?;
-    Ok(entry)
+    let rng = Rng::new()?;
+    add_event_served(
+        vm,
+        memory,
+        mmio,
+        events,
+        rng,
+        (base, irq),
+        "virtio-rng",
+        Rng::process_queue,
+    )
 }
 
 /// Puts a virtio-blk device on the file `path` at `base` with interrupt line `irq`, served
@@ -113,24 +140,18 @@ pub fn add_virtio_blk(
     base: u64,
     irq: u32,
 ) -> Result<MmioDevice, BuilderError> {
-    let block = Arc::new(Mutex::new(Block::new(path, read_only)?));
-    let (entry, mut notify) = add_virtio_device(vm, memory, mmio, block.clone(), base, irq)?;
-    let Some(request_queue) = notify.pop() else {
-        return Ok(entry);
-    };
-    events.add(
-        request_queue,
-        Box::new(move || {
-            let served = block
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .process_queue();
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "virtio-blk");
-            }
-        }),
-    )?;
-    Ok(entry)
+    let block = Block::new(path, read_only)?;
+    let place = (base, irq);
+    add_event_served(
+        vm,
+        memory,
+        mmio,
+        events,
+        block,
+        place,
+        "virtio-blk",
+        Block::process_queue,
+    )
 }
 
 /// Puts a virtio-vsock device for guest `cid` at `base` with interrupt line `irq`; its host

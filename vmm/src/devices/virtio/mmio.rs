@@ -326,6 +326,7 @@ mod tests {
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::devices::virtio::test_utils::interrupt;
     use crate::devices::virtio::ActivateError;
     use crate::vstate::memory;
 
@@ -381,9 +382,7 @@ mod tests {
     fn transport() -> (MmioTransport, Arc<Mutex<Seen>>, Arc<VirtioInterrupt>) {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         let t = MmioTransport::new(Arc::new(Mutex::new(Dummy(seen.clone()))), mem, irq.clone())
             .unwrap();
         (t, seen, irq)

@@ -5,7 +5,10 @@
 
 pub mod block;
 pub mod mmio;
+pub mod queue;
 pub mod rng;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,6 +61,18 @@ impl VirtioInterrupt {
     /// The driver acknowledged `bits`.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// Answers a read of a device's configuration space, `config`, at `offset`: bytes past
+/// its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = usize::try_from(offset)
+            .ok()
+            .and_then(|o| config.get(o + i))
+            .copied()
+            .unwrap_or(0);
     }
 }
 

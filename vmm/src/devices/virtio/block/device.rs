@@ -10,12 +10,13 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, Reader, Writer};
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::TYPE_BLOCK;
-use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
+use crate::devices::virtio::queue::{ActiveQueue, QueueError};
+use crate::devices::virtio::{read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::vstate::memory::GuestMemory;
 
 const QUEUE_SIZE: u16 = 256;
@@ -56,16 +57,8 @@ pub enum BlockError {
         path: String,
         source: std::io::Error,
     },
-    #[error("virtqueue: {0:?}")]
-    Queue(virtio_queue::Error),
-    #[error("raise the used-ring interrupt: {0}")]
-    Interrupt(std::io::Error),
-}
-
-struct Active {
-    memory: GuestMemory,
-    interrupt: Arc<VirtioInterrupt>,
-    queue: Queue,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// A virtio-blk device backed by a file.
@@ -74,7 +67,7 @@ pub struct Block {
     capacity: u64,
     read_only: bool,
     id: [u8; ID_LEN],
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
 }
 
 impl Block {
@@ -112,39 +105,9 @@ impl Block {
         let Some(mut active) = self.active.take() else {
             return Ok(0);
         };
-        let result = self.serve(&mut active);
+        let served = active.serve(|memory, chain| Ok::<_, BlockError>(self.execute(memory, chain)));
         self.active = Some(active);
-        result
-    }
-
-    fn serve(&mut self, active: &mut Active) -> Result<usize, BlockError> {
-        let mut done = Vec::new();
-        for chain in active
-            .queue
-            .iter(&active.memory)
-            .map_err(BlockError::Queue)?
-        {
-            let head = chain.head_index();
-            done.push((head, self.execute(&active.memory, chain)));
-        }
-        for &(head, written) in &done {
-            active
-                .queue
-                .add_used(&active.memory, head, written)
-                .map_err(BlockError::Queue)?;
-        }
-        if !done.is_empty()
-            && active
-                .queue
-                .needs_notification(&active.memory)
-                .map_err(BlockError::Queue)?
-        {
-            active
-                .interrupt
-                .trigger(INTERRUPT_USED_RING)
-                .map_err(BlockError::Interrupt)?;
-        }
-        Ok(done.len())
+        served
     }
 
     /// Executes one request; returns the bytes written into the guest's buffers (data and
@@ -252,14 +215,7 @@ impl VirtioDevice for Block {
 
     /// The configuration space starts with the capacity in sectors.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let capacity = (self.capacity / SECTOR).to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| capacity.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&(self.capacity / SECTOR).to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _: u64, _: &[u8]) {}
@@ -268,19 +224,15 @@ impl VirtioDevice for Block {
         &mut self,
         memory: GuestMemory,
         interrupt: Arc<VirtioInterrupt>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         _: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
-        let Some(queue) = queues.pop() else {
-            return Err(ActivateError::Device(
-                "virtio-blk needs its request queue".into(),
-            ));
-        };
-        self.active = Some(Active {
+        self.active = Some(ActiveQueue::activate(
+            "virtio-blk",
             memory,
             interrupt,
-            queue,
-        });
+            queues,
+        )?);
         Ok(())
     }
 
@@ -293,20 +245,17 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::devices::virtio::test_utils::{desc, interrupt};
     use crate::vstate::memory;
 
     const HEADER: u64 = 0x10_0000;
     const DATA: u64 = 0x11_0000;
     const STATUS: u64 = 0x12_0000;
-
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
-    }
 
     struct Disk {
         _dir: tempfile::TempDir,
@@ -343,11 +292,15 @@ mod tests {
         }
         let last = descs.len() as u16;
         descs.push(desc(STATUS, 1, VRING_DESC_F_WRITE, last));
+        let used_len = submit(block, mem, &descs);
+        (mem.read_obj(GuestAddress(STATUS)).unwrap(), used_len)
+    }
+
+    /// Offers one chain of `descs` on a fresh queue and serves it; returns the used length.
+    fn submit(block: &mut Block, mem: &GuestMemory, descs: &[RawDescriptor]) -> u32 {
         let mock = MockSplitQueue::new(mem, 16);
-        mock.add_desc_chains(&descs, 0).unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        mock.add_desc_chains(descs, 0).unwrap();
+        let irq = interrupt();
         block
             .activate(
                 mem.clone(),
@@ -357,8 +310,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(block.process_queue().unwrap(), 1);
-        let used_len: u32 = mem.read_obj(GuestAddress(mock.used_addr().0 + 8)).unwrap();
-        (mem.read_obj(GuestAddress(STATUS)).unwrap(), used_len)
+        mem.read_obj(GuestAddress(mock.used_addr().0 + 8)).unwrap()
     }
 
     #[test]
@@ -428,30 +380,12 @@ mod tests {
         assert_eq!(run(&mut ro, &mem, T_OUT, 0, Some((512, false))).0, S_IOERR);
         assert_eq!(std::fs::read(&d.path).unwrap(), vec![0u8; 2048]);
         // A data buffer outside guest memory: the chain cannot be served at all.
-        let mock = MockSplitQueue::new(&mem, 16);
-        mock.add_desc_chains(
-            &[
-                desc(HEADER, 16, VRING_DESC_F_NEXT, 1),
-                desc(0x40_0000, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
-                desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
-            ],
-            0,
-        )
-        .unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
-        block
-            .activate(
-                mem.clone(),
-                irq,
-                vec![mock.create_queue().unwrap()],
-                Vec::new(),
-            )
-            .unwrap();
-        assert_eq!(block.process_queue().unwrap(), 1);
-        let used_len: u32 = mem.read_obj(GuestAddress(mock.used_addr().0 + 8)).unwrap();
-        assert_eq!(used_len, 0);
+        let outside = [
+            desc(HEADER, 16, VRING_DESC_F_NEXT, 1),
+            desc(0x40_0000, 512, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+            desc(STATUS, 1, VRING_DESC_F_WRITE, 0),
+        ];
+        assert_eq!(submit(&mut block, &mem, &outside), 0);
         assert!(Block::new(Path::new("/nonexistent/disk"), true)
             .err()
             .unwrap()

@@ -7,12 +7,13 @@ use std::fs::File;
 use std::io::Read;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::Bytes;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::TYPE_RNG;
-use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
+use crate::devices::virtio::queue::{ActiveQueue, QueueError};
+use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::vstate::memory::GuestMemory;
 
 /// The request queue's size.
@@ -26,38 +27,33 @@ pub enum RngError {
     Open(std::io::Error),
     #[error("read /dev/urandom: {0}")]
     Entropy(std::io::Error),
-    #[error("virtqueue: {0:?}")]
-    Queue(virtio_queue::Error),
-    #[error("raise the used-ring interrupt: {0}")]
-    Interrupt(std::io::Error),
-}
-
-struct Active {
-    memory: GuestMemory,
-    interrupt: Arc<VirtioInterrupt>,
-    queue: Queue,
-    event: EventFd,
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// The virtio-rng device.
 pub struct Rng {
     source: File,
+    buf: Vec<u8>,
     acked: u64,
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
+    event: Option<EventFd>,
 }
 
 impl Rng {
     pub fn new() -> Result<Self, RngError> {
         Ok(Self {
             source: File::open("/dev/urandom").map_err(RngError::Open)?,
+            buf: Vec::new(),
             acked: 0,
             active: None,
+            event: None,
         })
     }
 
     /// The request queue's notification eventfd, once active (for the event loop).
     pub fn queue_event(&self) -> Option<&EventFd> {
-        self.active.as_ref().map(|a| &a.event)
+        self.event.as_ref()
     }
 
     /// Serves every available request; returns how many, raising the interrupt if the driver
@@ -66,47 +62,26 @@ impl Rng {
         let Some(active) = self.active.as_mut() else {
             return Ok(0);
         };
-        let _ = active.event.read(); // consume the notification, if any
-        let mut served = Vec::new();
-        let mut buf = Vec::new();
-        for chain in active.queue.iter(&active.memory).map_err(RngError::Queue)? {
-            let head = chain.head_index();
+        if let Some(event) = &self.event {
+            let _ = event.read(); // consume the notification, if any
+        }
+        let (source, buf) = (&mut self.source, &mut self.buf);
+        active.serve(|memory, chain| {
             let mut written = 0u32;
             for desc in chain.writable() {
                 let len = desc.len().min(MAX_REQUEST - written);
                 buf.resize(len as usize, 0);
-                self.source
-                    .read_exact(&mut buf)
-                    .map_err(RngError::Entropy)?;
-                if active.memory.write_slice(&buf, desc.addr()).is_err() {
-                    written = 0; // a buffer outside guest memory: the request gets nothing
-                    break;
+                source.read_exact(buf).map_err(RngError::Entropy)?;
+                if memory.write_slice(buf, desc.addr()).is_err() {
+                    return Ok(0); // a buffer outside guest memory: the request gets nothing
                 }
                 written += len;
                 if written == MAX_REQUEST {
                     break;
                 }
             }
-            served.push((head, written));
-        }
-        for &(head, written) in &served {
-            active
-                .queue
-                .add_used(&active.memory, head, written)
-                .map_err(RngError::Queue)?;
-        }
-        if !served.is_empty()
-            && active
-                .queue
-                .needs_notification(&active.memory)
-                .map_err(RngError::Queue)?
-        {
-            active
-                .interrupt
-                .trigger(INTERRUPT_USED_RING)
-                .map_err(RngError::Interrupt)?;
-        }
-        Ok(served.len())
+            Ok(written)
+        })
     }
 }
 
@@ -137,25 +112,27 @@ impl VirtioDevice for Rng {
         &mut self,
         memory: GuestMemory,
         interrupt: Arc<VirtioInterrupt>,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         mut events: Vec<EventFd>,
     ) -> Result<(), ActivateError> {
-        let (Some(queue), Some(event)) = (queues.pop(), events.pop()) else {
+        let Some(event) = events.pop() else {
             return Err(ActivateError::Device(
                 "virtio-rng needs its request queue".into(),
             ));
         };
-        self.active = Some(Active {
+        self.active = Some(ActiveQueue::activate(
+            "virtio-rng",
             memory,
             interrupt,
-            queue,
-            event,
-        });
+            queues,
+        )?);
+        self.event = Some(event);
         Ok(())
     }
 
     fn reset(&mut self) -> bool {
         self.active = None;
+        self.event = None;
         true
     }
 }
@@ -163,16 +140,14 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
 
     use super::*;
+    use crate::devices::virtio::test_utils::{desc, interrupt};
+    use crate::devices::virtio::INTERRUPT_USED_RING;
     use crate::vstate::memory;
-
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
-    }
 
     /// An active device on a mock queue holding `descs` as one available chain.
     fn device_with<'a>(
@@ -182,9 +157,7 @@ mod tests {
         let mock = MockSplitQueue::new(mem, QUEUE_SIZE);
         mock.add_desc_chains(descs, 0).unwrap();
         let queue: Queue = mock.create_queue().unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         let mut rng = Rng::new().unwrap();
         rng.activate(
             mem.clone(),

@@ -15,7 +15,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::muxer::Muxer;
 use super::packet::{read_tx, write_rx, HEADER_SIZE};
 use super::TYPE_VSOCK;
-use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
+use crate::devices::virtio::{
+    read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING,
+};
 use crate::vstate::memory::GuestMemory;
 
 const QUEUE_SIZE: u16 = 256;
@@ -82,14 +84,7 @@ impl VirtioDevice for Vsock {
     fn ack_features(&mut self, _: u64) {}
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cid = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| cid.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _: u64, _: &[u8]) {}
@@ -264,22 +259,19 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::super::packet::{Header, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
     use super::super::HOST_CID;
     use super::*;
+    use crate::devices::virtio::test_utils::{desc, interrupt};
     use crate::vstate::memory;
 
     const GUEST_CID: u64 = 3;
     const RX_BUFFERS: u64 = 0x10_0000;
     const TX_BUFFERS: u64 = 0x20_0000;
-
-    fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
-    }
 
     fn guest_header(op: u16, host_port: u32, len: u32) -> Header {
         Header {
@@ -332,9 +324,7 @@ mod tests {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
             .collect();
         let tx_event = events[1].try_clone().unwrap();
-        let irq = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
+        let irq = interrupt();
         let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
         let mut cid = [0u8; 8];
         dev.read_config(0, &mut cid);

@@ -126,16 +126,12 @@ where
 #[cfg(test)]
 mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::devices::virtio::test_utils::desc;
     use crate::vstate::memory;
-
-    fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, 0))
-    }
 
     fn header(op: u16, len: u32) -> Header {
         Header {
@@ -171,9 +167,9 @@ mod tests {
         let mock = MockSplitQueue::new(&mem, 16);
         let chain = mock
             .build_desc_chain(&[
-                desc(0x10_0000, HEADER_SIZE as u32, VRING_DESC_F_NEXT),
-                desc(0x11_0000, 4, VRING_DESC_F_NEXT),
-                desc(0x11_0004, 6, 0),
+                desc(0x10_0000, HEADER_SIZE as u32, VRING_DESC_F_NEXT, 0),
+                desc(0x11_0000, 4, VRING_DESC_F_NEXT, 0),
+                desc(0x11_0004, 6, 0, 0),
             ])
             .unwrap();
         let packet = read_tx(&mem, chain).unwrap();
@@ -186,7 +182,7 @@ mod tests {
         let mem = mem();
         let mock = MockSplitQueue::new(&mem, 16);
         // Too short for the header.
-        let chain = mock.build_desc_chain(&[desc(0x10_0000, 20, 0)]).unwrap();
+        let chain = mock.build_desc_chain(&[desc(0x10_0000, 20, 0, 0)]).unwrap();
         assert!(matches!(
             read_tx(&mem, chain),
             Err(PacketError::ShortHeader(20))
@@ -194,7 +190,7 @@ mod tests {
         // Oversized payload.
         mem.write_obj(header(OP_RW, MAX_PAYLOAD + 1), GuestAddress(0x10_0000))
             .unwrap();
-        let chain = mock.build_desc_chain(&[desc(0x10_0000, 44, 0)]).unwrap();
+        let chain = mock.build_desc_chain(&[desc(0x10_0000, 44, 0, 0)]).unwrap();
         assert!(matches!(
             read_tx(&mem, chain),
             Err(PacketError::Oversized(_))
@@ -202,7 +198,7 @@ mod tests {
         // Data shorter than the header says.
         mem.write_obj(header(OP_RW, 100), GuestAddress(0x10_0000))
             .unwrap();
-        let chain = mock.build_desc_chain(&[desc(0x10_0000, 64, 0)]).unwrap();
+        let chain = mock.build_desc_chain(&[desc(0x10_0000, 64, 0, 0)]).unwrap();
         assert!(matches!(
             read_tx(&mem, chain),
             Err(PacketError::ShortData { len: 100, .. })
@@ -211,13 +207,13 @@ mod tests {
         let mut dgram = header(OP_RW, 0);
         dgram.type_ = 2;
         mem.write_obj(dgram, GuestAddress(0x10_0000)).unwrap();
-        let chain = mock.build_desc_chain(&[desc(0x10_0000, 44, 0)]).unwrap();
+        let chain = mock.build_desc_chain(&[desc(0x10_0000, 44, 0, 0)]).unwrap();
         assert!(matches!(
             read_tx(&mem, chain),
             Err(PacketError::UnsupportedType(2))
         ));
         // A descriptor outside guest memory.
-        let chain = mock.build_desc_chain(&[desc(0x30_0000, 44, 0)]).unwrap();
+        let chain = mock.build_desc_chain(&[desc(0x30_0000, 44, 0, 0)]).unwrap();
         assert!(matches!(read_tx(&mem, chain), Err(PacketError::Chain(_))));
     }
 
@@ -226,7 +222,7 @@ mod tests {
         let mem = mem();
         let mock = MockSplitQueue::new(&mem, 16);
         let chain = mock
-            .build_desc_chain(&[desc(0x10_0000, 4096, VRING_DESC_F_WRITE)])
+            .build_desc_chain(&[desc(0x10_0000, 4096, VRING_DESC_F_WRITE, 0)])
             .unwrap();
         let written = write_rx(&mem, chain, header(OP_RW, 0), b"hello").unwrap();
         assert_eq!(written, 49);
@@ -237,7 +233,7 @@ mod tests {
             .unwrap();
         assert_eq!(&data, b"hello");
         let chain = mock
-            .build_desc_chain(&[desc(0x10_0000, 40, VRING_DESC_F_WRITE)])
+            .build_desc_chain(&[desc(0x10_0000, 40, VRING_DESC_F_WRITE, 0)])
             .unwrap();
         assert!(matches!(
             write_rx(&mem, chain, header(OP_RESPONSE, 0), &[]),
