@@ -104,13 +104,10 @@ fn power_off_and_reset_end_the_vmm_with_their_status() {
     // A power-off through the ACPI sleep control register ends it with 0.
     let kernel_off = dir.path().join("off.elf");
     std::fs::write(&kernel_off, pvh_elf(PRINT_THEN_POWER_OFF)).unwrap();
+    // With three vCPUs: the other two wait for the guest's INIT/SIPI on their threads.
     let out = Command::new(&vmm)
-        .args([
-            "--kernel",
-            kernel_off.to_str().unwrap(),
-            "--memory-mib",
-            "16",
-        ])
+        .args(["--kernel", kernel_off.to_str().unwrap()])
+        .args(["--memory-mib", "16", "--vcpus", "3"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -130,6 +127,13 @@ fn power_off_and_reset_end_the_vmm_with_their_status() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--memory-mib"));
+    // A bad flag is status 1 too: 2 would read as a guest reset.
+    let out = Command::new(&vmm)
+        .args(["--kernel", kernel.to_str().unwrap(), "--vcpus", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--vcpus"));
     let out = Command::new(&vmm)
         .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
         .args(["--disk", "/nonexistent/disk.img"])
@@ -151,7 +155,7 @@ fn the_control_socket_pauses_resumes_and_shuts_down() {
     let api = dir.path().join("api.sock");
     let mut child = Command::new(vmm)
         .args(["--kernel", kernel.to_str().unwrap(), "--memory-mib", "16"])
-        .args(["--api-sock", api.to_str().unwrap()])
+        .args(["--api-sock", api.to_str().unwrap(), "--vcpus", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -176,8 +180,11 @@ fn the_control_socket_pauses_resumes_and_shuts_down() {
             .unwrap();
         lines.next().unwrap().unwrap()
     };
-    assert!(ask("info").contains(r#""state":"running""#));
-    // The guest sits in HLT inside KVM: pausing must kick the vCPU out of KVM_RUN.
+    let info = ask("info");
+    assert!(info.contains(r#""state":"running""#), "{info}");
+    assert!(info.contains(r#""vcpus":2"#), "{info}");
+    // vCPU 0 sits in HLT inside KVM, vCPU 1 waits for a SIPI there: pausing must kick
+    // both out of KVM_RUN.
     assert_eq!(ask("pause"), r#"{"ok":true,"state":"paused"}"#);
     assert!(ask("info").contains(r#""state":"paused""#));
     assert_eq!(ask("resume"), r#"{"ok":true,"state":"running"}"#);

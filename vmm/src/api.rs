@@ -1,7 +1,7 @@
 //! The control socket of a running VM: a Unix socket taking one command per line, `pause`,
 //! `resume`, `shutdown` or `info`, and answering each with one JSON line (`{"ok":true,...}`
 //! or `{"ok":false,"error":"..."}`). [`VmControl`] is the state the vCPU loop consults after
-//! every exit; a command that changes it kicks the vCPU out of KVM_RUN with a signal.
+//! every exit; a command that changes it kicks the vCPUs out of KVM_RUN with a signal.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -31,29 +31,32 @@ impl RunState {
 #[derive(Debug)]
 struct Inner {
     wanted: RunState,
-    /// Whether the vCPU has seen a pause and is parked.
-    parked: bool,
+    /// How many vCPUs have seen a pause and are parked.
+    parked: usize,
 }
 
 /// Shared between the control socket and the vCPU loop.
 pub struct VmControl {
     inner: Mutex<Inner>,
     changed: Condvar,
-    /// Interrupts the vCPU's KVM_RUN (it then calls [`VmControl::checkpoint`]).
+    /// Interrupts every vCPU's KVM_RUN (each then calls [`VmControl::checkpoint`]).
     kick: Box<dyn Fn() + Send + Sync>,
+    vcpus: usize,
     memory_mib: u64,
     started: Instant,
 }
 
 impl VmControl {
-    pub fn new(memory_mib: u64, kick: Box<dyn Fn() + Send + Sync>) -> Self {
+    /// Control of a VM with `vcpus` vCPU threads, each calling [`VmControl::checkpoint`].
+    pub fn new(vcpus: usize, memory_mib: u64, kick: Box<dyn Fn() + Send + Sync>) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 wanted: RunState::Running,
-                parked: false,
+                parked: 0,
             }),
             changed: Condvar::new(),
             kick,
+            vcpus,
             memory_mib,
             started: Instant::now(),
         }
@@ -63,37 +66,43 @@ impl VmControl {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called by the vCPU loop after every exit: parks while paused; returns false once the
-    /// VM is to shut down.
+    /// Called by each vCPU loop after every exit: parks while paused; returns false once
+    /// the VM is to shut down.
     pub fn checkpoint(&self) -> bool {
         let mut inner = self.lock();
-        while inner.wanted == RunState::Paused {
-            inner.parked = true;
+        if inner.wanted == RunState::Paused {
+            inner.parked += 1;
             self.changed.notify_all();
-            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+            while inner.wanted == RunState::Paused {
+                inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+            }
+            inner.parked -= 1;
         }
-        inner.parked = false;
         inner.wanted != RunState::ShuttingDown
     }
 
-    /// Pauses the vCPU and waits until it is parked (kicking it out of the guest).
+    fn all_parked(&self, inner: &Inner) -> bool {
+        inner.parked >= self.vcpus
+    }
+
+    /// Pauses the vCPUs and waits until all are parked (kicking them out of the guest).
     pub fn pause(&self) -> Result<(), String> {
         let mut inner = self.lock();
         match inner.wanted {
             RunState::ShuttingDown => return Err("the VM is shutting down".into()),
-            RunState::Paused if inner.parked => return Ok(()),
+            RunState::Paused if self.all_parked(&inner) => return Ok(()),
             _ => inner.wanted = RunState::Paused,
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !inner.parked {
+        while !self.all_parked(&inner) {
             drop(inner);
             (self.kick)();
             inner = self.lock();
-            if inner.parked {
+            if self.all_parked(&inner) {
                 break;
             }
             if Instant::now() >= deadline {
-                return Err("the vCPU did not stop within 5 s".into());
+                return Err("the vCPUs did not stop within 5 s".into());
             }
             inner = self
                 .changed
@@ -114,7 +123,7 @@ impl VmControl {
         Ok(())
     }
 
-    /// Asks the vCPU loop to end (the VMM then exits 0).
+    /// Asks the vCPU loops to end (the VMM then exits 0).
     pub fn shutdown(&self) {
         self.lock().wanted = RunState::ShuttingDown;
         self.changed.notify_all();
@@ -128,9 +137,10 @@ impl VmControl {
     /// The `info` answer.
     fn info(&self) -> String {
         format!(
-            r#"{{"ok":true,"state":"{}","memory_mib":{},"vcpus":1,"uptime_ms":{}}}"#,
+            r#"{{"ok":true,"state":"{}","memory_mib":{},"vcpus":{},"uptime_ms":{}}}"#,
             self.state().name(),
             self.memory_mib,
+            self.vcpus,
             self.started.elapsed().as_millis()
         )
     }
@@ -209,7 +219,7 @@ mod tests {
 
     #[test]
     fn pause_parks_the_vcpu_resume_releases_it_shutdown_ends_it() {
-        let control = Arc::new(VmControl::new(64, Box::new(|| {})));
+        let control = Arc::new(VmControl::new(1, 64, Box::new(|| {})));
         let exits = Arc::new(AtomicUsize::new(0));
         let thread = vcpu(&control, &exits);
         assert!(control.handle("info").contains(r#""state":"running""#));
@@ -240,7 +250,7 @@ mod tests {
     fn the_socket_answers_line_by_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("api.sock");
-        let control = Arc::new(VmControl::new(64, Box::new(|| {})));
+        let control = Arc::new(VmControl::new(1, 64, Box::new(|| {})));
         let exits = Arc::new(AtomicUsize::new(0));
         let thread = vcpu(&control, &exits);
         let server = serve(&path, control.clone()).unwrap();

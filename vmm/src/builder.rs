@@ -9,6 +9,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::acpi::MmioDevice;
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -36,6 +37,8 @@ pub enum BuilderError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// Puts `device` at `base` with interrupt line `irq`: its virtio-mmio window on the MMIO
@@ -168,5 +171,39 @@ pub fn add_virtio_vsock(
 ) -> Result<MmioDevice, BuilderError> {
     let vsock = Arc::new(Mutex::new(Vsock::new(cid, uds)?));
     let (entry, _) = add_virtio_device(vm, memory, mmio, vsock, base, irq)?;
+    Ok(entry)
+}
+
+/// Puts a virtio-fs device at `base` with interrupt line `irq`, connected to the vhost-user
+/// backend (virtiofsd) listening on `socket`, mounted by the guest as `tag`. The backend
+/// serves the queues; `events` relays its used-buffer calls to the device's interrupt.
+/// Returns its DSDT entry.
+#[allow(clippy::too_many_arguments)]
+pub fn add_virtio_fs(
+    vm: &Vm,
+    memory: &GuestMemory,
+    mmio: &Bus,
+    events: &mut EventLoop,
+    socket: &Path,
+    tag: &str,
+    base: u64,
+    irq: u32,
+) -> Result<MmioDevice, BuilderError> {
+    let fs = Fs::new(socket, tag)?;
+    let calls = fs.call_events()?;
+    let fs = Arc::new(Mutex::new(fs));
+    let (entry, _) = add_virtio_device(vm, memory, mmio, fs.clone(), base, irq)?;
+    for call in calls {
+        let fs = fs.clone();
+        events.add(
+            call,
+            Box::new(move || {
+                let fs = fs.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = fs.raise_interrupt() {
+                    tracing::warn!(error = %e, device = "virtio-fs", "raise interrupt");
+                }
+            }),
+        )?;
+    }
     Ok(entry)
 }

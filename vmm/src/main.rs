@@ -11,7 +11,7 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -32,6 +32,9 @@ use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+/// The most vCPUs a VM gets (one xAPIC id each).
+const MAX_VCPUS: i64 = 64;
+
 /// RAM ends below the 32-bit MMIO hole until guest memory is split around it.
 const MAX_MEMORY_MIB: u64 = 3 * 1024;
 
@@ -47,6 +50,9 @@ struct Args {
     cmdline: String,
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
+    /// vCPUs, each on its own thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_VCPUS))]
+    vcpus: u8,
     /// Where the serial console goes (appended); stdout when absent.
     #[arg(long)]
     console: Option<PathBuf>,
@@ -63,13 +69,27 @@ struct Args {
     /// Offer `--disk` read-only.
     #[arg(long, requires = "disk")]
     disk_read_only: bool,
+    /// A vhost-user-fs backend's socket (virtiofsd); no virtio-fs device when absent.
+    #[arg(long)]
+    fs_socket: Option<PathBuf>,
+    /// The tag the guest mounts the `--fs-socket` file system by.
+    #[arg(long, default_value = "vessel-shared", requires = "fs_socket")]
+    fs_tag: String,
     /// The control socket (`pause`, `resume`, `shutdown`, `info`); none when absent.
     #[arg(long)]
     api_sock: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    // Status 2 means a guest reset, so a bad command line is 1, as other VMM errors are.
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::from(e.use_stderr()));
+        }
+    };
+    match run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vessel-vmm: {e:#}");
@@ -108,23 +128,61 @@ fn run(args: Args) -> Result<ExitCode> {
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_IRQ: u32 = 5;
 
-/// Does nothing: the signal only has to interrupt the vCPU's KVM_RUN.
+/// Does nothing: the signal only has to interrupt a vCPU's KVM_RUN.
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// Serves the control socket; its commands kick this (the vCPU's) thread out of KVM_RUN.
-fn start_api(path: &std::path::Path, memory_mib: u64) -> Result<Arc<VmControl>> {
-    register_signal_handler(SIGRTMIN(), kick_handler).context("kick signal handler")?;
-    // SAFETY: pthread_self has no preconditions; it names the calling thread.
-    let vcpu_thread = unsafe { libc::pthread_self() };
-    let kick = move || {
-        // SAFETY: the vCPU runs on the main thread, which lives until the process exits, so
-        // the id stays valid; the signal's handler does nothing but interrupt KVM_RUN.
-        unsafe { libc::pthread_kill(vcpu_thread, SIGRTMIN()) };
-    };
-    let control = Arc::new(VmControl::new(memory_mib, Box::new(kick)));
-    api::serve(path, control.clone())
-        .with_context(|| format!("control socket {}", path.display()))?;
-    Ok(control)
+/// The threads running vCPUs, which a control command kicks out of KVM_RUN.
+#[derive(Clone, Default)]
+struct VcpuThreads(Arc<Mutex<Vec<libc::pthread_t>>>);
+
+impl VcpuThreads {
+    /// Called on each vCPU thread before it first enters the guest.
+    fn register_current(&self) {
+        // SAFETY: pthread_self has no preconditions; it names the calling thread.
+        let thread = unsafe { libc::pthread_self() };
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thread);
+    }
+
+    fn kick(&self) {
+        for &thread in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            // SAFETY: vCPU threads are never joined and live until the process exits, so
+            // the id stays valid; the signal's handler does nothing but interrupt KVM_RUN.
+            unsafe { libc::pthread_kill(thread, SIGRTMIN()) };
+        }
+    }
+}
+
+/// What ends the VM: a power-off or reset written to a device port, or a vCPU's exit.
+struct Stops {
+    power_off: EventFd,
+    reset: EventFd,
+    done: mpsc::Sender<Result<ExitCode>>,
+}
+
+/// Runs one vCPU on the calling thread until the VM stops; reports the VMM's exit status.
+fn run_vcpu(mut vcpu: Vcpu, control: Option<&VmControl>, stops: &Stops) -> Result<ExitCode> {
+    loop {
+        let exit = vcpu.run_once()?;
+        if let Some(control) = control {
+            if !control.checkpoint() {
+                return Ok(ExitCode::SUCCESS); // shut down through the control socket
+            }
+        }
+        match exit {
+            Exit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN) => {
+                return Ok(ExitCode::SUCCESS)
+            }
+            Exit::SystemEvent(_) | Exit::Shutdown => return Ok(ExitCode::from(2)),
+            // A port write may have been the ACPI power-off or the i8042 reset command.
+            Exit::Io if stops.power_off.read().is_ok() => return Ok(ExitCode::SUCCESS),
+            Exit::Io if stops.reset.read().is_ok() => return Ok(ExitCode::from(2)),
+            // Only without an in-kernel irqchip does a halt reach the VMM.
+            Exit::Halt | Exit::Io | Exit::Mmio | Exit::Interrupted => continue,
+        }
+    }
 }
 
 /// Loads the guest, creates its devices and vCPU 0, waits for `memory_registered`, and runs
@@ -146,27 +204,48 @@ fn set_up_and_run(
     )?;
     let mmio = Arc::new(Bus::default());
     let mut events = EventLoop::new()?;
+    // Each virtio device takes the next MMIO window and interrupt line.
+    let mut slots = (0u64..).map(|n| (VIRTIO_MMIO_BASE + n * MMIO_LEN, VIRTIO_IRQ + n as u32));
+    let mut slot = move || slots.next().unwrap_or_default();
+    let (base, irq) = slot();
     let mut virtio = vec![builder::add_virtio_rng(
         vm,
         memory,
         &mmio,
         &mut events,
-        VIRTIO_MMIO_BASE,
-        VIRTIO_IRQ,
+        base,
+        irq,
     )?];
     if let Some(uds) = &args.vsock_uds {
+        let (base, irq) = slot();
         virtio.push(builder::add_virtio_vsock(
             vm,
             memory,
             &mmio,
             args.guest_cid,
             uds,
-            VIRTIO_MMIO_BASE + MMIO_LEN,
-            VIRTIO_IRQ + 1,
+            base,
+            irq,
         )?);
     }
+    if let Some(socket) = &args.fs_socket {
+        let (base, irq) = slot();
+        virtio.push(
+            builder::add_virtio_fs(
+                vm,
+                memory,
+                &mmio,
+                &mut events,
+                socket,
+                &args.fs_tag,
+                base,
+                irq,
+            )
+            .with_context(|| format!("virtio-fs on {}", socket.display()))?,
+        );
+    }
     if let Some(disk) = &args.disk {
-        let n = virtio.len() as u64;
+        let (base, irq) = slot();
         virtio.push(builder::add_virtio_blk(
             vm,
             memory,
@@ -174,11 +253,11 @@ fn set_up_and_run(
             &mut events,
             disk,
             args.disk_read_only,
-            VIRTIO_MMIO_BASE + n * MMIO_LEN,
-            VIRTIO_IRQ + n as u32,
+            base,
+            irq,
         )?);
     }
-    let rsdp = acpi::write_tables(memory, 1, &virtio)?;
+    let rsdp = acpi::write_tables(memory, args.vcpus, &virtio)?;
     pvh::write_start_info(
         memory,
         ram,
@@ -224,32 +303,56 @@ fn set_up_and_run(
     // Device threads end with the process; the loop is not joined.
     let (_event_thread, _stop_events) = events.spawn()?;
 
-    let mut vcpu = Vcpu::new(vm, 0, pio, mmio)?;
-    vcpu.configure_cpu(kvm)?;
-    vcpu.set_pvh_entry(memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
-    vcpu.set_lint()?;
+    let vcpus = (0..args.vcpus)
+        .map(|id| -> Result<Vcpu> {
+            let vcpu = Vcpu::new(vm, u64::from(id), pio.clone(), mmio.clone())?;
+            vcpu.configure_cpu(kvm, args.vcpus)?;
+            if id == 0 {
+                // The others wait for the guest's INIT/SIPI in the in-kernel LAPIC.
+                vcpu.set_pvh_entry(memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
+            }
+            vcpu.set_lint()?;
+            Ok(vcpu)
+        })
+        .collect::<Result<Vec<_>>>()?;
     memory_registered()?;
+
+    register_signal_handler(SIGRTMIN(), kick_handler).context("kick signal handler")?;
+    let threads = VcpuThreads::default();
     let control = match &args.api_sock {
-        Some(path) => Some(start_api(path, args.memory_mib)?),
+        Some(path) => {
+            let kick = threads.clone();
+            let control = Arc::new(VmControl::new(
+                vcpus.len(),
+                args.memory_mib,
+                Box::new(move || kick.kick()),
+            ));
+            api::serve(path, control.clone())
+                .with_context(|| format!("control socket {}", path.display()))?;
+            Some(control)
+        }
         None => None,
     };
-    loop {
-        let exit = vcpu.run_once()?;
-        if let Some(control) = &control {
-            if !control.checkpoint() {
-                return Ok(ExitCode::SUCCESS); // shut down through the control socket
-            }
-        }
-        match exit {
-            Exit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN) => {
-                return Ok(ExitCode::SUCCESS)
-            }
-            Exit::SystemEvent(_) | Exit::Shutdown => return Ok(ExitCode::from(2)),
-            // A port write may have been the ACPI power-off or the i8042 reset command.
-            Exit::Io if power_off.read().is_ok() => return Ok(ExitCode::SUCCESS),
-            Exit::Io if reset.read().is_ok() => return Ok(ExitCode::from(2)),
-            // Only without an in-kernel irqchip does a halt reach the VMM.
-            Exit::Halt | Exit::Io | Exit::Mmio | Exit::Interrupted => continue,
-        }
+    let (done, stopped) = mpsc::channel();
+    let stops = Arc::new(Stops {
+        power_off,
+        reset,
+        done,
+    });
+    for (id, vcpu) in vcpus.into_iter().enumerate() {
+        let (threads, control, stops) = (threads.clone(), control.clone(), stops.clone());
+        // vCPU threads end with the process; they are not joined.
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                threads.register_current();
+                let status = run_vcpu(vcpu, control.as_deref(), &stops);
+                let _ = stops.done.send(status);
+            })
+            .context("start a vCPU thread")?;
     }
+    // The first vCPU to stop decides the exit status; the process ends the others.
+    stopped
+        .recv()
+        .context("every vCPU thread ended without a status")?
 }

@@ -11,6 +11,7 @@ use super::vm::Vm;
 use crate::boot::long_mode::{self, PageSize};
 use crate::boot::pvh;
 use crate::devices::Bus;
+use crate::vstate::topology;
 
 /// Local APIC register offsets and LVT delivery modes (Intel SDM vol. 3, 11.5.1).
 const APIC_LVT0: usize = 0x350;
@@ -164,18 +165,14 @@ impl Vcpu {
         self.enter(setup, regs)
     }
 
-    /// The CPUID KVM supports, with this vCPU's APIC id in leaves 0x1 and 0xb, and the x87
-    /// and SSE control words a booting kernel expects.
-    pub fn configure_cpu(&self, kvm: &Kvm) -> Result<(), VcpuError> {
+    /// Sets the CPUID KVM supports, with this vCPU's APIC id and a topology of `count`
+    /// single-threaded cores in one package, and the FPU's reset state.
+    pub fn configure_cpu(&self, kvm: &Kvm, count: u8) -> Result<(), VcpuError> {
         let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(self.registers("get supported CPUID"))?;
         for entry in cpuid.as_mut_slice() {
-            match entry.function {
-                0x1 => entry.ebx = (entry.ebx & 0x00ff_ffff) | ((self.id as u32) << 24),
-                0xb => entry.edx = self.id as u32,
-                _ => {}
-            }
+            topology::apply(entry, self.id as u32, u32::from(count));
         }
         self.fd
             .set_cpuid2(&cpuid)

@@ -4,11 +4,13 @@
 //! once the driver is ready.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod queue;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vhost_user;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
