@@ -72,6 +72,8 @@ pub struct HypervisorConfig {
     /// Appended to the guest kernel command line.
     pub kernel_params: String,
     pub qemu: PathBuf,
+    /// The built-in VMM binary.
+    pub vmm: PathBuf,
     pub virtiofsd: PathBuf,
     pub vhost_device_vsock: PathBuf,
     /// How long a pod VM may take from spawn until its agent answers.
@@ -91,11 +93,22 @@ impl Default for HypervisorConfig {
             initrd: build.join("guest").join("initramfs.img"),
             kernel_params: String::new(),
             qemu: PathBuf::from("qemu-system-x86_64"),
+            vmm: sibling_binary("vessel-vmm"),
             virtiofsd: tool_path(&tools, "virtiofsd"),
             vhost_device_vsock: tool_path(&tools, "vhost-device-vsock"),
             agent_ready_timeout_secs: 60,
         }
     }
+}
+
+/// `name` beside the running daemon's binary (cargo builds both into one dir) when present,
+/// else `name` for a `PATH` lookup.
+fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(name)))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// The build tree's copy of a helper tool when present, else its name for a `PATH` lookup.

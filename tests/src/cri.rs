@@ -355,7 +355,7 @@ pub async fn exec_sh(cri: &mut Client, id: &str, cmd: &str) -> (i32, String) {
 /// false, after a SKIPPED line, without them.
 pub fn can_pull(test: &str) -> bool {
     if !nix::unistd::Uid::effective().is_root() {
-        println!("SKIPPED {test}: needs root (layers keep ownership and device nodes)");
+        crate::skipped(test, "needs root (layers keep ownership and device nodes)");
         return false;
     }
     crate::registry::available(test)

@@ -19,6 +19,13 @@ use vessel_shim::hypervisor::{probe_kvm, select, Backend};
 use vessel_shim::oci;
 use vessel_shim::sandbox::{AgentClient, AgentError, PodVm, PodVmSpec};
 
+/// Reports that `test` did not run and why, as a `SKIPPED` line on the real stderr: the test
+/// harness captures `println!` of passing tests, and a skip must show in every run's output.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 /// What an end-to-end test needs; `detect` prints SKIPPED and returns None when it is missing.
 pub struct TestEnv {
     pub hypervisor: HypervisorConfig,
@@ -66,7 +73,7 @@ impl TestEnv {
             ));
         }
         if !missing.is_empty() {
-            println!("SKIPPED {test}: {}", missing.join("; "));
+            skipped(test, &missing.join("; "));
             return None;
         }
         let selection = select(&hypervisor, &probe_kvm());

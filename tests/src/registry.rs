@@ -52,7 +52,10 @@ pub fn available(test: &str) -> bool {
         .iter()
         .all(|bin| Path::new(bin).is_file());
     if !ok {
-        println!("SKIPPED {test}: docker-registry, htpasswd or openssl missing (scripts/setup.sh)");
+        crate::skipped(
+            test,
+            "docker-registry, htpasswd or openssl missing (scripts/setup.sh)",
+        );
     }
     ok
 }

@@ -35,7 +35,10 @@ async fn read_frame(s: &mut UnixStream) -> (u8, u8, u32, Vec<u8>) {
 async fn socket_path_as_authority_gets_an_answer() {
     // No VM needed: Version is answered by the daemon alone. Root is needed for its dirs.
     if !nix::unistd::Uid::effective().is_root() {
-        println!("SKIPPED socket_path_as_authority_gets_an_answer: not running as root");
+        vessel_tests::skipped(
+            "socket_path_as_authority_gets_an_answer",
+            "not running as root",
+        );
         return;
     }
     let daemon = Daemon::start().await;

@@ -107,7 +107,10 @@ fn raw_entries_survive_and_blobs_decompress() {
 #[test]
 fn busybox_image_is_deterministic() {
     if !std::path::Path::new(BUSYBOX).is_file() {
-        println!("SKIPPED busybox_image_is_deterministic: {BUSYBOX} missing");
+        vessel_tests::skipped(
+            "busybox_image_is_deterministic",
+            &format!("{BUSYBOX} missing"),
+        );
         return;
     }
     let image = build(&ImageSpec::busybox());

@@ -16,7 +16,7 @@ fn vmm(test: &str) -> Option<std::path::PathBuf> {
         .write(true)
         .open("/dev/kvm")
     {
-        println!("SKIPPED {test}: /dev/kvm: {e}");
+        vessel_tests::skipped(test, &format!("/dev/kvm: {e}"));
         return None;
     }
     let vmm = workspace_binary("vessel-vmm");

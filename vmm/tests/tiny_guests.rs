@@ -4,6 +4,8 @@
 //! cannot be opened. The byte strings were assembled with GNU as (`.code16`); the source is
 //! beside each.
 
+mod common;
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,7 +33,7 @@ fn kvm(test: &str) -> Option<Kvm> {
     match open_kvm() {
         Ok(kvm) => Some(kvm),
         Err(e) => {
-            println!("SKIPPED {test}: {e}");
+            common::skipped(test, &e.to_string());
             None
         }
     }

@@ -120,7 +120,10 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     let kvm = match open_kvm() {
         Ok(kvm) => kvm,
         Err(e) => {
-            println!("SKIPPED virtiofsd_answers_fuse_requests_in_guest_memory: {e}");
+            common::skipped(
+                "virtiofsd_answers_fuse_requests_in_guest_memory",
+                &e.to_string(),
+            );
             return;
         }
     };

@@ -24,7 +24,7 @@ fn a_request_is_filled_by_the_device_thread() {
     let kvm = match open_kvm() {
         Ok(kvm) => kvm,
         Err(e) => {
-            println!("SKIPPED a_request_is_filled_by_the_device_thread: {e}");
+            common::skipped("a_request_is_filled_by_the_device_thread", &e.to_string());
             return;
         }
     };

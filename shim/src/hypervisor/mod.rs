@@ -2,11 +2,14 @@
 //!
 //! Every backend gives the guest the same devices: a console (logged to a file), virtio-fs for
 //! the pod's shared dir, and a hybrid-vsock Unix socket through which the agent is reached. The
-//! rest of the shim never knows which VMM runs.
+//! rest of the shim never knows which VMM runs: the built-in `vessel-vmm` ([`builtin`]) or
+//! QEMU ([`qemu`]).
 
+pub mod builtin;
 mod probe;
 mod process;
 pub mod qemu;
+pub mod virtiofsd;
 
 use std::path::{Path, PathBuf};
 
@@ -44,8 +47,6 @@ pub enum HypervisorError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("backend {0} is not available: {1}")]
-    Unavailable(&'static str, String),
 }
 
 /// Everything a backend needs to start one pod VM.
@@ -100,10 +101,10 @@ pub fn new_vm(
             qemu::QemuBinaries::from(hypervisor),
             kvm,
         ))),
-        Backend::Builtin => Err(HypervisorError::Unavailable(
-            "builtin",
-            "vessel-vmm cannot boot Linux guests yet".into(),
-        )),
+        Backend::Builtin => Ok(Box::new(builtin::BuiltinVm::new(
+            config,
+            builtin::BuiltinBinaries::from(hypervisor),
+        ))),
     }
 }
 
@@ -120,10 +121,11 @@ pub fn adopt_vm(
             kvm,
             &record.processes,
         ))),
-        Backend::Builtin => Err(HypervisorError::Unavailable(
-            "builtin",
-            "vessel-vmm cannot boot Linux guests yet".into(),
-        )),
+        Backend::Builtin => Ok(Box::new(builtin::BuiltinVm::adopt(
+            record.config.clone(),
+            builtin::BuiltinBinaries::from(hypervisor),
+            &record.processes,
+        ))),
     }
 }
 

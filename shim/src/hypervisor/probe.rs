@@ -84,10 +84,15 @@ pub fn select(config: &HypervisorConfig, kvm: &KvmSupport) -> Selection {
             backend: Backend::Builtin,
             reason: "hypervisor builtin set in config".into(),
         },
+        // accel = "tcg" asks for QEMU's emulation, which only QEMU has.
+        HypervisorKind::Auto if kvm_ok && config.accel != AccelKind::Tcg => Selection {
+            backend: Backend::Builtin,
+            reason: format!("hypervisor auto: builtin, since {kvm_why}"),
+        },
         HypervisorKind::Auto => Selection {
             backend: Backend::Qemu { kvm: qemu_kvm },
             reason: format!(
-                "hypervisor auto: qemu, since the built-in VMM does not boot Linux guests yet; -accel {accel} ({accel_why})"
+                "hypervisor auto: qemu, since the built-in VMM needs a KVM that runs full guests; -accel {accel} ({accel_why})"
             ),
         },
     }
@@ -127,6 +132,21 @@ mod tests {
             s.reason.contains("tcg") && s.reason.contains("no vmx"),
             "{}",
             s.reason
+        );
+    }
+
+    #[test]
+    fn auto_with_full_kvm_picks_the_builtin_vmm() {
+        let s = select(&HypervisorConfig::default(), &KvmSupport::FullGuests);
+        assert_eq!(s.backend, Backend::Builtin);
+        assert!(s.reason.contains("vmx/svm"), "{}", s.reason);
+        let qemu = HypervisorConfig {
+            kind: HypervisorKind::Qemu,
+            ..Default::default()
+        };
+        assert_eq!(
+            select(&qemu, &KvmSupport::FullGuests).backend,
+            Backend::Qemu { kvm: true }
         );
     }
 

@@ -14,6 +14,13 @@ use vm_memory::{Bytes, GuestAddress};
 pub const VRING_DESC_F_NEXT: u16 = 1;
 pub const VRING_DESC_F_WRITE: u16 = 2;
 
+/// Reports that `test` did not run and why, as a `SKIPPED` line on the real stderr (the
+/// harness captures `println!` of passing tests).
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
 /// A driver of the virtio-mmio device at `base` on `bus`.
 pub struct MmioDriver<'a> {
     pub bus: &'a Bus,

@@ -65,8 +65,9 @@ fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
-/// Kernel, initramfs and kernel command line.
-pub fn boot_args(config: &VmConfig, kvm: bool) -> Vec<String> {
+/// The guest kernel's command line: the base parameters, TCG's timing parameters when not
+/// on KVM, then the configured ones.
+pub fn kernel_params(config: &VmConfig, kvm: bool) -> String {
     let mut kernel_params = BASE_KERNEL_PARAMS.to_string();
     if !kvm {
         if let Some(timing) = tcg_timing_params() {
@@ -78,13 +79,18 @@ pub fn boot_args(config: &VmConfig, kvm: bool) -> Vec<String> {
         kernel_params.push(' ');
         kernel_params.push_str(config.kernel_params.trim());
     }
+    kernel_params
+}
+
+/// Kernel, initramfs and kernel command line.
+pub fn boot_args(config: &VmConfig, kvm: bool) -> Vec<String> {
     [
         "-kernel".into(),
         config.kernel.display().to_string(),
         "-initrd".into(),
         config.initrd.display().to_string(),
         "-append".into(),
-        kernel_params,
+        kernel_params(config, kvm),
     ]
     .into()
 }

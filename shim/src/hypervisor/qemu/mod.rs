@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use cmdline::{boot_args, machine_args, qemu_args, HelperSockets, BASE_KERNEL_PARAMS};
+pub use cmdline::{
+    boot_args, kernel_params, machine_args, qemu_args, HelperSockets, BASE_KERNEL_PARAMS,
+};
 
+use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
     require_file, Backend, ChildProcess, Hypervisor, HypervisorError, ProcessId, VmConfig, VmRecord,
 };
@@ -46,7 +49,6 @@ pub struct QemuVm {
 }
 
 const QEMU: &str = "qemu";
-const VIRTIOFSD: &str = "virtiofsd";
 const VHOST_VSOCK: &str = "vhost-device-vsock";
 
 impl QemuVm {
@@ -90,7 +92,7 @@ impl QemuVm {
     }
 
     fn virtiofs_socket(&self) -> PathBuf {
-        self.config.run_dir.join("fs.sock")
+        virtiofsd::socket(&self.config)
     }
 
     fn log(&self, name: &str) -> PathBuf {
@@ -117,20 +119,8 @@ impl QemuVm {
         ready?;
 
         let fs_sock = self.virtiofs_socket();
-        let mut virtiofsd = ChildProcess::spawn(
-            VIRTIOFSD,
-            &self.binaries.virtiofsd,
-            &[
-                "--socket-path".into(),
-                fs_sock.display().to_string(),
-                "--shared-dir".into(),
-                self.config.shared_dir.display().to_string(),
-                "--cache".into(),
-                "auto".into(),
-                "--announce-submounts".into(),
-            ],
-            &self.log(VIRTIOFSD),
-        )?;
+        let mut virtiofsd =
+            virtiofsd::spawn(&self.binaries.virtiofsd, &self.config, &self.log(VIRTIOFSD))?;
         let ready = virtiofsd.wait_for_socket(&fs_sock).await;
         self.virtiofsd = Some(virtiofsd);
         ready
