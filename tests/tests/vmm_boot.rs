@@ -113,6 +113,36 @@ fn power_off_and_reset_end_the_vmm_with_their_status() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(out.stdout, b"!");
 
+    // With a virtio-net device on a tap, made in a network namespace of its own.
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg(&vmm)
+        .args([
+            "--kernel",
+            kernel_off.to_str().unwrap(),
+            "--memory-mib",
+            "16",
+        ])
+        .args(["--tap", "vtap%d", "--mac", "02:00:00:00:00:01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for (flags, named) in [
+        (["--tap-fd", "99"], "--tap-fd 99"),
+        (["--mac", "1:2:3"], "--mac"),
+    ] {
+        let out = Command::new(&vmm)
+            .args(["--kernel", kernel_off.to_str().unwrap()])
+            .args(flags)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{out:?}"
+        );
+    }
+
     // Bad input: a file that is no ELF, and too little memory, are errors that say so.
     let out = Command::new(&vmm)
         .args(["--kernel", console.to_str().unwrap()])

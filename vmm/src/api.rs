@@ -175,6 +175,7 @@ pub fn serve(path: &Path, control: std::sync::Arc<VmControl>) -> std::io::Result
     std::thread::Builder::new()
         .name("vmm-api".into())
         .spawn(move || {
+            crate::seccomp::apply_or_exit(crate::seccomp::Role::Api);
             for stream in listener.incoming().flatten() {
                 if let Err(e) = answer(&control, stream) {
                     tracing::warn!(error = %e, "control socket client");

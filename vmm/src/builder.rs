@@ -11,6 +11,7 @@ use crate::boot::acpi::MmioDevice;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, MMIO_LEN, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{Net, Tap};
 use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
@@ -205,5 +206,41 @@ pub fn add_virtio_fs(
             }),
         )?;
     }
+    Ok(entry)
+}
+
+/// Puts a virtio-net device on `tap` with MAC address `mac` at `base` with interrupt line
+/// `irq`: `events` serves its tx queue, and its rx queue both when the driver adds buffers
+/// and when the tap has frames. Returns its DSDT entry.
+#[allow(clippy::too_many_arguments)]
+pub fn add_virtio_net(
+    vm: &Vm,
+    memory: &GuestMemory,
+    mmio: &Bus,
+    events: &mut EventLoop,
+    tap: Tap,
+    mac: [u8; 6],
+    base: u64,
+    irq: u32,
+) -> Result<MmioDevice, BuilderError> {
+    let net = Arc::new(Mutex::new(Net::new(tap, mac)));
+    let tap_fd = net.lock().unwrap_or_else(|e| e.into_inner()).tap_fd();
+    let (entry, notify) = add_virtio_device(vm, memory, mmio, net.clone(), base, irq)?;
+    let serve = |process: fn(&mut Net) -> Result<usize, crate::devices::virtio::net::NetError>| {
+        let net = net.clone();
+        Box::new(move || {
+            let mut net = net.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = process(&mut net) {
+                tracing::warn!(error = %e, device = "virtio-net", "frames");
+            }
+        }) as crate::event_loop::Handler
+    };
+    let mut queues = notify.into_iter();
+    if let (Some(rx), Some(tx)) = (queues.next(), queues.next()) {
+        events.add(rx, serve(Net::process_rx))?;
+        events.add(tx, serve(Net::process_tx))?;
+    }
+    // The device owns the tap, and the device lives as long as the loop's handlers.
+    events.add_readable(tap_fd, serve(Net::process_rx))?;
     Ok(entry)
 }

@@ -1,7 +1,8 @@
 //! The device event loop: one thread waits (epoll) on every device's eventfds, such as queue
-//! notifications, and calls the handler registered for each; a stop eventfd ends it.
+//! notifications, and on other descriptors devices serve (a tap), and calls the handler
+//! registered for each; a stop eventfd ends it.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -20,10 +21,18 @@ pub enum EventLoopError {
     Spawn(std::io::Error),
 }
 
+/// What a handler waits on.
+enum Source {
+    /// Level-triggered; drained before the handler runs.
+    Event(EventFd),
+    /// Edge-triggered; the handler reads it until it would block.
+    Fd,
+}
+
 /// Eventfds and their handlers, not yet running.
 pub struct EventLoop {
     epoll: Epoll,
-    handlers: Vec<(EventFd, Handler)>,
+    handlers: Vec<(Source, Handler)>,
     stop: EventFd,
 }
 
@@ -55,7 +64,23 @@ impl EventLoop {
                 EpollEvent::new(EventSet::IN, index),
             )
             .map_err(EventLoopError::Epoll)?;
-        self.handlers.push((fd, handler));
+        self.handlers.push((Source::Event(fd), handler));
+        Ok(())
+    }
+
+    /// Calls `handler` whenever `fd` becomes readable (edge-triggered: the handler must read
+    /// until the descriptor would block, or keep what is left for a later call). The
+    /// descriptor's owner keeps it open while the loop runs.
+    pub fn add_readable(&mut self, fd: RawFd, handler: Handler) -> Result<(), EventLoopError> {
+        let index = self.handlers.len() as u64;
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, index),
+            )
+            .map_err(EventLoopError::Epoll)?;
+        self.handlers.push((Source::Fd, handler));
         Ok(())
     }
 
@@ -64,7 +89,10 @@ impl EventLoop {
         let stop = self.stop.try_clone().map_err(EventLoopError::EventFd)?;
         let thread = std::thread::Builder::new()
             .name("vmm-events".into())
-            .spawn(move || self.run())
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::Role::EventLoop);
+                self.run()
+            })
             .map_err(EventLoopError::Spawn)?;
         Ok((thread, stop))
     }
@@ -81,10 +109,12 @@ impl EventLoop {
                 }
             };
             for event in &events[..n] {
-                let Some((fd, handler)) = self.handlers.get_mut(event.data() as usize) else {
+                let Some((source, handler)) = self.handlers.get_mut(event.data() as usize) else {
                     return; // the stop eventfd
                 };
-                let _ = fd.read(); // level-triggered: drain before handling
+                if let Source::Event(fd) = source {
+                    let _ = fd.read(); // level-triggered: drain before handling
+                }
                 handler();
             }
         }

@@ -19,4 +19,5 @@ pub mod boot;
 pub mod builder;
 pub mod devices;
 pub mod event_loop;
+pub mod seccomp;
 pub mod vstate;

@@ -9,6 +9,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{mpsc, Arc, Mutex};
@@ -23,8 +24,10 @@ use vessel_vmm::devices::legacy::{
     I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
 };
 use vessel_vmm::devices::virtio::mmio::MMIO_LEN;
+use vessel_vmm::devices::virtio::net::Tap;
 use vessel_vmm::devices::Bus;
 use vessel_vmm::event_loop::EventLoop;
+use vessel_vmm::seccomp::{self, Role};
 use vessel_vmm::vstate::vcpu::{Exit, Vcpu};
 use vessel_vmm::vstate::vm::Vm;
 use vessel_vmm::vstate::{memory, open_kvm};
@@ -75,6 +78,20 @@ struct Args {
     /// The tag the guest mounts the `--fs-socket` file system by.
     #[arg(long, default_value = "vessel-shared", requires = "fs_socket")]
     fs_tag: String,
+    /// A tap interface the guest sees as a virtio-net device (`%d` lets the kernel number
+    /// it); created if missing, removed with the VMM unless it was persistent.
+    #[arg(long, conflicts_with = "tap_fd")]
+    tap: Option<String>,
+    /// An open tap descriptor inherited from the parent (IFF_TAP | IFF_NO_PI |
+    /// IFF_VNET_HDR), for a VMM that may not create interfaces itself.
+    #[arg(long)]
+    tap_fd: Option<i32>,
+    /// The guest's MAC address; by default a locally administered one made from the CID.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<[u8; 6]>,
+    /// Run without the per-thread seccomp filters (to find a system call a filter lacks).
+    #[arg(long)]
+    no_seccomp: bool,
     /// The control socket (`pause`, `resume`, `shutdown`, `info`); none when absent.
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -99,6 +116,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    if !args.no_seccomp {
+        // Every thread started from here on installs its own filter.
+        seccomp::enable()?;
+    }
     if !(2..=MAX_MEMORY_MIB).contains(&args.memory_mib) {
         bail!(
             "--memory-mib {} is outside 2..={MAX_MEMORY_MIB}",
@@ -121,6 +142,46 @@ fn run(args: Args) -> Result<ExitCode> {
                 .map_err(anyhow::Error::from)
         })
     })
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{text:?} is not a MAC address: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{text:?} is not a MAC address: it needs 6 bytes"))
+}
+
+/// A locally administered unicast MAC unique per running VM (CIDs are): 02:76:73 ("vs"),
+/// then the CID's low 24 bits.
+fn default_mac(cid: u64) -> [u8; 6] {
+    let c = cid.to_be_bytes();
+    [0x02, 0x76, 0x73, c[5], c[6], c[7]]
+}
+
+/// The tap `--tap` names or `--tap-fd` passes, if any.
+fn open_tap(args: &Args) -> Result<Option<Tap>> {
+    if let Some(name) = &args.tap {
+        return Ok(Some(Tap::open(name)?));
+    }
+    let Some(fd) = args.tap_fd else {
+        return Ok(None);
+    };
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails on a number that is not
+    // an open descriptor, which is what this checks before taking ownership.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        bail!("--tap-fd {fd} is not an open descriptor");
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this process for it
+    // alone by `--tap-fd`; nothing else here owns or closes it.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    Ok(Some(
+        Tap::from_fd(owned).with_context(|| format!("--tap-fd {fd}"))?,
+    ))
 }
 
 /// The first virtio-mmio window and its interrupt line; each further device takes the next
@@ -244,6 +305,20 @@ fn set_up_and_run(
             .with_context(|| format!("virtio-fs on {}", socket.display()))?,
         );
     }
+    if let Some(tap) = open_tap(args)? {
+        let (base, irq) = slot();
+        let mac = args.mac.unwrap_or_else(|| default_mac(args.guest_cid));
+        virtio.push(builder::add_virtio_net(
+            vm,
+            memory,
+            &mmio,
+            &mut events,
+            tap,
+            mac,
+            base,
+            irq,
+        )?);
+    }
     if let Some(disk) = &args.disk {
         let (base, irq) = slot();
         virtio.push(builder::add_virtio_blk(
@@ -346,11 +421,13 @@ fn set_up_and_run(
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 threads.register_current();
+                seccomp::apply_or_exit(Role::Vcpu);
                 let status = run_vcpu(vcpu, control.as_deref(), &stops);
                 let _ = stops.done.send(status);
             })
             .context("start a vCPU thread")?;
     }
+    seccomp::apply(Role::Main)?;
     // The first vCPU to stop decides the exit status; the process ends the others.
     stopped
         .recv()

@@ -3,7 +3,8 @@
 //! call fds relayed by the event loop), and driven from the host as the guest's driver would
 //! drive it. virtiofsd must answer FUSE_INIT and look up a file of the shared dir, writing
 //! its replies straight into guest memory, and the relay must raise the interrupt status.
-//! Skipped, with the reason, where /dev/kvm cannot be opened; virtiofsd comes from
+//! The VMM's seccomp filters are on: the driver runs under the vCPU filter, the event loop
+//! under its own. Skipped, with the reason, where /dev/kvm cannot be opened; virtiofsd comes from
 //! `scripts/setup.sh` (`build/tools/bin`) or `VESSEL_VIRTIOFSD`.
 
 mod common;
@@ -134,6 +135,7 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     let socket = dir.path().join("fs.sock");
     let _backend = start_virtiofsd(&socket, &shared);
 
+    common::enable_seccomp();
     let vm = Vm::new(&kvm).unwrap();
     vm.create_irqchip().unwrap();
     let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
@@ -153,8 +155,16 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     .unwrap();
     let (thread, stop) = events.spawn().unwrap();
 
+    // The driver runs under the vCPU filter, the event loop under its own: activation's
+    // vhost-user messages and the call relay must pass them.
+    common::as_filtered_vcpu(|| drive(&mmio, &mem));
+    stop.write(1).unwrap();
+    thread.join().unwrap();
+}
+
+fn drive(mmio: &Bus, mem: &GuestMemory) {
     let driver = MmioDriver {
-        bus: &mmio,
+        bus: mmio,
         base: BASE,
     };
     assert_eq!(driver.rd(0x8), 26, "file system device");
@@ -188,7 +198,7 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     init.extend_from_slice(&[0u8; 44]);
     let reply = call(
         &driver,
-        &mem,
+        mem,
         &mut requests,
         1,
         &fuse_request(FUSE_INIT, 1, 0, &init),
@@ -206,7 +216,7 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     // FUSE_LOOKUP "hello" in the root: the entry's attributes carry the file's size.
     let reply = call(
         &driver,
-        &mem,
+        mem,
         &mut requests,
         2,
         &fuse_request(FUSE_LOOKUP, 2, FUSE_ROOT_ID, b"hello\0"),
@@ -218,13 +228,10 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     // A name that is not there: ENOENT, and the device keeps serving.
     let reply = call(
         &driver,
-        &mem,
+        mem,
         &mut requests,
         3,
         &fuse_request(FUSE_LOOKUP, 3, FUSE_ROOT_ID, b"absent\0"),
     );
     assert_eq!(u32_at(&reply, 4) as i32, -libc::ENOENT);
-
-    stop.write(1).unwrap();
-    thread.join().unwrap();
 }

@@ -2,7 +2,8 @@
 //! event loop), driven from the host side as a guest driver would drive it: status
 //! handshake, feature negotiation, one queue in guest memory, a request, QueueNotify. The
 //! device thread must fill the buffer, return it on the used ring and raise the interrupt
-//! status. Skipped, with the reason, where /dev/kvm cannot be opened.
+//! status. The VMM's seccomp filters are on (the event loop's, and the vCPU's around
+//! activation). Skipped, with the reason, where /dev/kvm cannot be opened.
 
 mod common;
 
@@ -28,6 +29,7 @@ fn a_request_is_filled_by_the_device_thread() {
             return;
         }
     };
+    common::enable_seccomp();
     let vm = Vm::new(&kvm).unwrap();
     vm.create_irqchip().unwrap();
     let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
@@ -44,10 +46,12 @@ fn a_request_is_filled_by_the_device_thread() {
     };
     assert_eq!(driver.rd(0x0), 0x7472_6976);
     assert_eq!(driver.rd(0x8), 4, "entropy device");
-    driver.negotiate(VIRTIO_F_VERSION_1);
     let mut ring = Ring::at(0x1_0000, 8);
-    driver.set_up_queue(0, &ring);
-    driver.driver_ok();
+    common::as_filtered_vcpu(|| {
+        driver.negotiate(VIRTIO_F_VERSION_1);
+        driver.set_up_queue(0, &ring);
+        driver.driver_ok();
+    });
 
     // One writable 512-byte buffer, offered on the available ring.
     ring.offer(&mem, &[(BUFFER, 512, true)]);

@@ -152,3 +152,24 @@ impl MmioDriver<'_> {
         self.rd(0x60)
     }
 }
+
+/// Turns the VMM's seccomp filters on for this test process (threads the devices start
+/// from now on install theirs) and runs `body` on a thread under the vCPU filter, as the
+/// guest's MMIO accesses run in the binary. A blocked call ends the process with a
+/// message naming it.
+pub fn as_filtered_vcpu<T: Send>(body: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                vessel_vmm::seccomp::apply(vessel_vmm::seccomp::Role::Vcpu).unwrap();
+                body()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// Turns the seccomp filters on for threads started from now on.
+pub fn enable_seccomp() {
+    vessel_vmm::seccomp::enable().unwrap();
+}

@@ -6,6 +6,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 #[cfg(test)]

@@ -1,11 +1,13 @@
 //! The vsock device: queues rx (0), tx (1) and event (2); its configuration space is the
-//! guest's CID (64-bit little endian). Once activated, a worker thread waits (poll) on the
-//! host sockets, the queue notifications and a stop eventfd; it hands TX packets to the
+//! guest's CID (64-bit little endian). Its worker thread starts with the device (before
+//! the VM runs, so it installs its own seccomp filter rather than inheriting a vCPU's);
+//! once the driver activates the device it waits (poll) on the host sockets, the queue notifications and a stop eventfd; it hands TX packets to the
 //! muxer and fills RX buffers with the muxer's packets, raising the interrupt when the
 //! driver wants one.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -35,12 +37,16 @@ pub enum VsockError {
     Queue(virtio_queue::Error),
     #[error("raise the used-ring interrupt: {0}")]
     Interrupt(std::io::Error),
+    #[error("start the vsock worker: {0}")]
+    Worker(std::io::Error),
 }
 
 /// The virtio-vsock device with a hybrid Unix-socket host side.
 pub struct Vsock {
     guest_cid: u64,
     muxer: Option<Muxer>,
+    /// Hands the activated device to the worker thread; dropped to end a waiting worker.
+    start: Option<mpsc::Sender<Worker>>,
     worker: Option<(JoinHandle<()>, EventFd)>,
 }
 
@@ -51,16 +57,29 @@ impl Vsock {
             path: uds.display().to_string(),
             source,
         })?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::Worker)?;
+        let (start, started) = mpsc::channel::<Worker>();
+        let thread = std::thread::Builder::new()
+            .name("vmm-vsock".into())
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::Role::Vsock);
+                if let Ok(mut worker) = started.recv() {
+                    worker.run();
+                }
+            })
+            .map_err(VsockError::Worker)?;
         Ok(Self {
             guest_cid,
             muxer: Some(muxer),
-            worker: None,
+            start: Some(start),
+            worker: Some((thread, stop)),
         })
     }
 }
 
 impl Drop for Vsock {
     fn drop(&mut self) {
+        self.start = None;
         if let Some((thread, stop)) = self.worker.take() {
             let _ = stop.write(1);
             let _ = thread.join();
@@ -106,30 +125,33 @@ impl VirtioDevice for Vsock {
         }
         queues.truncate(2); // the event queue carries only transport resets, never sent
         events.truncate(2);
-        let stop =
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|e| ActivateError::Device(e.to_string()))?;
-        let stop_worker = stop
-            .try_clone()
-            .map_err(|e| ActivateError::Device(e.to_string()))?;
+        let stop = match &self.worker {
+            Some((_, stop)) => stop
+                .try_clone()
+                .map_err(|e| ActivateError::Device(e.to_string()))?,
+            None => return Err(ActivateError::Device("vsock worker gone".into())),
+        };
         let tx = queues.pop();
         let rx = queues.pop();
         let (Some(rx), Some(tx)) = (rx, tx) else {
             return Err(ActivateError::Device("vsock queues".into()));
         };
-        let mut worker = Worker {
+        let worker = Worker {
             memory,
             interrupt,
             rx,
             tx,
             events,
             muxer,
-            stop: stop_worker,
+            stop,
         };
-        let thread = std::thread::Builder::new()
-            .name("vmm-vsock".into())
-            .spawn(move || worker.run())
-            .map_err(|e| ActivateError::Device(e.to_string()))?;
-        self.worker = Some((thread, stop));
+        let sent = self
+            .start
+            .take()
+            .is_some_and(|start| start.send(worker).is_ok());
+        if !sent {
+            return Err(ActivateError::Device("the vsock worker has ended".into()));
+        }
         Ok(())
     }
 }
