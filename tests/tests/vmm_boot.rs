@@ -1,5 +1,6 @@
-//! The vessel-vmm binary end to end on tiny PVH kernels (this machine's KVM runs only tiny
-//! guests): it loads the ELF through its PVH note, enters it in 32-bit protected mode, puts
+//! The vessel-vmm binary end to end on tiny kernels (this machine's KVM runs only tiny
+//! guests): it loads a PVH ELF through its note and enters it in 32-bit protected mode, and
+//! an ELF without the note or a bzImage at its 64-bit entry with the zero page; it puts
 //! the guest's serial output on stdout, exits with the guest's power-off or reset status, and
 //! obeys its control socket. Skipped, with the reason, where /dev/kvm cannot be opened.
 
@@ -8,7 +9,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vessel_tests::cri::workspace_binary;
-use vessel_tests::tiny_elf::{pvh_elf, PRINT_BANG, PRINT_THEN_POWER_OFF, PRINT_THEN_RESET};
+use vessel_tests::tiny_elf::{
+    bzimage, elf64, pvh_elf, CHECK_ZERO_PAGE_THEN_POWER_OFF, PRINT_BANG, PRINT_THEN_POWER_OFF,
+    PRINT_THEN_RESET,
+};
 
 fn vmm(test: &str) -> Option<std::path::PathBuf> {
     if let Err(e) = std::fs::OpenOptions::new()
@@ -232,4 +236,56 @@ fn the_control_socket_pauses_resumes_and_shuts_down() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn elf_without_pvh_note_and_bzimage_start_at_their_64_bit_entry() {
+    let test = "elf_without_pvh_note_and_bzimage_start_at_their_64_bit_entry";
+    let Some(vmm) = vmm(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, vec![0x5a; 8192]).unwrap();
+    // 5000 MiB: RAM continues above the 32-bit MMIO hole, from 4 GiB.
+    for (name, image, memory_mib) in [
+        ("vmlinux64", elf64(CHECK_ZERO_PAGE_THEN_POWER_OFF), "64"),
+        ("bzImage", bzimage(CHECK_ZERO_PAGE_THEN_POWER_OFF), "64"),
+        (
+            "bzImage-5g",
+            bzimage(CHECK_ZERO_PAGE_THEN_POWER_OFF),
+            "5000",
+        ),
+    ] {
+        let kernel = dir.path().join(name);
+        std::fs::write(&kernel, image).unwrap();
+        // The guest checks %rsi points at the zero page, then powers off (status 0).
+        let out = Command::new(&vmm)
+            .args([
+                "--kernel",
+                kernel.to_str().unwrap(),
+                "--memory-mib",
+                memory_mib,
+            ])
+            .args(["--initrd", initrd.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"!", "{name}: {out:?}");
+        assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
+    }
+
+    // A bzImage without a 64-bit entry is refused by name.
+    let mut old = bzimage(CHECK_ZERO_PAGE_THEN_POWER_OFF);
+    old[0x236] = 0; // no XLF_KERNEL_64
+    let kernel = dir.path().join("bzImage-32");
+    std::fs::write(&kernel, old).unwrap();
+    let out = Command::new(&vmm)
+        .args(["--kernel", kernel.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("64-bit entry"),
+        "{out:?}"
+    );
 }

@@ -2,17 +2,17 @@
 //!
 //! - [`vstate`]: the KVM side: guest memory (memfd-backed, shareable with vhost-user
 //!   backends), the VM (memory slots, in-kernel irqchip and PIT, ioeventfd/irqfd) and vCPUs
-//!   (their run loop dispatching port and MMIO exits to the device buses).
-//! - [`boot`]: loading a PVH ELF kernel, initramfs and command line; the PVH start info;
-//!   ACPI tables; the CPU state of the 32-bit PVH and 64-bit entries.
+//!   (CPUID and topology, their run loop dispatching port and MMIO exits to the buses).
+//! - [`boot`]: the memory layout and e820 map; loading an ELF vmlinux or bzImage, initramfs
+//!   and command line; the PVH start info or the Linux zero page; ACPI tables; the CPU
+//!   state of the 32-bit PVH and 64-bit entries.
 //! - [`devices`]: the buses and the device models on them (8250 serial, i8042 reset, ACPI
-//!   sleep control), the virtio-mmio transport and virtio-rng.
+//!   sleep control), the virtio-mmio transport and the virtio devices (rng, vsock, fs as a
+//!   vhost-user frontend, net, blk).
 //! - [`event_loop`]: the thread that waits on device eventfds and runs their handlers.
 //! - [`builder`]: wiring a device into a VM (MMIO window, irqfd, ioeventfd, event handler).
 //! - [`api`]: the control socket (pause, resume, shutdown, info).
-//!
-//! virtio-fs, net and blk, and seccomp come next; until then the shim uses
-//! the QEMU backend.
+//! - [`seccomp`]: the filter each kind of thread installs.
 
 pub mod api;
 pub mod boot;

@@ -1,11 +1,15 @@
-//! vessel-vmm: one microVM per process. Loads a PVH ELF kernel (and initramfs), writes the
-//! ACPI tables (hardware-reduced: the power-off port, COM1, virtio-rng and, when asked,
-//! virtio-vsock (`--vsock-uds`) and virtio-blk (`--disk`) on virtio-mmio), puts the 8250 serial console on stdout or a
-//! file, runs the device event loop and vCPU 0,
-//! and exits when the guest stops: 0 on a power-off (S5 through the ACPI sleep control
-//! register), 2 on a reset (triple fault or i8042 reset: a guest panic with `reboot=t` or
-//! `reboot=k`), 1 on a VMM error; `--api-sock` serves the control socket (pause, resume,
-//! shutdown, info). virtio-fs is not there yet, so the shim still runs pods on QEMU.
+//! vessel-vmm: one microVM per process. Loads the kernel (an ELF vmlinux, entered at its PVH
+//! note or its 64-bit entry, or a bzImage) with its initramfs and command line; writes the
+//! ACPI tables (hardware-reduced: the power-off port, COM1 and the virtio-mmio devices);
+//! serves the devices: the 8250 serial console (stdout or `--console`), virtio-rng, and
+//! when asked virtio-vsock on a hybrid Unix socket (`--vsock-uds`), virtio-fs through a
+//! vhost-user backend (`--fs-socket`), virtio-net on a tap (`--tap`/`--tap-fd`) and
+//! virtio-blk on a file (`--disk`). The devices run on one event loop thread (vsock on its
+//! own), each vCPU on its own thread, every thread under its seccomp filter. It exits when
+//! the guest stops: 0 on a power-off (S5 through the ACPI sleep control register), 2 on a
+//! reset (triple fault or i8042 reset: a guest panic with `reboot=t` or `reboot=k`), 1 on a
+//! VMM error or a bad command line; `--api-sock` serves the control socket (pause, resume,
+//! shutdown, info).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -17,7 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use vessel_vmm::api::{self, VmControl};
-use vessel_vmm::boot::{acpi, loader, pvh};
+use vessel_vmm::boot::loader::Entry;
+use vessel_vmm::boot::{acpi, layout, linux, loader, pvh};
 use vessel_vmm::builder;
 use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
 use vessel_vmm::devices::legacy::{
@@ -38,8 +43,8 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 /// The most vCPUs a VM gets (one xAPIC id each).
 const MAX_VCPUS: i64 = 64;
 
-/// RAM ends below the 32-bit MMIO hole until guest memory is split around it.
-const MAX_MEMORY_MIB: u64 = 3 * 1024;
+/// The most guest RAM (above the hole below 4 GiB, it continues from 4 GiB).
+const MAX_MEMORY_MIB: u64 = 1024 * 1024;
 
 #[derive(Parser)]
 #[command(about = "vessel's built-in microVM monitor")]
@@ -130,12 +135,12 @@ fn run(args: Args) -> Result<ExitCode> {
     let kvm = open_kvm()?;
     let vm = Vm::new(&kvm)?;
     vm.create_irqchip()?;
-    let memory = memory::create(&[(GuestAddress(0), ram as usize)])?;
+    let memory = memory::create(&layout::ram_regions(ram))?;
     // Registering guest memory with KVM is the slowest step of a start (milliseconds on some
     // hosts); loading, tables, devices and vCPU state are set up beside it.
     std::thread::scope(|scope| {
         let registering = scope.spawn(|| vm.register_memory(&memory));
-        set_up_and_run(&args, &kvm, &vm, &memory, ram, || {
+        set_up_and_run(&args, &kvm, &vm, &memory, || {
             registering
                 .join()
                 .map_err(|_| anyhow::anyhow!("the memory registration thread panicked"))?
@@ -253,16 +258,9 @@ fn set_up_and_run(
     kvm: &kvm_ioctls::Kvm,
     vm: &Vm,
     memory: &memory::GuestMemory,
-    ram: u64,
     memory_registered: impl FnOnce() -> Result<()>,
 ) -> Result<ExitCode> {
-    let loaded = loader::load(
-        memory,
-        ram,
-        &args.kernel,
-        args.initrd.as_deref(),
-        &args.cmdline,
-    )?;
+    let loaded = loader::load(memory, &args.kernel, args.initrd.as_deref(), &args.cmdline)?;
     let mmio = Arc::new(Bus::default());
     let mut events = EventLoop::new()?;
     // Each virtio device takes the next MMIO window and interrupt line.
@@ -333,13 +331,24 @@ fn set_up_and_run(
         )?);
     }
     let rsdp = acpi::write_tables(memory, args.vcpus, &virtio)?;
-    pvh::write_start_info(
-        memory,
-        ram,
-        GuestAddress(loader::CMDLINE_ADDR),
-        loaded.initrd,
-        rsdp,
-    )?;
+    match loaded.entry {
+        Entry::Pvh(_) => pvh::write_start_info(
+            memory,
+            GuestAddress(loader::CMDLINE_ADDR),
+            loaded.initrd,
+            rsdp,
+        )?,
+        Entry::Linux64 { header, .. } => linux::write_boot_params(
+            memory,
+            &linux::BootInfo {
+                header,
+                cmdline: GuestAddress(loader::CMDLINE_ADDR),
+                cmdline_len: loaded.cmdline_len,
+                initrd: loaded.initrd,
+                rsdp,
+            },
+        )?,
+    }
 
     let console: Box<dyn Write + Send> = match &args.console {
         Some(path) => Box::new(
@@ -384,7 +393,12 @@ fn set_up_and_run(
             vcpu.configure_cpu(kvm, args.vcpus)?;
             if id == 0 {
                 // The others wait for the guest's INIT/SIPI in the in-kernel LAPIC.
-                vcpu.set_pvh_entry(memory, loaded.entry.0, pvh::START_INFO_ADDR)?;
+                match loaded.entry {
+                    Entry::Pvh(addr) => vcpu.set_pvh_entry(memory, addr.0, pvh::START_INFO_ADDR)?,
+                    Entry::Linux64 { addr, .. } => {
+                        vcpu.set_linux64_entry(memory, addr.0, linux::ZERO_PAGE_ADDR)?
+                    }
+                }
             }
             vcpu.set_lint()?;
             Ok(vcpu)

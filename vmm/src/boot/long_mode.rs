@@ -8,6 +8,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::gdt;
 use crate::vstate::memory::GuestMemory;
 
+/// The boot stack's top for a 64-bit kernel entry, below the page tables.
+pub const BOOT_STACK: u64 = 0x8ff0;
 /// Where the (empty) IDT and the page tables go in guest RAM.
 pub const IDT_ADDR: u64 = 0x520;
 pub const PML4_ADDR: u64 = 0x9000;

@@ -11,6 +11,7 @@ use linux_loader::loader::elf::start_info::{
 use vm_memory::GuestAddress;
 
 use super::gdt;
+use super::layout::{self, HIMEM_START};
 use crate::vstate::memory::GuestMemory;
 
 /// Where the start info, its memory map and module list go.
@@ -19,12 +20,6 @@ const MEMMAP_ADDR: u64 = 0x7000;
 const MODLIST_ADDR: u64 = 0x6800;
 /// `hvm_start_info.magic`.
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
-/// E820 types.
-const E820_RAM: u32 = 1;
-const E820_RESERVED: u32 = 2;
-/// The top of conventional memory and the start of high memory.
-const EBDA_START: u64 = 0x9_fc00;
-pub const HIMEM_START: u64 = 0x10_0000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PvhError {
@@ -36,29 +31,27 @@ pub enum PvhError {
     Gdt(#[from] gdt::GdtError),
 }
 
-/// Writes the start info for a guest with `ram` bytes of RAM from address 0, the command
-/// line at `cmdline`, the initramfs (`(address, size)`) if any, and the ACPI RSDP.
+/// Writes the start info for a guest with `memory` as its RAM, the command line at
+/// `cmdline`, the initramfs (`(address, size)`) if any, and the ACPI RSDP.
 pub fn write_start_info(
     memory: &GuestMemory,
-    ram: u64,
     cmdline: GuestAddress,
     initrd: Option<(GuestAddress, u64)>,
     rsdp: GuestAddress,
 ) -> Result<(), PvhError> {
-    if ram <= HIMEM_START {
-        return Err(PvhError::TooSmall(ram));
+    let low = layout::low_ram_end(memory);
+    if low <= HIMEM_START {
+        return Err(PvhError::TooSmall(low));
     }
-    let memmap = [
-        (0, EBDA_START, E820_RAM),
-        (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
-        (HIMEM_START, ram - HIMEM_START, E820_RAM),
-    ]
-    .map(|(addr, size, type_)| hvm_memmap_table_entry {
-        addr,
-        size,
-        type_,
-        reserved: 0,
-    });
+    let memmap: Vec<hvm_memmap_table_entry> = layout::e820(memory)
+        .into_iter()
+        .map(|e| hvm_memmap_table_entry {
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
+            reserved: 0,
+        })
+        .collect();
     let start_info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
@@ -106,7 +99,7 @@ mod tests {
         let mem = memory::create(&[(GuestAddress(0), 0x20_0000)]).unwrap();
         let initrd = (GuestAddress(0x18_0000), 0x1000);
         let rsdp = GuestAddress(0xe_0000);
-        write_start_info(&mem, 0x20_0000, GuestAddress(0x2_0000), Some(initrd), rsdp).unwrap();
+        write_start_info(&mem, GuestAddress(0x2_0000), Some(initrd), rsdp).unwrap();
         let info: hvm_start_info = mem.read_obj(GuestAddress(START_INFO_ADDR)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC);
         assert_eq!((info.cmdline_paddr, info.nr_modules), (0x2_0000, 1));
@@ -115,12 +108,13 @@ mod tests {
             mem.read_obj(GuestAddress(MEMMAP_ADDR + 2 * 24)).unwrap();
         assert_eq!(
             (last.addr, last.size, last.type_),
-            (HIMEM_START, 0x10_0000, E820_RAM)
+            (HIMEM_START, 0x10_0000, layout::E820_RAM)
         );
         let module: hvm_modlist_entry = mem.read_obj(GuestAddress(MODLIST_ADDR)).unwrap();
         assert_eq!((module.paddr, module.size), (0x18_0000, 0x1000));
+        let small = memory::create(&[(GuestAddress(0), 0x8_0000)]).unwrap();
         assert!(matches!(
-            write_start_info(&mem, 0x8_0000, GuestAddress(0), None, rsdp),
+            write_start_info(&small, GuestAddress(0), None, rsdp),
             Err(PvhError::TooSmall(_))
         ));
     }

@@ -147,6 +147,28 @@ impl Vcpu {
         self.enter(setup, regs)
     }
 
+    /// The Linux 64-bit entry state: long mode with the first GiB identity-mapped (2 MiB
+    /// pages), `%rsi` = the zero page, a boot stack below the page tables.
+    pub fn set_linux64_entry(
+        &self,
+        memory: &GuestMemory,
+        entry: u64,
+        zero_page: u64,
+    ) -> Result<(), VcpuError> {
+        let id = self.id;
+        let setup = |sregs: &mut kvm_sregs| {
+            long_mode::setup(memory, sregs, PageSize::Large)
+                .map_err(|source| VcpuError::LongMode { id, source })
+        };
+        let regs = kvm_regs {
+            rsi: zero_page,
+            rsp: long_mode::BOOT_STACK,
+            rbp: long_mode::BOOT_STACK,
+            ..entry_regs(entry)
+        };
+        self.enter(setup, regs)
+    }
+
     /// The PVH entry state: 32-bit protected mode, paging off, `%ebx` = the start info.
     pub fn set_pvh_entry(
         &self,
