@@ -217,6 +217,10 @@ fn the_control_socket_pauses_resumes_and_shuts_down() {
     let info = ask("info");
     assert!(info.contains(r#""state":"running""#), "{info}");
     assert!(info.contains(r#""vcpus":2"#), "{info}");
+    // The guest's one port write to COM1 is among the vCPU exits counted.
+    let metrics = ask("metrics");
+    assert!(metrics.contains(r#""vcpu_exits":{"io":"#), "{metrics}");
+    assert!(!metrics.contains(r#""io":0,"#), "{metrics}");
     // vCPU 0 sits in HLT inside KVM, vCPU 1 waits for a SIPI there: pausing must kick
     // both out of KVM_RUN.
     assert_eq!(ask("pause"), r#"{"ok":true,"state":"paused"}"#);

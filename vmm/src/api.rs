@@ -1,6 +1,6 @@
 //! The control socket of a running VM: a Unix socket taking one command per line, `pause`,
-//! `resume`, `shutdown` or `info`, and answering each with one JSON line (`{"ok":true,...}`
-//! or `{"ok":false,"error":"..."}`). [`VmControl`] is the state the vCPU loop consults after
+//! `resume`, `shutdown`, `info` or `metrics` (the counters of the vCPUs and devices), and
+//! answering each with one JSON line (`{"ok":true,...}` or `{"ok":false,"error":"..."}`). [`VmControl`] is the state the vCPU loop consults after
 //! every exit; a command that changes it kicks the vCPUs out of KVM_RUN with a signal.
 
 use std::io::{BufRead, BufReader, Write};
@@ -35,6 +35,9 @@ struct Inner {
     parked: usize,
 }
 
+/// A source of counters for `metrics`: returns a JSON object.
+pub type MetricsSource = Box<dyn Fn() -> String + Send + Sync>;
+
 /// Shared between the control socket and the vCPU loop.
 pub struct VmControl {
     inner: Mutex<Inner>,
@@ -44,6 +47,7 @@ pub struct VmControl {
     vcpus: usize,
     memory_mib: u64,
     started: Instant,
+    metrics: Mutex<Vec<(String, MetricsSource)>>,
 }
 
 impl VmControl {
@@ -59,7 +63,30 @@ impl VmControl {
             vcpus,
             memory_mib,
             started: Instant::now(),
+            metrics: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Adds `source`'s counters to `metrics`, under `name`.
+    pub fn add_metrics(&self, name: &str, source: MetricsSource) {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((name.to_owned(), source));
+    }
+
+    /// The `metrics` answer.
+    fn metrics(&self) -> String {
+        let sources = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let fields: Vec<String> = sources
+            .iter()
+            .map(|(name, source)| format!("{name:?}:{}", source()))
+            .collect();
+        format!(
+            r#"{{"ok":true,"uptime_ms":{},"metrics":{{{}}}}}"#,
+            self.started.elapsed().as_millis(),
+            fields.join(",")
+        )
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -153,6 +180,7 @@ impl VmControl {
         };
         match line.trim() {
             "info" => self.info(),
+            "metrics" => self.metrics(),
             "pause" => done(self.pause()),
             "resume" => done(self.resume()),
             "shutdown" => {
@@ -239,6 +267,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(control.handle("bogus").contains("unknown command"));
+        control.add_metrics("vcpu_exits", Box::new(|| r#"{"io":3}"#.into()));
+        control.add_metrics("net0", Box::new(|| r#"{"rx_frames":1}"#.into()));
+        let metrics = control.handle("metrics");
+        assert!(
+            metrics.contains(r#""metrics":{"vcpu_exits":{"io":3},"net0":{"rx_frames":1}}"#),
+            "{metrics}"
+        );
         assert_eq!(
             control.handle("shutdown"),
             r#"{"ok":true,"state":"shutting-down"}"#

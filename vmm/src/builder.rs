@@ -211,7 +211,7 @@ pub fn add_virtio_fs(
 
 /// Puts a virtio-net device on `tap` with MAC address `mac` at `base` with interrupt line
 /// `irq`: `events` serves its tx queue, and its rx queue both when the driver adds buffers
-/// and when the tap has frames. Returns its DSDT entry.
+/// and when the tap has frames. Returns its DSDT entry and the device (for its metrics).
 #[allow(clippy::too_many_arguments)]
 pub fn add_virtio_net(
     vm: &Vm,
@@ -222,7 +222,7 @@ pub fn add_virtio_net(
     mac: [u8; 6],
     base: u64,
     irq: u32,
-) -> Result<MmioDevice, BuilderError> {
+) -> Result<(MmioDevice, Arc<Mutex<Net>>), BuilderError> {
     let net = Arc::new(Mutex::new(Net::new(tap, mac)));
     let tap_fd = net.lock().unwrap_or_else(|e| e.into_inner()).tap_fd();
     let (entry, notify) = add_virtio_device(vm, memory, mmio, net.clone(), base, irq)?;
@@ -242,5 +242,5 @@ pub fn add_virtio_net(
     }
     // The device owns the tap, and the device lives as long as the loop's handlers.
     events.add_readable(tap_fd, serve(Net::process_rx))?;
-    Ok(entry)
+    Ok((entry, net))
 }

@@ -16,11 +16,12 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use vessel_vmm::api::{self, VmControl};
+use vessel_vmm::api::{self, MetricsSource, VmControl};
 use vessel_vmm::boot::loader::Entry;
 use vessel_vmm::boot::{acpi, layout, linux, loader, pvh};
 use vessel_vmm::builder;
@@ -221,17 +222,48 @@ impl VcpuThreads {
     }
 }
 
+/// How many exits of each kind the vCPUs took, for the control socket's `metrics`.
+#[derive(Default)]
+struct ExitCounts {
+    io: AtomicU64,
+    mmio: AtomicU64,
+    interrupted: AtomicU64,
+}
+
+impl ExitCounts {
+    fn count(&self, exit: Exit) {
+        let counter = match exit {
+            Exit::Io => &self.io,
+            Exit::Mmio => &self.mmio,
+            Exit::Interrupted => &self.interrupted,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn to_json(&self) -> String {
+        format!(
+            r#"{{"io":{},"mmio":{},"interrupted":{}}}"#,
+            self.io.load(Ordering::Relaxed),
+            self.mmio.load(Ordering::Relaxed),
+            self.interrupted.load(Ordering::Relaxed)
+        )
+    }
+}
+
 /// What ends the VM: a power-off or reset written to a device port, or a vCPU's exit.
 struct Stops {
     power_off: EventFd,
     reset: EventFd,
     done: mpsc::Sender<Result<ExitCode>>,
+    exits: Arc<ExitCounts>,
 }
 
 /// Runs one vCPU on the calling thread until the VM stops; reports the VMM's exit status.
 fn run_vcpu(mut vcpu: Vcpu, control: Option<&VmControl>, stops: &Stops) -> Result<ExitCode> {
     loop {
         let exit = vcpu.run_once()?;
+        stops.exits.count(exit);
         if let Some(control) = control {
             if !control.checkpoint() {
                 return Ok(ExitCode::SUCCESS); // shut down through the control socket
@@ -303,19 +335,23 @@ fn set_up_and_run(
             .with_context(|| format!("virtio-fs on {}", socket.display()))?,
         );
     }
+    // Counters for the control socket's `metrics`, by name.
+    let mut metrics: Vec<(String, MetricsSource)> = Vec::new();
     if let Some(tap) = open_tap(args)? {
         let (base, irq) = slot();
         let mac = args.mac.unwrap_or_else(|| default_mac(args.guest_cid));
-        virtio.push(builder::add_virtio_net(
-            vm,
-            memory,
-            &mmio,
-            &mut events,
-            tap,
-            mac,
-            base,
-            irq,
-        )?);
+        let (entry, net) =
+            builder::add_virtio_net(vm, memory, &mmio, &mut events, tap, mac, base, irq)?;
+        virtio.push(entry);
+        metrics.push((
+            "net0".into(),
+            Box::new(move || {
+                net.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .metrics()
+                    .to_json()
+            }),
+        ));
     }
     if let Some(disk) = &args.disk {
         let (base, irq) = slot();
@@ -408,6 +444,7 @@ fn set_up_and_run(
 
     register_signal_handler(SIGRTMIN(), kick_handler).context("kick signal handler")?;
     let threads = VcpuThreads::default();
+    let exits = Arc::new(ExitCounts::default());
     let control = match &args.api_sock {
         Some(path) => {
             let kick = threads.clone();
@@ -416,6 +453,11 @@ fn set_up_and_run(
                 args.memory_mib,
                 Box::new(move || kick.kick()),
             ));
+            let counts = exits.clone();
+            control.add_metrics("vcpu_exits", Box::new(move || counts.to_json()));
+            for (name, source) in metrics {
+                control.add_metrics(&name, source);
+            }
             api::serve(path, control.clone())
                 .with_context(|| format!("control socket {}", path.display()))?;
             Some(control)
@@ -427,6 +469,7 @@ fn set_up_and_run(
         power_off,
         reset,
         done,
+        exits,
     });
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         let (threads, control, stops) = (threads.clone(), control.clone(), stops.clone());

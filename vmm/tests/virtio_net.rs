@@ -63,7 +63,7 @@ fn frames_cross_between_the_tap_and_guest_buffers() {
     let mmio = Bus::default();
     let mut events = EventLoop::new().unwrap();
     let mac = [0x02, 0, 0, 0, 0, 7];
-    add_virtio_net(&vm, &mem, &mmio, &mut events, tap, mac, BASE, 5).unwrap();
+    let (_, net) = add_virtio_net(&vm, &mem, &mmio, &mut events, tap, mac, BASE, 5).unwrap();
     let (thread, stop) = events.spawn().unwrap();
 
     let driver = MmioDriver {
@@ -130,6 +130,10 @@ fn frames_cross_between_the_tap_and_guest_buffers() {
     let mut sent = vec![0u8; 4096];
     let n = recv(peer.as_raw_fd(), &mut sent, MsgFlags::empty()).unwrap();
     assert_eq!(&sent[..n], &out[..]);
+    let metrics = net.lock().unwrap().metrics();
+    assert_eq!((metrics.rx_frames, metrics.tx_frames), (2, 1));
+    assert_eq!(metrics.tx_bytes, 200);
+    assert!(metrics.to_json().contains(r#""tx_bytes":200"#));
 
     stop.write(1).unwrap();
     thread.join().unwrap();

@@ -65,6 +65,22 @@ pub struct NetMetrics {
     pub tx_dropped: u64,
 }
 
+impl NetMetrics {
+    /// The counters as a JSON object, for the control socket's `metrics`.
+    pub fn to_json(&self) -> String {
+        format!(
+            r#"{{"rx_frames":{},"rx_bytes":{},"rx_dropped":{},"rx_bad_chains":{},"tx_frames":{},"tx_bytes":{},"tx_dropped":{}}}"#,
+            self.rx_frames,
+            self.rx_bytes,
+            self.rx_dropped,
+            self.rx_bad_chains,
+            self.tx_frames,
+            self.tx_bytes,
+            self.tx_dropped
+        )
+    }
+}
+
 /// The queues of an activated device.
 struct Active {
     rx: ActiveQueue,
