@@ -51,7 +51,10 @@ pub enum AcpiError {
     TooManyVcpus(u8),
 }
 
-/// The DSDT: COM1 and the virtio-mmio devices under `\_SB`.
+/// SLP_TYP of the S5 (soft off) state, as [`crate::devices::acpi::SleepControl`] expects it.
+const S5_SLP_TYP: u8 = 5;
+
+/// The DSDT: COM1 and the virtio-mmio devices under `\_SB`, and the S5 sleep type.
 fn dsdt(devices: &[MmioDevice]) -> Sdt {
     let mut table = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     let (io, irq) = (
@@ -65,6 +68,10 @@ fn dsdt(devices: &[MmioDevice]) -> Sdt {
         aml::Name::new("_CRS".into(), &resources),
     );
     aml::Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs]).to_aml_bytes(&mut table);
+    // \_S5_: the SLP_TYP a guest writes to the sleep control register to power off. Without
+    // it Linux has no ACPI power-off and halts instead.
+    let s5 = aml::Package::new(vec![&S5_SLP_TYP]);
+    aml::Name::new("_S5_".into(), &s5).to_aml_bytes(&mut table);
     for (i, device) in devices.iter().enumerate() {
         let (window, irq) = (
             aml::Memory32Fixed::new(true, device.base, device.len),
@@ -237,6 +244,14 @@ mod tests {
             "{text:?}"
         );
         assert!(dsdt.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
+        // Name(_S5_, Package(1) { 5 }): NameOp, "_S5_", PackageOp, length 3, 1 element, 5.
+        // Name(_S5_, Package(1) { 5 }): NameOp, the name, PackageOp, its length, one
+        // element, BytePrefix 5.
+        let s5 = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x04, 0x01, 0x0a, 0x05];
+        assert!(
+            dsdt.windows(s5.len()).any(|w| w == s5),
+            "no _S5_: {dsdt:x?}"
+        );
         let madt = table(&mem, entries[1], b"APIC");
         // Two local APICs (type 0) and an IOAPIC (type 1) after the 44-byte header.
         let kinds: Vec<u8> = {

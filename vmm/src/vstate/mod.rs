@@ -2,6 +2,7 @@
 //! needs `unsafe` lives here.
 
 pub mod memory;
+pub mod msr;
 pub mod topology;
 pub mod vcpu;
 pub mod vm;

@@ -29,6 +29,8 @@ pub enum VcpuError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error("vCPU {id}: boot MSRs: {reason}")]
+    Msrs { id: u64, reason: String },
     #[error("vCPU {id}: KVM_RUN: {source}")]
     Run { id: u64, source: kvm_ioctls::Error },
     #[error("vCPU {id}: VM entry failed (hardware reason {reason:#x})")]
@@ -188,7 +190,7 @@ impl Vcpu {
     }
 
     /// Sets the CPUID KVM supports, with this vCPU's APIC id and a topology of `count`
-    /// single-threaded cores in one package, and the FPU's reset state.
+    /// single-threaded cores in one package, the boot MSRs, and the FPU's reset state.
     pub fn configure_cpu(&self, kvm: &Kvm, count: u8) -> Result<(), VcpuError> {
         let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -199,6 +201,24 @@ impl Vcpu {
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.registers("set CPUID"))?;
+        let msrs = super::msr::boot_msrs().map_err(|e| VcpuError::Msrs {
+            id: self.id,
+            reason: format!("{e:?}"),
+        })?;
+        let set = self
+            .fd
+            .set_msrs(&msrs)
+            .map_err(self.registers("set MSRs"))?;
+        if set != msrs.as_slice().len() {
+            return Err(VcpuError::Msrs {
+                id: self.id,
+                reason: format!(
+                    "KVM took {set} of {} boot MSRs (stopped at {:#x})",
+                    msrs.as_slice().len(),
+                    msrs.as_slice().get(set).map_or(0, |e| e.index)
+                ),
+            });
+        }
         let fpu = kvm_bindings::kvm_fpu {
             fcw: 0x37f,
             mxcsr: 0x1f80,
