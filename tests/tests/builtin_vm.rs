@@ -2,14 +2,23 @@
 //! on vessel-vmm (the Debian guest kernel, the agent reached over the VMM's hybrid vsock,
 //! the shared dir through virtiofsd), then a container in it, and tears it all down. It
 //! needs a KVM that runs full guests (vmx or svm in /proc/cpuinfo) and prints a SKIPPED
-//! line with the reason elsewhere.
+//! line with the reason elsewhere. The backend's process handling (virtiofsd and vessel-vmm
+//! started and stopped, the control socket) is tested on a tiny guest wherever /dev/kvm
+//! opens.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
-use vessel_shim::hypervisor::{probe_kvm, KvmSupport};
+use vessel_shim::config::HypervisorConfig;
+use vessel_shim::hypervisor::builtin::{BuiltinBinaries, BuiltinVm};
+use vessel_shim::hypervisor::{probe_kvm, Hypervisor, KvmSupport, VmConfig};
 use vessel_tests::cri::{
     container_config, exec_sh, pod_config, pull, registry_with_busybox, remove_pod_checked,
-    wait_state, Daemon,
+    wait_state, workspace_binary, Daemon,
 };
+use vessel_tests::tiny_elf::{pvh_elf, PRINT_BANG};
 use vessel_tests::{skipped, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,4 +87,92 @@ async fn a_container_runs_in_a_pod_on_the_builtin_vmm() {
     assert!(out.trim().parse::<u32>().is_ok_and(|n| n >= 1), "{out}");
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+/// The builtin backend's processes on a tiny guest (this runs wherever /dev/kvm opens):
+/// start spawns virtiofsd and vessel-vmm (which connects to virtiofsd as its vhost-user
+/// frontend), the VMM's control socket reports the pod VM's shape, and stop ends both and
+/// removes the control socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builtin_backend_starts_and_stops_its_processes() {
+    let test = "the_builtin_backend_starts_and_stops_its_processes";
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        skipped(test, &format!("/dev/kvm: {e}"));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("pod");
+    let shared_dir = run_dir.join("shared");
+    std::fs::create_dir_all(&shared_dir).unwrap();
+    let kernel = dir.path().join("tiny.elf");
+    std::fs::write(&kernel, pvh_elf(PRINT_BANG)).unwrap();
+    let initrd = dir.path().join("initrd.img");
+    std::fs::write(&initrd, [0u8; 4096]).unwrap();
+    let config = VmConfig {
+        id: "tiny".into(),
+        run_dir: run_dir.clone(),
+        shared_dir,
+        cid: 77,
+        vcpus: 2,
+        memory_mib: 64,
+        kernel,
+        initrd,
+        kernel_params: String::new(),
+    };
+    let binaries = BuiltinBinaries {
+        vmm: workspace_binary("vessel-vmm"),
+        virtiofsd: HypervisorConfig::default().virtiofsd,
+    };
+    let mut vm = BuiltinVm::new(config, binaries);
+    vm.start().await.expect("start the builtin backend");
+    let pid = vm.pid().expect("vessel-vmm runs");
+    let record = vm.record();
+    assert_eq!(
+        record.processes.keys().collect::<Vec<_>>(),
+        ["vessel-vmm", "virtiofsd"]
+    );
+
+    // The control socket answers once the VMM has set the VM up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let info = loop {
+        match UnixStream::connect(vm.api_socket()) {
+            Ok(mut stream) => {
+                stream.write_all(b"info\n").unwrap();
+                let mut line = String::new();
+                BufReader::new(stream).read_line(&mut line).unwrap();
+                break line;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no control socket: {e}; vessel-vmm log:\n{}",
+                    vessel_shim::hypervisor::tail_file(&vm.vmm_log(), 20)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert!(
+        info.contains(r#""vcpus":2"#) && info.contains(r#""memory_mib":64"#),
+        "{info}"
+    );
+    assert_eq!(vm.exit_status(), None, "still running");
+    assert_eq!(std::fs::read(vm.console_log()).unwrap_or_default(), b"!");
+
+    vm.stop().await.unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "vessel-vmm ended"
+    );
+    for (name, id) in &record.processes {
+        assert!(
+            vessel_shim::hypervisor::process_start_time(id.pid) != Some(id.start_time),
+            "{name} still runs"
+        );
+    }
+    assert!(!vm.api_socket().exists(), "control socket removed");
 }

@@ -18,9 +18,7 @@ use vessel_vmm::builder::add_virtio_fs;
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
 use vessel_vmm::event_loop::EventLoop;
-use vessel_vmm::vstate::memory::{self, GuestMemory};
-use vessel_vmm::vstate::open_kvm;
-use vessel_vmm::vstate::vm::Vm;
+use vessel_vmm::vstate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
 const BASE: u64 = 0xd000_0000;
@@ -118,15 +116,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 #[test]
 fn virtiofsd_answers_fuse_requests_in_guest_memory() {
-    let kvm = match open_kvm() {
-        Ok(kvm) => kvm,
-        Err(e) => {
-            common::skipped(
-                "virtiofsd_answers_fuse_requests_in_guest_memory",
-                &e.to_string(),
-            );
-            return;
-        }
+    let Some((vm, mem)) = common::test_vm("virtiofsd_answers_fuse_requests_in_guest_memory") else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let shared = dir.path().join("shared");
@@ -136,10 +127,6 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     let _backend = start_virtiofsd(&socket, &shared);
 
     common::enable_seccomp();
-    let vm = Vm::new(&kvm).unwrap();
-    vm.create_irqchip().unwrap();
-    let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    vm.register_memory(&mem).unwrap();
     let mmio = Bus::default();
     let mut events = EventLoop::new().unwrap();
     add_virtio_fs(

@@ -17,9 +17,6 @@ use vessel_vmm::devices::virtio::net::Tap;
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
 use vessel_vmm::event_loop::EventLoop;
-use vessel_vmm::vstate::memory;
-use vessel_vmm::vstate::open_kvm;
-use vessel_vmm::vstate::vm::Vm;
 use vm_memory::{Bytes, GuestAddress};
 
 const BASE: u64 = 0xd000_0000;
@@ -37,15 +34,8 @@ fn frame(fill: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn frames_cross_between_the_tap_and_guest_buffers() {
-    let kvm = match open_kvm() {
-        Ok(kvm) => kvm,
-        Err(e) => {
-            common::skipped(
-                "frames_cross_between_the_tap_and_guest_buffers",
-                &e.to_string(),
-            );
-            return;
-        }
+    let Some((vm, mem)) = common::test_vm("frames_cross_between_the_tap_and_guest_buffers") else {
+        return;
     };
     common::enable_seccomp();
     let (ours, peer): (OwnedFd, OwnedFd) = socketpair(
@@ -56,10 +46,6 @@ fn frames_cross_between_the_tap_and_guest_buffers() {
     )
     .unwrap();
     let tap = Tap::from_fd(ours).unwrap();
-    let vm = Vm::new(&kvm).unwrap();
-    vm.create_irqchip().unwrap();
-    let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    vm.register_memory(&mem).unwrap();
     let mmio = Bus::default();
     let mut events = EventLoop::new().unwrap();
     let mac = [0x02, 0, 0, 0, 0, 7];

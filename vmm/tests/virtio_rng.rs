@@ -12,9 +12,6 @@ use vessel_vmm::builder::add_virtio_rng;
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
 use vessel_vmm::event_loop::EventLoop;
-use vessel_vmm::vstate::memory;
-use vessel_vmm::vstate::open_kvm;
-use vessel_vmm::vstate::vm::Vm;
 use vm_memory::{Bytes, GuestAddress};
 
 const BASE: u64 = 0xd000_0000;
@@ -22,18 +19,10 @@ const BUFFER: u64 = 0x2_0000;
 
 #[test]
 fn a_request_is_filled_by_the_device_thread() {
-    let kvm = match open_kvm() {
-        Ok(kvm) => kvm,
-        Err(e) => {
-            common::skipped("a_request_is_filled_by_the_device_thread", &e.to_string());
-            return;
-        }
+    let Some((vm, mem)) = common::test_vm("a_request_is_filled_by_the_device_thread") else {
+        return;
     };
     common::enable_seccomp();
-    let vm = Vm::new(&kvm).unwrap();
-    vm.create_irqchip().unwrap();
-    let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    vm.register_memory(&mem).unwrap();
     let mmio = Bus::default();
     let mut events = EventLoop::new().unwrap();
     let entry = add_virtio_rng(&vm, &mem, &mmio, &mut events, BASE, 5).unwrap();

@@ -15,9 +15,7 @@ use common::{MmioDriver, Ring};
 use vessel_vmm::builder::add_virtio_vsock;
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
-use vessel_vmm::vstate::memory::{self, GuestMemory};
-use vessel_vmm::vstate::open_kvm;
-use vessel_vmm::vstate::vm::Vm;
+use vessel_vmm::vstate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
 const BASE: u64 = 0xd000_0000;
@@ -116,23 +114,13 @@ impl Guest<'_> {
 
 #[test]
 fn host_and_guest_connections_cross_the_hybrid_socket() {
-    let kvm = match open_kvm() {
-        Ok(kvm) => kvm,
-        Err(e) => {
-            common::skipped(
-                "host_and_guest_connections_cross_the_hybrid_socket",
-                &e.to_string(),
-            );
-            return;
-        }
+    let Some((vm, mem)) = common::test_vm("host_and_guest_connections_cross_the_hybrid_socket")
+    else {
+        return;
     };
     common::enable_seccomp();
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("agent.vsock");
-    let vm = Vm::new(&kvm).unwrap();
-    vm.create_irqchip().unwrap();
-    let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-    vm.register_memory(&mem).unwrap();
     let mmio = Bus::default();
     add_virtio_vsock(&vm, &mem, &mmio, GUEST_CID, &uds, BASE, 5).unwrap();
 
@@ -206,32 +194,20 @@ fn host_and_guest_connections_cross_the_hybrid_socket() {
 
     // The guest connects to host port 5000: the device connects to `<uds>_5000`.
     let service = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
-    guest.send(
-        Header {
-            src_cid: GUEST_CID,
-            dst_cid: HOST_CID,
-            src_port: 40000,
-            dst_port: 5000,
-            len: 0,
-            op: OP_REQUEST,
-        },
-        &[],
-    );
+    let to_service = |op, len| Header {
+        src_cid: GUEST_CID,
+        dst_cid: HOST_CID,
+        src_port: 40000,
+        dst_port: 5000,
+        len,
+        op,
+    };
+    guest.send(to_service(OP_REQUEST, 0), &[]);
     let (mut accepted, _) = service.accept().unwrap();
     let (response, _) = guest.receive();
     assert_eq!(response.op, OP_RESPONSE);
     assert_eq!((response.src_port, response.dst_port), (5000, 40000));
-    guest.send(
-        Header {
-            src_cid: GUEST_CID,
-            dst_cid: HOST_CID,
-            src_port: 40000,
-            dst_port: 5000,
-            len: 5,
-            op: OP_RW,
-        },
-        b"hello",
-    );
+    guest.send(to_service(OP_RW, 5), b"hello");
     accepted
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();

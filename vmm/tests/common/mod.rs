@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use vessel_vmm::devices::virtio::mmio::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
 use vessel_vmm::devices::Bus;
-use vessel_vmm::vstate::memory::GuestMemory;
+use vessel_vmm::vstate::memory::{self, GuestMemory};
+use vessel_vmm::vstate::vm::Vm;
 use vm_memory::{Bytes, GuestAddress};
 
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -19,6 +20,23 @@ pub const VRING_DESC_F_WRITE: u16 = 2;
 pub fn skipped(test: &str, reason: &str) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// A VM with an in-kernel irqchip and 1 MiB of registered guest memory, for a device to be
+/// wired into; `None`, after a SKIPPED line for `test`, where /dev/kvm cannot be opened.
+pub fn test_vm(test: &str) -> Option<(Vm, GuestMemory)> {
+    let kvm = match vessel_vmm::vstate::open_kvm() {
+        Ok(kvm) => kvm,
+        Err(e) => {
+            skipped(test, &e.to_string());
+            return None;
+        }
+    };
+    let vm = Vm::new(&kvm).unwrap();
+    vm.create_irqchip().unwrap();
+    let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    vm.register_memory(&mem).unwrap();
+    Some((vm, mem))
 }
 
 /// A driver of the virtio-mmio device at `base` on `bus`.

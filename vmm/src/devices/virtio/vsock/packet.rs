@@ -218,6 +218,30 @@ mod tests {
     }
 
     #[test]
+    fn a_looping_tx_chain_ends_and_reads_nothing_outside_it() {
+        use virtio_queue::QueueOwnedT;
+
+        let mem = mem();
+        // Header then payload, the payload's descriptor pointing back at the header's: a
+        // loop. The packet claims more data than the bounded walk (16 descriptors) can
+        // hold, so it is refused; nothing hangs and nothing is read elsewhere.
+        mem.write_obj(header(OP_RW, 4000), GuestAddress(0x10_0000))
+            .unwrap();
+        let looped = [
+            desc(0x10_0000, HEADER_SIZE as u32, VRING_DESC_F_NEXT, 1),
+            desc(0x11_0000, 100, VRING_DESC_F_NEXT, 0),
+        ];
+        let mock = MockSplitQueue::new(&mem, 16);
+        mock.add_desc_chains(&looped, 0).unwrap();
+        let mut queue: virtio_queue::Queue = mock.create_queue().unwrap();
+        let chain = queue.iter(&mem).unwrap().next().unwrap();
+        assert!(matches!(
+            read_tx(&mem, chain),
+            Err(PacketError::ShortData { len: 4000, .. })
+        ));
+    }
+
+    #[test]
     fn rx_packets_fill_writable_buffers_or_are_refused() {
         let mem = mem();
         let mock = MockSplitQueue::new(&mem, 16);
