@@ -16,7 +16,7 @@ use crate::devices::virtio::rng::{Rng, RngError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::{Bus, BusError};
-use crate::event_loop::{EventLoop, EventLoopError};
+use crate::event_loop::{EventLoop, EventLoopError, Handler, Trigger};
 use crate::vstate::memory::GuestMemory;
 use crate::vstate::vm::{Vm, VmError};
 
@@ -159,19 +159,42 @@ pub fn add_virtio_blk(
 }
 
 /// Puts a virtio-vsock device for guest `cid` at `base` with interrupt line `irq`; its host
-/// side is the hybrid Unix socket `uds`. It runs its own worker thread once the driver
-/// activates it. Returns its DSDT entry.
+/// side is the hybrid Unix socket `uds`. `events` serves it: its queue notifications, its
+/// activation, and its epoll set of host sockets. Returns its DSDT entry.
+#[allow(clippy::too_many_arguments)]
 pub fn add_virtio_vsock(
     vm: &Vm,
     memory: &GuestMemory,
     mmio: &Bus,
+    events: &mut EventLoop,
     cid: u64,
     uds: &Path,
     base: u64,
     irq: u32,
 ) -> Result<MmioDevice, BuilderError> {
-    let vsock = Arc::new(Mutex::new(Vsock::new(cid, uds)?));
-    let (entry, _) = add_virtio_device(vm, memory, mmio, vsock, base, irq)?;
+    let vsock = Vsock::new(cid, uds)?;
+    let (poll_fd, activated) = (
+        vsock.poll_fd(),
+        vsock.activation_event().map_err(BuilderError::EventFd)?,
+    );
+    let vsock = Arc::new(Mutex::new(vsock));
+    let (entry, notify) = add_virtio_device(vm, memory, mmio, vsock.clone(), base, irq)?;
+    let serve = || {
+        let vsock = vsock.clone();
+        Box::new(move || {
+            let mut vsock = vsock.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = vsock.process() {
+                tracing::warn!(error = %e, device = "virtio-vsock", "packets");
+            }
+        }) as Handler
+    };
+    // The event queue (the third) carries nothing from the driver.
+    for queue in notify.into_iter().take(2) {
+        events.add(queue, serve())?;
+    }
+    events.add(activated, serve())?;
+    // The device owns the epoll set, and lives as long as the loop's handlers.
+    events.add_readable(poll_fd, Trigger::Level, serve())?;
     Ok(entry)
 }
 
@@ -233,7 +256,7 @@ pub fn add_virtio_net(
             if let Err(e) = process(&mut net) {
                 tracing::warn!(error = %e, device = "virtio-net", "frames");
             }
-        }) as crate::event_loop::Handler
+        }) as Handler
     };
     let mut queues = notify.into_iter();
     if let (Some(rx), Some(tx)) = (queues.next(), queues.next()) {
@@ -241,6 +264,6 @@ pub fn add_virtio_net(
         events.add(tx, serve(Net::process_tx))?;
     }
     // The device owns the tap, and the device lives as long as the loop's handlers.
-    events.add_readable(tap_fd, serve(Net::process_rx))?;
+    events.add_readable(tap_fd, Trigger::Edge, serve(Net::process_rx))?;
     Ok((entry, net))
 }

@@ -23,10 +23,20 @@ pub enum EventLoopError {
 
 /// What a handler waits on.
 enum Source {
-    /// Level-triggered; drained before the handler runs.
+    /// An eventfd, level-triggered; drained before the handler runs.
     Event(EventFd),
-    /// Edge-triggered; the handler reads it until it would block.
+    /// Another descriptor, which the handler reads itself.
     Fd,
+}
+
+/// How a descriptor other than an eventfd is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Once per change to readable: the handler must read until the descriptor would block
+    /// (or keep what is left for a later call).
+    Edge,
+    /// Whenever it is readable: the handler must make it not readable, or the loop spins.
+    Level,
 }
 
 /// Eventfds and their handlers, not yet running.
@@ -68,17 +78,21 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Calls `handler` whenever `fd` becomes readable (edge-triggered: the handler must read
-    /// until the descriptor would block, or keep what is left for a later call). The
-    /// descriptor's owner keeps it open while the loop runs.
-    pub fn add_readable(&mut self, fd: RawFd, handler: Handler) -> Result<(), EventLoopError> {
+    /// Calls `handler` when `fd` is readable, as `trigger` says. The descriptor's owner keeps
+    /// it open while the loop runs.
+    pub fn add_readable(
+        &mut self,
+        fd: RawFd,
+        trigger: Trigger,
+        handler: Handler,
+    ) -> Result<(), EventLoopError> {
         let index = self.handlers.len() as u64;
+        let events = match trigger {
+            Trigger::Edge => EventSet::IN | EventSet::EDGE_TRIGGERED,
+            Trigger::Level => EventSet::IN,
+        };
         self.epoll
-            .ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, index),
-            )
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, index))
             .map_err(EventLoopError::Epoll)?;
         self.handlers.push((Source::Fd, handler));
         Ok(())

@@ -4,8 +4,8 @@
 //! serves the devices: the 8250 serial console (stdout or `--console`), virtio-rng, and
 //! when asked virtio-vsock on a hybrid Unix socket (`--vsock-uds`), virtio-fs through a
 //! vhost-user backend (`--fs-socket`), virtio-net on a tap (`--tap`/`--tap-fd`) and
-//! virtio-blk on a file (`--disk`). The devices run on one event loop thread (vsock on its
-//! own), each vCPU on its own thread, every thread under its seccomp filter. It exits when
+//! virtio-blk on a file (`--disk`). The devices run on one event loop thread, each vCPU on
+//! its own thread, every thread under its seccomp filter. It exits when
 //! the guest stops: 0 on a power-off (S5 through the ACPI sleep control register), 2 on a
 //! reset (triple fault or i8042 reset: a guest panic with `reboot=t` or `reboot=k`), 1 on a
 //! VMM error or a bad command line; `--api-sock` serves the control socket (pause, resume,
@@ -313,6 +313,7 @@ fn set_up_and_run(
             vm,
             memory,
             &mmio,
+            &mut events,
             args.guest_cid,
             uds,
             base,

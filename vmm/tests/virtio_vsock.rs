@@ -1,5 +1,5 @@
 //! virtio-vsock wired into a VM as the binary wires it, with the VMM's seccomp filters on
-//! (the device's worker thread under its own, activation under the vCPU's), driven from the
+//! (the event loop serving it under its own, activation under the vCPU's), driven from the
 //! host as the guest's driver would drive it. A host client's `CONNECT <port>` on the hybrid
 //! socket reaches the guest as a REQUEST; the guest's RESPONSE gives the client `OK <port>`;
 //! data flows both ways; a guest REQUEST to a host port connects to `<uds>_<port>`.
@@ -15,6 +15,7 @@ use common::{MmioDriver, Ring};
 use vessel_vmm::builder::add_virtio_vsock;
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
+use vessel_vmm::event_loop::EventLoop;
 use vessel_vmm::vstate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -122,7 +123,9 @@ fn host_and_guest_connections_cross_the_hybrid_socket() {
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("agent.vsock");
     let mmio = Bus::default();
-    add_virtio_vsock(&vm, &mem, &mmio, GUEST_CID, &uds, BASE, 5).unwrap();
+    let mut events = EventLoop::new().unwrap();
+    add_virtio_vsock(&vm, &mem, &mmio, &mut events, GUEST_CID, &uds, BASE, 5).unwrap();
+    let (thread, stop) = events.spawn().unwrap();
 
     let mut guest = Guest {
         driver: MmioDriver {
@@ -214,4 +217,7 @@ fn host_and_guest_connections_cross_the_hybrid_socket() {
     let mut hello = [0u8; 5];
     accepted.read_exact(&mut hello).unwrap();
     assert_eq!(&hello, b"hello");
+
+    stop.write(1).unwrap();
+    thread.join().unwrap();
 }

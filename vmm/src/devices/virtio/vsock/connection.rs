@@ -95,6 +95,16 @@ impl<S: Read + Write> Connection<S> {
         !self.pending_ops.is_empty()
     }
 
+    /// Whether host data read now could go to the guest: established, with credit left.
+    pub fn wants_host_data(&self) -> bool {
+        self.state == State::Established && self.peer_credit() > 0
+    }
+
+    /// Whether guest data waits for the host stream to take it.
+    pub fn has_host_backlog(&self) -> bool {
+        !self.pending_to_host.is_empty()
+    }
+
     fn update_peer_credit(&mut self, header: &Header) {
         self.peer_buf_alloc = header.buf_alloc;
         self.peer_fwd_cnt = header.fwd_cnt;

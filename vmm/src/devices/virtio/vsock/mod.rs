@@ -3,10 +3,10 @@
 //! `CONNECT <port>\n`, the device answers `OK <host port>\n` once the guest accepted; guest
 //! connections to host port P go to the Unix socket `<uds>_P`.
 //!
-//! So far: the packet format on the queues ([`packet`]), the host handshake ([`hybrid`]) and
+//! The parts: the packet format on the queues ([`packet`]), the host handshake ([`hybrid`]),
 //! one connection's state machine and credit accounting ([`connection`]), the connection
-//! table with the host's Unix sockets ([`muxer`]), and the device ([`Vsock`]) whose worker
-//! thread moves packets between the queues and the muxer.
+//! table with the host's Unix sockets and the epoll interest each needs ([`muxer`]), and the
+//! device ([`Vsock`]) that the device event loop drives between the queues and the muxer.
 
 pub mod connection;
 mod device;

@@ -3,11 +3,13 @@
 //! to host port P made to `<uds>_P`, and the routing of packets between them. Packets for
 //! connections that do not exist are answered with a RST.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::connection::{Connection, State, BUF_ALLOC};
 use super::hybrid::LineReader;
@@ -29,6 +31,8 @@ pub struct Muxer {
     /// RSTs owed for packets of unknown connections.
     resets: VecDeque<Header>,
     next_host_port: u32,
+    /// The descriptors in the device's epoll set after the last [`Muxer::sync_interest`].
+    watched: BTreeSet<RawFd>,
 }
 
 impl Muxer {
@@ -48,15 +52,57 @@ impl Muxer {
             conns: BTreeMap::new(),
             resets: VecDeque::new(),
             next_host_port: FIRST_HOST_PORT,
+            watched: BTreeSet::new(),
         })
     }
 
-    /// The descriptors to wait on: the listener, clients mid-handshake, connections.
-    pub fn fds(&self) -> Vec<RawFd> {
-        std::iter::once(self.listener.as_raw_fd())
-            .chain(self.handshakes.iter().map(|(s, _)| s.as_raw_fd()))
-            .chain(self.conns.values().map(|c| c.stream().as_raw_fd()))
-            .collect()
+    /// What to wait for on each descriptor now: the listener and clients mid-handshake
+    /// always; a connection's stream for reading while its data can go to the guest
+    /// (`deliver`: the driver has RX buffers; the connection is established and the guest
+    /// has credit), for writing while guest data waits for it.
+    fn interest(&self, deliver: bool) -> Vec<(RawFd, EventSet)> {
+        let mut wanted = vec![(self.listener.as_raw_fd(), EventSet::IN)];
+        wanted.extend(
+            self.handshakes
+                .iter()
+                .map(|(s, _)| (s.as_raw_fd(), EventSet::IN)),
+        );
+        for conn in self.conns.values() {
+            let mut events = EventSet::empty();
+            if deliver && conn.wants_host_data() {
+                events |= EventSet::IN;
+            }
+            if conn.has_host_backlog() {
+                events |= EventSet::OUT;
+            }
+            if !events.is_empty() {
+                wanted.push((conn.stream().as_raw_fd(), events));
+            }
+        }
+        wanted
+    }
+
+    /// Brings `epoll` (level-triggered) in line with [`Muxer::interest`]. Every wanted
+    /// descriptor is set again each time: one closed since keeps no registration, and its
+    /// number may now belong to a new socket.
+    pub fn sync_interest(&mut self, epoll: &Epoll, deliver: bool) -> std::io::Result<()> {
+        let wanted = self.interest(deliver);
+        let now: BTreeSet<RawFd> = wanted.iter().map(|(fd, _)| *fd).collect();
+        for &gone in self.watched.difference(&now) {
+            // Already closed (and so gone from the set), or no longer of interest.
+            let _ = epoll.ctl(ControlOperation::Delete, gone, EpollEvent::default());
+        }
+        for (fd, events) in wanted {
+            let event = EpollEvent::new(events, fd as u64);
+            match epoll.ctl(ControlOperation::Modify, fd, event) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    epoll.ctl(ControlOperation::Add, fd, event)?
+                }
+                other => other?,
+            }
+        }
+        self.watched = now;
+        Ok(())
     }
 
     /// Accepts host clients, advances their handshakes, flushes guest data to host streams
