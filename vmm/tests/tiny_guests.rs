@@ -86,12 +86,12 @@ impl Guest {
 
     fn with_ram(kvm: &Kvm, code: &[u8], irqchip: bool, ram: usize) -> Self {
         let vm = Vm::new(kvm).unwrap();
-        if irqchip {
-            vm.create_irqchip().unwrap();
-        }
         let memory = memory::create(&[(GuestAddress(0), ram)]).unwrap();
         memory.write_slice(code, GuestAddress(CODE)).unwrap();
         vm.register_memory(&memory).unwrap();
+        if irqchip {
+            vm.create_irqchip().unwrap();
+        }
         let pio = Arc::new(Bus::default());
         let result = Arc::new(Mutex::new(Recorder::default()));
         pio.insert(RESULT_PORT, 1, result.clone()).unwrap();

@@ -57,7 +57,9 @@ impl Vm {
         &self.fd
     }
 
-    /// Makes every region of `memory` a KVM memory slot, in order.
+    /// Makes every region of `memory` a KVM memory slot, in order. Do it before
+    /// [`Vm::create_irqchip`]: with an in-kernel irqchip, each slot change costs KVM
+    /// milliseconds instead of tens of microseconds.
     pub fn register_memory(&self, memory: &GuestMemory) -> Result<(), VmError> {
         for (slot, region) in memory.iter().enumerate() {
             let slot = slot as u32;

@@ -33,9 +33,9 @@ pub fn test_vm(test: &str) -> Option<(Vm, GuestMemory)> {
         }
     };
     let vm = Vm::new(&kvm).unwrap();
-    vm.create_irqchip().unwrap();
     let mem = memory::create(&[(GuestAddress(0), 0x10_0000)]).unwrap();
     vm.register_memory(&mem).unwrap();
+    vm.create_irqchip().unwrap();
     Some((vm, mem))
 }
 
