@@ -145,10 +145,9 @@ impl Tap {
         let raw = fd.as_raw_fd();
         let file = File::from(fd);
         let mut req = IfReq::new("", 0);
+        // On a fd that is not a tun device the kernel returns an error and writes nothing.
         // SAFETY: `file` is an open fd we own; TUNGETIFF writes at most one `struct ifreq`
-        // (40 bytes, the size of `IfReq`) into `req`, which is exclusively borrowed for the
-        // call. On a fd that is not a tun device the kernel returns an error and writes
-        // nothing.
+        // (40 bytes, the size of `IfReq`) into `req`, exclusively borrowed for the call.
         let ret = unsafe { ioctl_with_mut_ref(&file, TUNGETIFF(), &mut req) };
         let tap = if ret < 0 {
             let err = std::io::Error::last_os_error();
@@ -241,10 +240,9 @@ impl AsFd for Tap {
 /// the interface's name as the kernel chose it.
 fn set_iff(file: &File, name: &str, flags: libc::c_short) -> std::io::Result<String> {
     let mut req = IfReq::new(name, flags);
+    // `name` fits in the request with its NUL (the callers check).
     // SAFETY: `file` is an open /dev/net/tun fd; TUNSETIFF reads and writes back one
-    // `struct ifreq` (40 bytes, the size of `IfReq`) through the pointer, which points at
-    // `req`, exclusively borrowed for the call. `name` fits with its NUL (checked by the
-    // callers).
+    // `struct ifreq` (40 bytes, the size of `IfReq`) in `req`, exclusively borrowed.
     if unsafe { ioctl_with_mut_ref(file, TUNSETIFF(), &mut req) } < 0 {
         return Err(std::io::Error::last_os_error());
     }

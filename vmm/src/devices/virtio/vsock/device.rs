@@ -303,15 +303,22 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_host_connection_through_the_device_carries_data_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let uds = dir.path().join("vsock.sock");
-        let mem = memory::create(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let rxq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
-        let txq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
-        let evq = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
-        let rx_descs: Vec<RawDescriptor> = (0..4)
+    /// A device on `uds`, activated on mock rx, tx and event queues, with `rx_buffers`
+    /// 4 KiB buffers offered on rx; returns it, its rx and tx queues and its interrupt.
+    fn activated<'a>(
+        mem: &'a GuestMemory,
+        uds: &std::path::Path,
+        rx_buffers: u64,
+    ) -> (
+        Vsock,
+        MockSplitQueue<'a, GuestMemory>,
+        MockSplitQueue<'a, GuestMemory>,
+        Arc<VirtioInterrupt>,
+    ) {
+        let rxq = MockSplitQueue::create(mem, GuestAddress(0), 16);
+        let txq = MockSplitQueue::create(mem, GuestAddress(0x1_0000), 16);
+        let evq = MockSplitQueue::create(mem, GuestAddress(0x2_0000), 16);
+        let rx_descs: Vec<RawDescriptor> = (0..rx_buffers)
             .map(|i| desc(RX_BUFFERS + i * 0x1000, 0x1000, VRING_DESC_F_WRITE, 0))
             .collect();
         rxq.add_desc_chains(&rx_descs, 0).unwrap();
@@ -324,12 +331,21 @@ mod tests {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
             .collect();
         let irq = interrupt();
-        let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
+        let mut dev = Vsock::new(GUEST_CID, uds).unwrap();
         let mut cid = [0u8; 8];
         dev.read_config(0, &mut cid);
         assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
         dev.activate(mem.clone(), irq.clone(), queues, events)
             .unwrap();
+        (dev, rxq, txq, irq)
+    }
+
+    #[test]
+    fn a_host_connection_through_the_device_carries_data_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let mem = memory::create(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let (mut dev, rxq, txq, irq) = activated(&mem, &uds, 4);
 
         // The host asks for guest port 1024: a REQUEST arrives in the first RX buffer.
         let mut host = UnixStream::connect(&uds).unwrap();
@@ -422,23 +438,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("vsock.sock");
         let mem = memory::create(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let rxq = MockSplitQueue::create(&mem, GuestAddress(0), 16);
-        let txq = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
-        let evq = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
         // One RX buffer: the REQUEST takes it.
-        rxq.add_desc_chains(&[desc(RX_BUFFERS, 0x1000, VRING_DESC_F_WRITE, 0)], 0)
-            .unwrap();
-        let queues = vec![
-            rxq.create_queue::<Queue>().unwrap(),
-            txq.create_queue::<Queue>().unwrap(),
-            evq.create_queue::<Queue>().unwrap(),
-        ];
-        let events: Vec<EventFd> = (0..3)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-            .collect();
-        let mut dev = Vsock::new(GUEST_CID, &uds).unwrap();
-        dev.activate(mem.clone(), interrupt(), queues, events)
-            .unwrap();
+        let (mut dev, rxq, txq, _) = activated(&mem, &uds, 1);
         let mut host = UnixStream::connect(&uds).unwrap();
         host.write_all(b"CONNECT 1024\n").unwrap();
         pump(&mut dev, &mem, rxq.used_addr(), 0);
