@@ -33,6 +33,8 @@ struct Inner {
     wanted: RunState,
     /// How many vCPUs have seen a pause and are parked.
     parked: usize,
+    /// How many vCPUs have seen the shutdown and left their loops.
+    stopped: usize,
 }
 
 /// A source of counters for `metrics`: returns a JSON object.
@@ -57,6 +59,7 @@ impl VmControl {
             inner: Mutex::new(Inner {
                 wanted: RunState::Running,
                 parked: 0,
+                stopped: 0,
             }),
             changed: Condvar::new(),
             kick,
@@ -105,7 +108,29 @@ impl VmControl {
             }
             inner.parked -= 1;
         }
-        inner.wanted != RunState::ShuttingDown
+        if inner.wanted == RunState::ShuttingDown {
+            inner.stopped += 1;
+            self.changed.notify_all();
+            return false;
+        }
+        true
+    }
+
+    /// After a shutdown: kicks the vCPUs until each has left its loop (a kick that lands
+    /// just before a vCPU enters KVM_RUN is lost, and an idle guest may not exit for long),
+    /// for at most 5 s.
+    pub fn kick_until_stopped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut inner = self.lock();
+        while inner.stopped < self.vcpus && Instant::now() < deadline {
+            drop(inner);
+            (self.kick)();
+            inner = self
+                .changed
+                .wait_timeout(self.lock(), Duration::from_millis(10))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     fn all_parked(&self, inner: &Inner) -> bool {
@@ -209,6 +234,7 @@ pub fn serve(path: &Path, control: std::sync::Arc<VmControl>) -> std::io::Result
                     tracing::warn!(error = %e, "control socket client");
                 }
                 if control.state() == RunState::ShuttingDown {
+                    control.kick_until_stopped();
                     return;
                 }
             }

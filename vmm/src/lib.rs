@@ -11,7 +11,8 @@
 //!   vhost-user frontend, net, blk).
 //! - [`event_loop`]: the thread that waits on device eventfds and runs their handlers.
 //! - [`builder`]: wiring a device into a VM (MMIO window, irqfd, ioeventfd, event handler).
-//! - [`api`]: the control socket (pause, resume, shutdown, info).
+//! - [`runner`]: the vCPU threads, their kick signal and exit counts, and how the VM ended.
+//! - [`api`]: the control socket (pause, resume, shutdown, info, metrics).
 //! - [`seccomp`]: the filter each kind of thread installs.
 
 pub mod api;
@@ -19,5 +20,6 @@ pub mod boot;
 pub mod builder;
 pub mod devices;
 pub mod event_loop;
+pub mod runner;
 pub mod seccomp;
 pub mod vstate;

@@ -16,8 +16,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -33,13 +32,13 @@ use vessel_vmm::devices::virtio::mmio::MMIO_LEN;
 use vessel_vmm::devices::virtio::net::Tap;
 use vessel_vmm::devices::Bus;
 use vessel_vmm::event_loop::EventLoop;
+use vessel_vmm::runner::{self, ExitCounts, Stops, VcpuThreads, VmEnd};
 use vessel_vmm::seccomp::{self, Role};
-use vessel_vmm::vstate::vcpu::{Exit, Vcpu};
+use vessel_vmm::vstate::vcpu::Vcpu;
 use vessel_vmm::vstate::vm::Vm;
 use vessel_vmm::vstate::{memory, open_kvm};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 /// The most vCPUs a VM gets (one xAPIC id each).
 const MAX_VCPUS: i64 = 64;
@@ -122,6 +121,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<ExitCode> {
+    // Device and VMM warnings go to stderr (the shim's `vessel-vmm.log`), at the level
+    // VESSEL_VMM_LOG sets (`info` by default).
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VESSEL_VMM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     if !args.no_seccomp {
         // Every thread started from here on installs its own filter.
         seccomp::enable()?;
@@ -188,94 +197,6 @@ fn open_tap(args: &Args) -> Result<Option<Tap>> {
 /// window and line (the DSDT tells the guest).
 const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 const VIRTIO_IRQ: u32 = 5;
-
-/// Does nothing: the signal only has to interrupt a vCPU's KVM_RUN.
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// The threads running vCPUs, which a control command kicks out of KVM_RUN.
-#[derive(Clone, Default)]
-struct VcpuThreads(Arc<Mutex<Vec<libc::pthread_t>>>);
-
-impl VcpuThreads {
-    /// Called on each vCPU thread before it first enters the guest.
-    fn register_current(&self) {
-        // SAFETY: pthread_self has no preconditions; it names the calling thread.
-        let thread = unsafe { libc::pthread_self() };
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(thread);
-    }
-
-    fn kick(&self) {
-        for &thread in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            // SAFETY: vCPU threads are never joined and live until the process exits, so
-            // the id stays valid; the signal's handler does nothing but interrupt KVM_RUN.
-            unsafe { libc::pthread_kill(thread, SIGRTMIN()) };
-        }
-    }
-}
-
-/// How many exits of each kind the vCPUs took, for the control socket's `metrics`.
-#[derive(Default)]
-struct ExitCounts {
-    io: AtomicU64,
-    mmio: AtomicU64,
-    interrupted: AtomicU64,
-}
-
-impl ExitCounts {
-    fn count(&self, exit: Exit) {
-        let counter = match exit {
-            Exit::Io => &self.io,
-            Exit::Mmio => &self.mmio,
-            Exit::Interrupted => &self.interrupted,
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn to_json(&self) -> String {
-        format!(
-            r#"{{"io":{},"mmio":{},"interrupted":{}}}"#,
-            self.io.load(Ordering::Relaxed),
-            self.mmio.load(Ordering::Relaxed),
-            self.interrupted.load(Ordering::Relaxed)
-        )
-    }
-}
-
-/// What ends the VM: a power-off or reset written to a device port, or a vCPU's exit.
-struct Stops {
-    power_off: EventFd,
-    reset: EventFd,
-    done: mpsc::Sender<Result<ExitCode>>,
-    exits: Arc<ExitCounts>,
-}
-
-/// Runs one vCPU on the calling thread until the VM stops; reports the VMM's exit status.
-fn run_vcpu(mut vcpu: Vcpu, control: Option<&VmControl>, stops: &Stops) -> Result<ExitCode> {
-    loop {
-        let exit = vcpu.run_once()?;
-        stops.exits.count(exit);
-        if let Some(control) = control {
-            if !control.checkpoint() {
-                return Ok(ExitCode::SUCCESS); // shut down through the control socket
-            }
-        }
-        match exit {
-            Exit::SystemEvent(kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN) => {
-                return Ok(ExitCode::SUCCESS)
-            }
-            Exit::SystemEvent(_) | Exit::Shutdown => return Ok(ExitCode::from(2)),
-            // A port write may have been the ACPI power-off or the i8042 reset command.
-            Exit::Io if stops.power_off.read().is_ok() => return Ok(ExitCode::SUCCESS),
-            Exit::Io if stops.reset.read().is_ok() => return Ok(ExitCode::from(2)),
-            // Only without an in-kernel irqchip does a halt reach the VMM.
-            Exit::Halt | Exit::Io | Exit::Mmio | Exit::Interrupted => continue,
-        }
-    }
-}
 
 /// Loads the guest, creates its devices and vCPUs, and runs
 /// the guest until it stops.
@@ -435,7 +356,7 @@ fn set_up_and_run(
         })
         .collect::<Result<Vec<_>>>()?;
 
-    register_signal_handler(SIGRTMIN(), kick_handler).context("kick signal handler")?;
+    runner::install_kick_handler()?;
     let threads = VcpuThreads::default();
     let exits = Arc::new(ExitCounts::default());
     let control = match &args.api_sock {
@@ -457,29 +378,15 @@ fn set_up_and_run(
         }
         None => None,
     };
-    let (done, stopped) = mpsc::channel();
-    let stops = Arc::new(Stops {
-        power_off,
-        reset,
-        done,
-        exits,
-    });
-    for (id, vcpu) in vcpus.into_iter().enumerate() {
-        let (threads, control, stops) = (threads.clone(), control.clone(), stops.clone());
-        // vCPU threads end with the process; they are not joined.
-        std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                threads.register_current();
-                seccomp::apply_or_exit(Role::Vcpu);
-                let status = run_vcpu(vcpu, control.as_deref(), &stops);
-                let _ = stops.done.send(status);
-            })
-            .context("start a vCPU thread")?;
-    }
+    let stops = Stops { power_off, reset };
+    let ended = runner::spawn(vcpus, stops, exits, control, threads)?;
     seccomp::apply(Role::Main)?;
     // The first vCPU to stop decides the exit status; the process ends the others.
-    stopped
+    match ended
         .recv()
-        .context("every vCPU thread ended without a status")?
+        .context("every vCPU thread ended without a status")??
+    {
+        VmEnd::PowerOff | VmEnd::Shutdown => Ok(ExitCode::SUCCESS),
+        VmEnd::Reset => Ok(ExitCode::from(2)),
+    }
 }

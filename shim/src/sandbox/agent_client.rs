@@ -154,12 +154,16 @@ impl AgentClient {
             if let Some(reason) = alive() {
                 return Err(WaitError::VmExited(reason));
             }
-            let last = match Self::connect(socket).await {
-                Ok(client) => match client.check_with(PROBE_TIMEOUT).await {
+            // A VMM may hold a CONNECT unanswered until the guest's vsock driver is up: each
+            // try is bounded, so a VM that died meanwhile is noticed.
+            let attempt = tokio::time::timeout(PROBE_TIMEOUT, Self::connect(socket)).await;
+            let last = match attempt {
+                Ok(Ok(client)) => match client.check_with(PROBE_TIMEOUT).await {
                     Ok(()) => return Ok(client),
                     Err(e) => e.to_string(),
                 },
-                Err(e) => e.to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer to CONNECT within {PROBE_TIMEOUT:?}"),
             };
             if Instant::now() + backoff > deadline {
                 return Err(WaitError::Deadline(last));

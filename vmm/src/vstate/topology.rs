@@ -3,7 +3,7 @@
 //! (or none); these leaves are rewritten so the guest kernel numbers its CPUs as the MADT
 //! does.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// CPUID.1:EDX.HTT: more than one logical processor per package.
 const EDX_HTT: u32 = 1 << 28;
@@ -38,6 +38,12 @@ pub fn apply(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32) {
             let sharing = if level >= 3 { count - 1 } else { 0 };
             entry.eax = (entry.eax & 0x3fff) | ((sharing & 0xfff) << 14) | ((count - 1) << 26);
         }
+        // AMD's extended APIC id, and the core id (one thread per core, one node).
+        0x8000_001e => {
+            entry.eax = apic_id;
+            entry.ebx = apic_id & 0xff;
+            entry.ecx = 0;
+        }
         0xb | 0x1f => {
             let (eax, ebx, level) = match entry.index {
                 0 => (0, 1, LEVEL_SMT),
@@ -51,6 +57,33 @@ pub fn apply(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32) {
         }
         _ => {}
     }
+}
+
+/// Rewrites every entry of `cpuid` for vCPU `apic_id` of `count`, adding the core level
+/// of leaf 0xB where the host's leaf has only the thread level.
+pub fn apply_all(
+    cpuid: &mut CpuId,
+    apic_id: u32,
+    count: u32,
+) -> Result<(), vmm_sys_util::fam::Error> {
+    let has = |cpuid: &CpuId, index| {
+        cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == 0xb && e.index == index)
+    };
+    if has(cpuid, 0) && !has(cpuid, 1) {
+        cpuid.push(kvm_cpuid_entry2 {
+            function: 0xb,
+            index: 1,
+            flags: kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+            ..Default::default()
+        })?;
+    }
+    for entry in cpuid.as_mut_slice() {
+        apply(entry, apic_id, count);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -96,6 +129,23 @@ mod tests {
         assert_eq!((smt.eax, smt.ebx, smt.ecx), (0, 1, 0x100));
         assert_eq!((core.eax, core.ebx, core.ecx), (3, 6, 0x201));
         assert_eq!((end.eax, end.ebx, end.ecx >> 8), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_missing_core_level_is_added_and_amd_ids_are_set() {
+        let mut cpuid = CpuId::from_entries(&[leaf(0xb, 0), leaf(0x8000_001e, 0)]).unwrap();
+        apply_all(&mut cpuid, 2, 4).unwrap();
+        let entries = cpuid.as_slice();
+        let core = entries
+            .iter()
+            .find(|e| e.function == 0xb && e.index == 1)
+            .expect("core level added");
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (2, 4, 2, 2));
+        let amd = entries.iter().find(|e| e.function == 0x8000_001e).unwrap();
+        assert_eq!((amd.eax, amd.ebx & 0xff, amd.ecx), (2, 2, 0));
+        // Present already: not added twice.
+        apply_all(&mut cpuid, 2, 4).unwrap();
+        assert_eq!(cpuid.as_slice().len(), 3);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub enum VcpuError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error("vCPU {id}: CPUID topology: {reason}")]
+    Cpuid { id: u64, reason: String },
     #[error("vCPU {id}: boot MSRs: {reason}")]
     Msrs { id: u64, reason: String },
     #[error("vCPU {id}: KVM_RUN: {source}")]
@@ -195,9 +197,12 @@ impl Vcpu {
         let mut cpuid = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(self.registers("get supported CPUID"))?;
-        for entry in cpuid.as_mut_slice() {
-            topology::apply(entry, self.id as u32, u32::from(count));
-        }
+        topology::apply_all(&mut cpuid, self.id as u32, u32::from(count)).map_err(|e| {
+            VcpuError::Cpuid {
+                id: self.id,
+                reason: format!("{e:?}"),
+            }
+        })?;
         self.fd
             .set_cpuid2(&cpuid)
             .map_err(self.registers("set CPUID"))?;

@@ -133,6 +133,9 @@ impl MmioTransport {
             0x060 => self.interrupt.status(),
             0x070 => self.status,
             0x0fc => self.config_generation,
+            // SHMLen and SHMBase: all ones says "no shared memory region" (a driver reads
+            // zero as a region of length 0 at address 0, which virtio-fs then fails to map).
+            0x0b0..=0x0bc => u32::MAX,
             _ => 0,
         }
     }
@@ -418,6 +421,15 @@ mod tests {
             wr(t, reg + 4, (addr >> 32) as u32);
         }
         wr(t, 0x44, 1);
+    }
+
+    #[test]
+    fn no_shared_memory_region_reads_as_all_ones() {
+        let (mut t, _, _) = transport();
+        for offset in [0x0b0, 0x0b4, 0x0b8, 0x0bc] {
+            wr(&mut t, 0x0ac, 0); // SHMSel
+            assert_eq!(rd(&mut t, offset), u32::MAX, "register {offset:#x}");
+        }
     }
 
     #[test]

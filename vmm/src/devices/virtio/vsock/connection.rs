@@ -38,8 +38,12 @@ pub struct Connection<S> {
     pub host_port: u32,
     pub state: State,
     stream: S,
-    /// Guest data the host stream did not take yet.
+    /// Bytes the host stream did not take yet: the `OK` line first, if not all sent, then
+    /// guest data.
     pending_to_host: Vec<u8>,
+    /// How many bytes at the front of `pending_to_host` are the `OK` line, which the
+    /// guest never sent and so must not count in `fwd_cnt`.
+    pending_handshake: usize,
     /// Control packets owed to the guest, in order.
     pending_ops: VecDeque<u16>,
     /// Bytes of guest data forwarded to the host stream, and what the guest was last told.
@@ -77,6 +81,7 @@ impl<S: Read + Write> Connection<S> {
             state: State::HostRequested,
             stream,
             pending_to_host: Vec::new(),
+            pending_handshake: 0,
             pending_ops: VecDeque::new(),
             fwd_cnt: 0,
             fwd_cnt_told: 0,
@@ -125,6 +130,7 @@ impl<S: Read + Write> Connection<S> {
             (OP_RESPONSE, State::HostRequested) => {
                 self.state = State::Established;
                 let ok = ok_line(self.host_port);
+                self.pending_handshake += ok.len();
                 if self.write_host(ok.as_bytes()).is_err() {
                     self.reset();
                 }
@@ -165,7 +171,9 @@ impl<S: Read + Write> Connection<S> {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.pending_to_host.drain(..n);
-                    self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
+                    let handshake = n.min(self.pending_handshake);
+                    self.pending_handshake -= handshake;
+                    self.fwd_cnt = self.fwd_cnt.wrapping_add((n - handshake) as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -187,6 +195,9 @@ impl<S: Read + Write> Connection<S> {
             self.state = State::Closed;
             self.pending_ops.clear();
             self.pending_ops.push_back(OP_RST);
+            // Nothing more goes to the host stream (or it stays watched for writing).
+            self.pending_to_host.clear();
+            self.pending_handshake = 0;
         }
     }
 
@@ -352,6 +363,14 @@ mod tests {
         let mut line = [0u8; 14];
         host.read_exact(&mut line).unwrap();
         assert_eq!(&line, b"OK 1073741824\n");
+        // The OK line is ours, not guest data: the guest is told nothing was forwarded
+        // (a guest computes its credit as buf_alloc - (tx_cnt - fwd_cnt)).
+        c.from_guest(&packet(OP_RW, b"abc"));
+        let mut abc = [0u8; 3];
+        host.read_exact(&mut abc).unwrap();
+        c.from_guest(&packet(OP_CREDIT_REQUEST, &[]));
+        let (update, _) = c.to_guest(4096).unwrap();
+        assert_eq!(({ update.op }, { update.fwd_cnt }), (OP_CREDIT_UPDATE, 3));
         // The host closes: the guest gets a SHUTDOWN of both directions.
         drop(host);
         let (h, _) = c.to_guest(4096).unwrap();
