@@ -9,7 +9,7 @@
 //! the guest stops: 0 on a power-off (S5 through the ACPI sleep control register), 2 on a
 //! reset (triple fault or i8042 reset: a guest panic with `reboot=t` or `reboot=k`), 1 on a
 //! VMM error or a bad command line; `--api-sock` serves the control socket (pause, resume,
-//! shutdown, info).
+//! shutdown, info, metrics).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -97,7 +97,8 @@ struct Args {
     /// Run without the per-thread seccomp filters (to find a system call a filter lacks).
     #[arg(long)]
     no_seccomp: bool,
-    /// The control socket (`pause`, `resume`, `shutdown`, `info`); none when absent.
+    /// The control socket (`pause`, `resume`, `shutdown`, `info`, `metrics`); none when
+    /// absent.
     #[arg(long)]
     api_sock: Option<PathBuf>,
 }
