@@ -259,8 +259,7 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
 
-    use super::super::packet::{Header, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM};
-    use super::super::HOST_CID;
+    use super::super::packet::{guest_header, Header, OP_REQUEST, OP_RESPONSE, OP_RW};
     use super::*;
     use crate::devices::virtio::test_utils::{desc, interrupt};
     use crate::vstate::memory;
@@ -268,21 +267,6 @@ mod tests {
     const GUEST_CID: u64 = 3;
     const RX_BUFFERS: u64 = 0x10_0000;
     const TX_BUFFERS: u64 = 0x20_0000;
-
-    fn guest_header(op: u16, host_port: u32, len: u32) -> Header {
-        Header {
-            src_cid: GUEST_CID,
-            dst_cid: HOST_CID,
-            src_port: 1024,
-            dst_port: host_port,
-            len,
-            type_: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 0,
-        }
-    }
 
     /// Makes passes (as the event loop would) until the used ring at `used` has more than
     /// `seen` entries; returns the (descriptor id, length) of entry `seen`.
@@ -340,24 +324,23 @@ mod tests {
         (dev, rxq, txq, irq)
     }
 
-    #[test]
-    fn a_host_connection_through_the_device_carries_data_both_ways() {
-        let dir = tempfile::tempdir().unwrap();
-        let uds = dir.path().join("vsock.sock");
-        let mem = memory::create(&[(GuestAddress(0), 0x40_0000)]).unwrap();
-        let (mut dev, rxq, txq, irq) = activated(&mem, &uds, 4);
-
-        // The host asks for guest port 1024: a REQUEST arrives in the first RX buffer.
-        let mut host = UnixStream::connect(&uds).unwrap();
+    /// A host client connects to guest port 1024 through the hybrid socket: the REQUEST
+    /// fills the first RX buffer, the guest answers RESPONSE on the first TX buffer, and the
+    /// client reads its `OK` line. Returns the client and its host-side port.
+    fn connect_host(
+        dev: &mut Vsock,
+        mem: &GuestMemory,
+        uds: &std::path::Path,
+        rxq: &MockSplitQueue<'_, GuestMemory>,
+        txq: &MockSplitQueue<'_, GuestMemory>,
+    ) -> (UnixStream, u32) {
+        let mut host = UnixStream::connect(uds).unwrap();
         host.write_all(b"CONNECT 1024\n").unwrap();
-        let (id, len) = pump(&mut dev, &mem, rxq.used_addr(), 0);
+        let (id, len) = pump(dev, mem, rxq.used_addr(), 0);
         assert_eq!((id, len), (0, HEADER_SIZE as u32));
         let request: Header = mem.read_obj(GuestAddress(RX_BUFFERS)).unwrap();
         assert_eq!(({ request.op }, { request.dst_port }), (OP_REQUEST, 1024));
         let host_port = request.src_port;
-        assert_eq!(irq.status() & INTERRUPT_USED_RING, INTERRUPT_USED_RING);
-
-        // The guest accepts; the host gets its OK line.
         mem.write_obj(
             guest_header(OP_RESPONSE, host_port, 0),
             GuestAddress(TX_BUFFERS),
@@ -365,11 +348,25 @@ mod tests {
         .unwrap();
         txq.add_desc_chains(&[desc(TX_BUFFERS, HEADER_SIZE as u32, 0, 0)], 0)
             .unwrap();
-        pump(&mut dev, &mem, txq.used_addr(), 0);
+        pump(dev, mem, txq.used_addr(), 0);
         let mut ok = vec![0u8; format!("OK {host_port}\n").len()];
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         host.read_exact(&mut ok).unwrap();
         assert_eq!(ok, format!("OK {host_port}\n").as_bytes());
+        (host, host_port)
+    }
+
+    #[test]
+    fn a_host_connection_through_the_device_carries_data_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let mem = memory::create(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let (mut dev, rxq, txq, irq) = activated(&mem, &uds, 4);
+
+        // The host asks for guest port 1024 (a REQUEST in the first RX buffer, which
+        // raises the interrupt); the guest accepts and the host gets its OK line.
+        let (mut host, host_port) = connect_host(&mut dev, &mem, &uds, &rxq, &txq);
+        assert_eq!(irq.status() & INTERRUPT_USED_RING, INTERRUPT_USED_RING);
 
         // Host → guest data lands in the next RX buffer, after its header.
         host.write_all(b"hello").unwrap();
@@ -440,19 +437,7 @@ mod tests {
         let mem = memory::create(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         // One RX buffer: the REQUEST takes it.
         let (mut dev, rxq, txq, _) = activated(&mem, &uds, 1);
-        let mut host = UnixStream::connect(&uds).unwrap();
-        host.write_all(b"CONNECT 1024\n").unwrap();
-        pump(&mut dev, &mem, rxq.used_addr(), 0);
-        let request: Header = mem.read_obj(GuestAddress(RX_BUFFERS)).unwrap();
-        let host_port = request.src_port;
-        mem.write_obj(
-            guest_header(OP_RESPONSE, host_port, 0),
-            GuestAddress(TX_BUFFERS),
-        )
-        .unwrap();
-        txq.add_desc_chains(&[desc(TX_BUFFERS, HEADER_SIZE as u32, 0, 0)], 0)
-            .unwrap();
-        pump(&mut dev, &mem, txq.used_addr(), 0);
+        let (mut host, _) = connect_host(&mut dev, &mem, &uds, &rxq, &txq);
 
         // Host data with no RX buffer left: it stays in the socket, and the device's set
         // does not wake the loop for it (a level-triggered loop would spin).

@@ -123,6 +123,24 @@ where
     Ok(writer.bytes_written() as u32)
 }
 
+/// A stream packet header from guest CID 3, port 1024, to host port `host_port`, with a
+/// 64 KiB receive buffer (the tests' guest).
+#[cfg(test)]
+pub(crate) fn guest_header(op: u16, host_port: u32, len: u32) -> Header {
+    Header {
+        src_cid: 3,
+        dst_cid: super::HOST_CID,
+        src_port: 1024,
+        dst_port: host_port,
+        len,
+        type_: TYPE_STREAM,
+        op,
+        flags: 0,
+        buf_alloc: 65536,
+        fwd_cnt: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -134,18 +152,7 @@ mod tests {
     use crate::vstate::memory;
 
     fn header(op: u16, len: u32) -> Header {
-        Header {
-            src_cid: 3,
-            dst_cid: 2,
-            src_port: 1024,
-            dst_port: 5000,
-            len,
-            type_: TYPE_STREAM,
-            op,
-            flags: 0,
-            buf_alloc: 65536,
-            fwd_cnt: 0,
-        }
+        guest_header(op, 5000, len)
     }
 
     fn mem() -> GuestMemory {
