@@ -182,25 +182,45 @@ pub fn filter(role: Role, mismatch: SeccompAction) -> Result<BpfProgram, Seccomp
     BpfProgram::try_from(filter).map_err(|source| SeccompError::Compile { role, source })
 }
 
-/// Whether threads install their filters: set once by the binary.
-static ENABLED: OnceLock<bool> = OnceLock::new();
+/// The compiled filters, one per role (in [`Role::index`] order), once the binary enabled
+/// filtering.
+static FILTERS: OnceLock<Vec<BpfProgram>> = OnceLock::new();
 
-/// Makes every thread that starts from now on (and calls [`apply`]) install its filter, and
+const ROLES: [Role; 4] = [Role::Main, Role::Vcpu, Role::EventLoop, Role::Api];
+
+impl Role {
+    /// Its place in [`ROLES`].
+    fn index(self) -> usize {
+        match self {
+            Role::Main => 0,
+            Role::Vcpu => 1,
+            Role::EventLoop => 2,
+            Role::Api => 3,
+        }
+    }
+}
+
+/// Compiles every role's filter (once, so no thread compiles its own on its way to work),
+/// makes every thread that starts from now on (and calls [`apply`]) install its filter, and
 /// installs the SIGSYS handler that reports a blocked call.
 pub fn enable() -> Result<(), SeccompError> {
+    let filters = ROLES
+        .iter()
+        .map(|&role| filter(role, SeccompAction::Trap))
+        .collect::<Result<Vec<_>, _>>()?;
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, sigsys_handler)
         .map_err(SeccompError::Handler)?;
-    let _ = ENABLED.set(true);
+    let _ = FILTERS.set(filters);
     Ok(())
 }
 
 /// Installs `role`'s filter on the calling thread, if the binary enabled filtering.
 pub fn apply(role: Role) -> Result<(), SeccompError> {
-    if ENABLED.get() != Some(&true) {
+    let Some(filters) = FILTERS.get() else {
         return Ok(());
-    }
-    let bpf = filter(role, SeccompAction::Trap)?;
-    seccompiler::apply_filter(&bpf).map_err(|source| SeccompError::Install { role, source })
+    };
+    let bpf = &filters[role.index()];
+    seccompiler::apply_filter(bpf).map_err(|source| SeccompError::Install { role, source })
 }
 
 /// Installs `role`'s filter or ends the process: a thread must not run unfiltered when
@@ -268,7 +288,8 @@ mod tests {
 
     #[test]
     fn every_role_compiles() {
-        for role in [Role::Main, Role::Vcpu, Role::EventLoop, Role::Api] {
+        for (i, role) in ROLES.into_iter().enumerate() {
+            assert_eq!(role.index(), i);
             assert!(!filter(role, SeccompAction::Trap).unwrap().is_empty());
         }
     }
