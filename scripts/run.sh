@@ -8,5 +8,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/setup.sh
 scripts/build-guest.sh
-cargo build --release --quiet -p vessel-shim
+# The daemon, and vessel-vmm beside it: `hypervisor.kind = "auto"` picks it wherever KVM runs
+# full guests, and finds it next to the daemon's binary.
+cargo build --release --quiet -p vessel-shim -p vessel-vmm
 exec target/release/vessel-shim "$@"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of vessel: installs what is missing, builds the guest image, then the unit and
-# end-to-end tests (real QEMU microVMs, virtiofsd, vhost-device-vsock). Run as root.
+# end-to-end tests (real microVMs, virtiofsd, vhost-device-vsock, a registry), and the
+# end-to-end families where the backend matters once more on the other backend, so both
+# vessel-vmm and QEMU run them on every machine. Run as root.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,4 +13,19 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The end-to-end CRI tests start the daemon binary.
 cargo build --workspace --bins --quiet
-cargo test --workspace -- --test-threads=2
+# `auto` picks vessel-vmm where this machine's KVM runs full guests, else QEMU (TCG); the
+# tests fail if the daemon picked otherwise. The backend families then run again on the other.
+full_kvm=false
+if [ -r /dev/kvm ] && [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    full_kvm=true
+fi
+VESSEL_TEST_BACKEND=$($full_kvm && echo builtin || echo qemu) \
+    cargo test --workspace -- --test-threads=2
+if $full_kvm; then
+    mapfile -t families < <(scripts/test-nested.sh --list | grep -vx builtin_vm)
+    echo "test: ${families[*]} again on QEMU (-accel kvm)" >&2
+    VESSEL_TEST_HYPERVISOR=qemu VESSEL_TEST_BACKEND=qemu \
+        cargo test -p vessel-tests $(printf -- '--test %s ' "${families[@]}") -- --test-threads=2
+else
+    scripts/test-nested.sh
+fi

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Where the project's build tree keeps guest assets and helper tools by default, so a fresh
 /// checkout runs without installing anything system-wide.
@@ -31,7 +31,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub hypervisor: HypervisorConfig,
@@ -40,7 +40,7 @@ pub struct Config {
 }
 
 /// Which VMM runs pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HypervisorKind {
     /// The built-in VMM where KVM runs full guests, else QEMU.
@@ -50,7 +50,7 @@ pub enum HypervisorKind {
 }
 
 /// How QEMU executes guest code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelKind {
     /// KVM where it runs full guests, else TCG.
@@ -60,7 +60,7 @@ pub enum AccelKind {
 }
 
 /// `[hypervisor]`: the pod VM's shape and the binaries and assets that make it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HypervisorConfig {
     pub kind: HypervisorKind,

@@ -65,7 +65,7 @@ impl Daemon {
             .tempdir_in("/tmp")
             .expect("tempdir");
         let socket = dir.path().join("cri.sock");
-        let config = toml.map(|text| {
+        let config = with_forced_hypervisor(toml).map(|text| {
             let path = dir.path().join("vessel.toml");
             std::fs::write(&path, text).expect("write config");
             path
@@ -154,6 +154,23 @@ impl Daemon {
         ImageServiceClient::new(self.channel().await.expect("connect CRI socket"))
     }
 
+    /// The VMM the daemon runs pods on (`vessel-vmm` or `qemu`), from verbose Status.
+    pub async fn vmm(&self) -> String {
+        let status = self
+            .client()
+            .await
+            .status(cri::StatusRequest { verbose: true })
+            .await
+            .expect("Status")
+            .into_inner();
+        let info = status
+            .info
+            .get("hypervisor")
+            .expect("hypervisor in Status info");
+        let doc: serde_json::Value = serde_json::from_str(info).expect("Status info is JSON");
+        doc["vmm"].as_str().expect("hypervisor.vmm").to_owned()
+    }
+
     /// SIGKILLs the daemon (its pod VMs keep running).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -173,9 +190,35 @@ impl Drop for Daemon {
     /// Kills the daemon; a test that failed midway may leave pod VMs and mounts, which are
     /// cleaned up too (a passing test has removed them through the CRI already).
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = vessel_shim::hypervisor::tail_file(&self.log(), 60);
+            eprintln!("---- vessel-shim log (last lines)\n{log}");
+            crate::print_pod_logs(&self.state().join("pods"));
+        }
         self.kill();
         crate::leftovers::kill_and_unmount(self.dir.path());
     }
+}
+
+/// The daemon's config with the hypervisor kind [`crate::FORCED_HYPERVISOR`] asks for, unless
+/// the test's own config names one.
+fn with_forced_hypervisor(toml: Option<&str>) -> Option<String> {
+    let text = toml.unwrap_or_default();
+    let Some(kind) = std::env::var(crate::FORCED_HYPERVISOR).ok() else {
+        return toml.map(str::to_owned);
+    };
+    let _ = crate::forced_hypervisor(); // rejects a bad value
+    if text.lines().any(|l| l.trim_start().starts_with("kind")) {
+        return Some(text.to_owned());
+    }
+    let line = format!("kind = {kind:?}\n");
+    Some(match text.find("[hypervisor]\n") {
+        Some(at) => {
+            let after = at + "[hypervisor]\n".len();
+            format!("{}{line}{}", &text[..after], &text[after..])
+        }
+        None => format!("{text}\n[hypervisor]\n{line}"),
+    })
 }
 
 /// A pod config named `name` in namespace default, logging below `log_dir`.
@@ -320,6 +363,7 @@ impl CriTest {
         }
         let (registry, image) = registry_with_busybox().await;
         let daemon = Daemon::start().await;
+        crate::check_backend(test, &daemon.vmm().await);
         pull(&mut daemon.image_client().await, &image, None)
             .await
             .expect("pull busybox");
@@ -359,6 +403,23 @@ pub fn can_pull(test: &str) -> bool {
         return false;
     }
     crate::registry::available(test)
+}
+
+/// The VM of a pod, from verbose PodSandboxStatus: its VMM's name and, while it runs, pid.
+pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
+    let status = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner();
+    let info = status.info.get("info").expect("verbose pod info");
+    let doc: serde_json::Value = serde_json::from_str(info).expect("pod info is JSON");
+    let vmm = doc["vmm"].as_str().unwrap_or_default().to_owned();
+    let pid = doc["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+    (vmm, pid)
 }
 
 /// Stops and removes a pod, then checks nothing of it is left on the host.

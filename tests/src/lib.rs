@@ -10,12 +10,12 @@ pub mod rootfs;
 pub mod tiny_elf;
 pub mod token_auth;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use vessel_protocols::agent as api;
-use vessel_shim::config::HypervisorConfig;
-use vessel_shim::hypervisor::{probe_kvm, select, Backend};
+use vessel_shim::config::{HypervisorConfig, HypervisorKind};
+use vessel_shim::hypervisor::{self, probe_kvm, select, Backend};
 use vessel_shim::oci;
 use vessel_shim::sandbox::{AgentClient, AgentError, PodVm, PodVmSpec};
 
@@ -33,8 +33,45 @@ pub struct TestEnv {
     pub state: tempfile::TempDir,
 }
 
+/// The environment variable that forces a run's daemons and VMs onto one hypervisor kind
+/// (`builtin` or `qemu`, as `hypervisor.kind`) where the test does not choose one itself: on
+/// a host where `auto` picks vessel-vmm, it gives QEMU its run of the same tests.
+pub const FORCED_HYPERVISOR: &str = "VESSEL_TEST_HYPERVISOR";
+
+/// The hypervisor kind [`FORCED_HYPERVISOR`] forces, if any.
+pub fn forced_hypervisor() -> Option<HypervisorKind> {
+    let kind = std::env::var(FORCED_HYPERVISOR).ok()?;
+    match kind.as_str() {
+        "builtin" => Some(HypervisorKind::Builtin),
+        "qemu" => Some(HypervisorKind::Qemu),
+        other => panic!("{FORCED_HYPERVISOR}={other:?}: use builtin or qemu"),
+    }
+}
+
+/// The environment variable naming the backend a run must use (`builtin` or `qemu`): the
+/// nested-KVM run sets it, so a silent fallback to QEMU fails instead of passing.
+pub const EXPECTED_BACKEND: &str = "VESSEL_TEST_BACKEND";
+
+/// Panics unless the VMM named `vmm` (`vessel-vmm`, `qemu`) is what [`EXPECTED_BACKEND`]
+/// asks for; any VMM passes when it is unset.
+pub fn check_backend(test: &str, vmm: &str) {
+    let Ok(expected) = std::env::var(EXPECTED_BACKEND) else {
+        return;
+    };
+    let wanted = match expected.as_str() {
+        "builtin" => Backend::Builtin.vmm_name(),
+        "qemu" => Backend::Qemu { kvm: false }.vmm_name(),
+        other => panic!("{EXPECTED_BACKEND}={other:?}: use builtin or qemu"),
+    };
+    assert_eq!(
+        vmm, wanted,
+        "{test}: pods run on {vmm}, but {EXPECTED_BACKEND}={expected}"
+    );
+}
+
 impl TestEnv {
-    /// Checks for root, QEMU, the helper tools and the built guest image.
+    /// Checks for root, busybox and what the backend this host selects needs (its VMM and
+    /// helpers, the built guest image).
     pub fn detect(test: &str) -> Option<Self> {
         init_tracing();
         let mut hypervisor = HypervisorConfig::default();
@@ -42,30 +79,20 @@ impl TestEnv {
         if let Ok(params) = std::env::var("VESSEL_TEST_KERNEL_PARAMS") {
             hypervisor.kernel_params = params;
         }
+        if let Some(kind) = forced_hypervisor() {
+            hypervisor.kind = kind;
+        }
+        // The daemon finds vessel-vmm beside itself; a test binary lives one dir further down.
+        let vmm = cri::workspace_binary("vessel-vmm");
+        if vmm.is_file() {
+            hypervisor.vmm = vmm;
+        }
+        let selection = select(&hypervisor, &probe_kvm());
         let mut missing = Vec::new();
         if !nix::unistd::Uid::effective().is_root() {
             missing.push("not running as root".to_string());
         }
-        for (what, path) in [
-            ("guest kernel", &hypervisor.kernel),
-            ("guest initramfs", &hypervisor.initrd),
-        ] {
-            if !path.is_file() {
-                missing.push(format!(
-                    "{what} {} missing (run guest-image/build.sh)",
-                    path.display()
-                ));
-            }
-        }
-        for tool in [
-            &hypervisor.qemu,
-            &hypervisor.virtiofsd,
-            &hypervisor.vhost_device_vsock,
-        ] {
-            if which(tool).is_none() {
-                missing.push(format!("{} not found", tool.display()));
-            }
-        }
+        missing.extend(hypervisor::missing(selection.backend, &hypervisor));
         if !Path::new(rootfs::BUSYBOX).is_file() {
             missing.push(format!(
                 "{} missing (apt-get install busybox-static)",
@@ -73,11 +100,17 @@ impl TestEnv {
             ));
         }
         if !missing.is_empty() {
-            skipped(test, &missing.join("; "));
+            skipped(
+                test,
+                &format!(
+                    "{} (scripts/setup.sh and scripts/build-guest.sh install and build them)",
+                    missing.join("; ")
+                ),
+            );
             return None;
         }
-        let selection = select(&hypervisor, &probe_kvm());
         println!("{test}: {}", selection.reason);
+        check_backend(test, selection.backend.vmm_name());
         let state = tempfile::Builder::new()
             .prefix("vessel-")
             .tempdir_in("/tmp")
@@ -116,22 +149,40 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     /// A failed test may leave mounts below the state dir: detach them before the temp dir
-    /// is deleted, so deletion never reaches into a bind-mounted source.
+    /// is deleted, so deletion never reaches into a bind-mounted source. A failing test
+    /// prints its pods' logs first.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_pod_logs(&self.state.path().join("pods"));
+        }
         let _ = vessel_shim::mounts::unmount_all_under(self.state.path());
     }
 }
 
-/// Resolves a program like a shell would.
-pub fn which(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_owned());
+/// Log lines of each file printed by [`print_pod_logs`].
+const FAILURE_LOG_LINES: usize = 40;
+
+/// Prints the tail of every log of every pod below `pods` (console, VMM, helpers) to stderr:
+/// what a failing test leaves to read, even where its temp dirs vanish with the machine (the
+/// nested-KVM run).
+pub fn print_pod_logs(pods: &Path) {
+    use std::io::Write as _;
+    let Ok(entries) = std::fs::read_dir(pods) else {
+        return;
+    };
+    let mut err = std::io::stderr().lock();
+    for pod in entries.flatten() {
+        let Ok(files) = std::fs::read_dir(pod.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let tail = hypervisor::tail_file(&path, FAILURE_LOG_LINES);
+                let _ = writeln!(err, "---- {} (last lines)\n{tail}", path.display());
+            }
+        }
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
 }
 
 fn init_tracing() {

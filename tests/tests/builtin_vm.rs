@@ -161,6 +161,15 @@ async fn the_builtin_backend_starts_and_stops_its_processes() {
         "{info}"
     );
     assert_eq!(vm.exit_status(), None, "still running");
+    // The control socket may answer before the guest's first instruction (nested KVM is slow).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(vm.console_log())
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the tiny guest printed nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(std::fs::read(vm.console_log()).unwrap_or_default(), b"!");
 
     vm.stop().await.unwrap();

@@ -1,13 +1,14 @@
 //! Pods survive the daemon: SIGKILL and restart vessel-shim, everything is still there and
 //! works; a container that exited meanwhile reports its exit code. A pod whose VM is killed
-//! turns NOTREADY with its containers EXITED within 2 s, and is cleaned up completely.
+//! turns NOTREADY with its containers EXITED within 2 s, and is cleaned up completely; a
+//! guest kernel panic is reported as one. On either backend.
 
 use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, pod_config, remove_pod_checked, wait_state, Client,
-    CriTest, Daemon,
+    container_config, container_status, pod_config, pod_vmm, remove_pod_checked, wait_state,
+    Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -140,58 +141,187 @@ async fn pods_survive_a_daemon_sigkill() {
             .into_inner();
         assert_eq!(out.stdout, b"still-here\n");
     }
+    // The adopted VMs are watched as the daemon's own were.
+    let (vmm, pid) = pod_vmm(&mut cri, &pods[1].0).await;
+    vessel_tests::check_backend("pods_survive_a_daemon_sigkill", &vmm);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.expect("adopted VMM pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the adopted VMM");
+    wait_pod_down(&mut cri, &pods[1].0, &pods[1].1, Duration::from_secs(2)).await;
+    wait_vm_cleaned_up(&daemon, &pods[1].0).await;
     for (pod, _) in &pods {
         remove_pod_checked(&mut cri, &daemon, pod).await;
     }
 }
 
-/// The pid of the QEMU process running pod `pod` (its `-name vessel-<pod>,…` argument).
-fn qemu_pid(pod: &str) -> Option<i32> {
-    let needle = format!("vessel-{pod},");
-    vessel_tests::leftovers::processes_naming(std::path::Path::new(&needle))
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .next()
+/// Waits until the pod is NOTREADY and `ctr` EXITED, at most `within`; returns how long.
+async fn wait_pod_down(cri: &mut Client, pod: &str, ctr: &str, within: Duration) -> Duration {
+    let since = Instant::now();
+    loop {
+        let pod_down = pod_state(cri, pod).await == cri::PodSandboxState::SandboxNotready as i32;
+        let ctr_down =
+            container_status(cri, ctr).await.state == cri::ContainerState::ContainerExited as i32;
+        if pod_down && ctr_down {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "pod not NOTREADY/EXITED {within:?} after its VM died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (5 s at most) until nothing of the pod's VM is left: no process naming its runtime
+/// dir (VMM, virtiofsd, vsock helper), no mount below it, no dir (sockets live there).
+async fn wait_vm_cleaned_up(daemon: &Daemon, pod: &str) {
+    let run_dir = daemon.state().join("pods").join(pod);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = leftovers(&run_dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dead pod VM left behind: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The verbose pod status's reason.
+async fn pod_reason(cri: &mut Client, pod: &str) -> String {
+    let status = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .expect("pod status")
+        .into_inner();
+    let doc: serde_json::Value =
+        serde_json::from_str(&status.info["info"]).expect("pod info is JSON");
+    doc["reason"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_vm_turns_the_pod_notready_within_2s() {
+    let test = "killed_vm_turns_the_pod_notready_within_2s";
     let Some(CriTest {
         env,
         daemon,
         mut cri,
         image,
         registry: _registry,
-    }) = CriTest::setup("killed_vm_turns_the_pod_notready_within_2s").await
+    }) = CriTest::setup(test).await
     else {
         return;
     };
     let (pod, ctr) = pod_with_container(&mut cri, &env, &image, "victim", &["sleep", "1000"]).await;
 
-    let pid = qemu_pid(&pod).expect("qemu of the pod");
+    let (vmm, pid) = pod_vmm(&mut cri, &pod).await;
+    vessel_tests::check_backend(test, &vmm);
+    let pid = pid.expect("the pod's VMM pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
-    .expect("kill qemu");
-    let killed = Instant::now();
-    loop {
-        let pod_down =
-            pod_state(&mut cri, &pod).await == cri::PodSandboxState::SandboxNotready as i32;
-        let ctr_down = container_status(&mut cri, &ctr).await.state
-            == cri::ContainerState::ContainerExited as i32;
-        if pod_down && ctr_down {
-            break;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(2),
-            "pod not NOTREADY/EXITED 2 s after the VM died"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("VM death noticed after {:?}", killed.elapsed());
+    .unwrap_or_else(|e| panic!("kill {vmm}: {e}"));
+    let noticed = wait_pod_down(&mut cri, &pod, &ctr, Duration::from_secs(2)).await;
+    println!("{vmm} death noticed after {noticed:?}");
     let st = container_status(&mut cri, &ctr).await;
-    assert!(!st.message.is_empty(), "{st:?}");
+    assert!(st.message.contains("killed by SIGKILL"), "{st:?}");
+    assert!(pod_reason(&mut cri, &pod)
+        .await
+        .contains("killed by SIGKILL"));
+    // Its helpers, sockets and mounts go without waiting for StopPodSandbox.
+    wait_vm_cleaned_up(&daemon, &pod).await;
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+/// A guest kernel panic (sysrq's crash, from a privileged container) is reported as one: the
+/// pod NOTREADY, its container EXITED with the panic as message, the console's panic line
+/// in the reason and the shim's log, nothing of the VM left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_panic_is_reported_as_one() {
+    let test = "a_guest_panic_is_reported_as_one";
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup(test).await
+    else {
+        return;
+    };
+    let mut config = pod_config("panicky", &env.state_dir().join("logs"));
+    let privileged = cri::LinuxSandboxSecurityContext {
+        privileged: true,
+        ..Default::default()
+    };
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(privileged),
+        ..Default::default()
+    });
+    let pod = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("runp")
+        .into_inner()
+        .pod_sandbox_id;
+    let mut crash = container_config(
+        "crash",
+        &image,
+        &[
+            "sh",
+            "-c",
+            "sleep 2; echo c > /proc/sysrq-trigger; sleep 100",
+        ],
+    );
+    crash.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ctr = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(crash),
+            sandbox_config: Some(config),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .expect("start");
+
+    wait_pod_down(&mut cri, &pod, &ctr, Duration::from_secs(60)).await;
+    let reason = pod_reason(&mut cri, &pod).await;
+    assert!(
+        reason.contains("guest kernel panicked") && reason.contains("sysrq triggered crash"),
+        "{reason}"
+    );
+    let st = container_status(&mut cri, &ctr).await;
+    assert!(st.message.contains("guest kernel panicked"), "{st:?}");
+    let log = std::fs::read_to_string(daemon.log()).unwrap_or_default();
+    assert!(
+        log.contains("guest kernel panic") && log.contains("Kernel panic - not syncing"),
+        "the shim's log names the panic and quotes the console"
+    );
+    wait_vm_cleaned_up(&daemon, &pod).await;
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
 

@@ -397,3 +397,40 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
     let left = leftovers(&daemon.state().join("pods").join(&pod_id));
     assert!(left.is_empty(), "left behind: {left:#?}");
 }
+
+/// Status says why pods cannot start before kubelet schedules any: RuntimeReady is false and
+/// names, by config key, each part the chosen backend lacks (here vessel-vmm, as on a host
+/// where only the daemon was built); every verbose info value is a JSON document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_what_the_backend_lacks() {
+    let daemon = vessel_tests::cri::Daemon::start_with_config(Some(
+        "[hypervisor]\nkind = \"builtin\"\nvmm = \"/nonexistent/vessel-vmm\"\n",
+    ))
+    .await;
+    let status = daemon
+        .client()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner();
+    let ready = status
+        .status
+        .expect("conditions")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .expect("RuntimeReady");
+    assert!(!ready.status, "{ready:?}");
+    assert!(
+        ready
+            .message
+            .contains("hypervisor.vmm /nonexistent/vessel-vmm not found"),
+        "{ready:?}"
+    );
+    for (key, value) in &status.info {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(value);
+        assert!(parsed.is_ok(), "info[{key}] is not JSON: {value}");
+    }
+    assert_eq!(daemon.vmm().await, "vessel-vmm");
+}

@@ -7,7 +7,8 @@
 //! virtio-blk on a file (`--disk`). The devices run on one event loop thread, each vCPU on
 //! its own thread, every thread under its seccomp filter. It exits when
 //! the guest stops: 0 on a power-off (S5 through the ACPI sleep control register), 2 on a
-//! reset (triple fault or i8042 reset: a guest panic with `reboot=t` or `reboot=k`), 1 on a
+//! reset (triple fault or i8042 reset), 3 on a guest kernel panic (reported through the
+//! pvpanic port; a panic before the guest's pvpanic driver loaded ends as a reset), 1 on a
 //! VMM error or a bad command line; `--api-sock` serves the control socket (pause, resume,
 //! shutdown, info, metrics).
 
@@ -26,7 +27,7 @@ use vessel_vmm::boot::{acpi, layout, linux, loader, pvh};
 use vessel_vmm::builder;
 use vessel_vmm::devices::acpi::{SleepControl, SLEEP_CONTROL_PORT};
 use vessel_vmm::devices::legacy::{
-    I8042Device, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT,
+    I8042Device, PvPanic, SerialDevice, COM1_IRQ, COM1_PORT, I8042_COMMAND_PORT, PVPANIC_PORT,
 };
 use vessel_vmm::devices::virtio::mmio::MMIO_LEN;
 use vessel_vmm::devices::virtio::net::Tap;
@@ -336,6 +337,14 @@ fn set_up_and_run(
             power_off.try_clone().context("power-off eventfd")?,
         ))),
     )?;
+    let panic = EventFd::new(libc::EFD_NONBLOCK).context("panic eventfd")?;
+    pio.insert(
+        PVPANIC_PORT,
+        1,
+        Arc::new(Mutex::new(PvPanic::new(
+            panic.try_clone().context("panic eventfd")?,
+        ))),
+    )?;
     // Device threads end with the process; the loop is not joined.
     let (_event_thread, _stop_events) = events.spawn()?;
 
@@ -379,7 +388,11 @@ fn set_up_and_run(
         }
         None => None,
     };
-    let stops = Stops { power_off, reset };
+    let stops = Stops {
+        power_off,
+        reset,
+        panic,
+    };
     let ended = runner::spawn(vcpus, stops, exits, control, threads)?;
     seccomp::apply(Role::Main)?;
     // The first vCPU to stop decides the exit status; the process ends the others.
@@ -389,5 +402,9 @@ fn set_up_and_run(
     {
         VmEnd::PowerOff | VmEnd::Shutdown => Ok(ExitCode::SUCCESS),
         VmEnd::Reset => Ok(ExitCode::from(2)),
+        VmEnd::Panic => {
+            eprintln!("vessel-vmm: the guest kernel panicked");
+            Ok(ExitCode::from(3))
+        }
     }
 }

@@ -28,6 +28,8 @@ pub enum VmEnd {
     /// The guest reset: a triple fault, the i8042 reset line, or KVM's reset system event
     /// (what a guest panic with `reboot=t`/`reboot=k` does).
     Reset,
+    /// The guest kernel panicked (it said so through the pvpanic port).
+    Panic,
     /// The control socket's `shutdown`.
     Shutdown,
 }
@@ -115,10 +117,11 @@ impl ExitCounts {
     }
 }
 
-/// The device lines that end the VM: a power-off or reset written to a port.
+/// The device lines that end the VM: a power-off, reset or panic written to a port.
 pub struct Stops {
     pub power_off: EventFd,
     pub reset: EventFd,
+    pub panic: EventFd,
 }
 
 /// What every vCPU thread shares.
@@ -177,7 +180,9 @@ fn run(mut vcpu: Vcpu, shared: &Shared) -> Result<VmEnd, VcpuError> {
                 return Ok(VmEnd::PowerOff)
             }
             Exit::SystemEvent(_) | Exit::Shutdown => return Ok(VmEnd::Reset),
-            // A port write may have been the ACPI power-off or the i8042 reset command.
+            // A port write may have been the ACPI power-off, the i8042 reset command or
+            // a panic report (which comes before the guest's own reset).
+            Exit::Io if shared.stops.panic.read().is_ok() => return Ok(VmEnd::Panic),
             Exit::Io if shared.stops.power_off.read().is_ok() => return Ok(VmEnd::PowerOff),
             Exit::Io if shared.stops.reset.read().is_ok() => return Ok(VmEnd::Reset),
             // Only without an in-kernel irqchip does a halt reach the VMM.

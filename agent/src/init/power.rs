@@ -1,5 +1,7 @@
-//! Powering the VM off: `sync()` then `reboot(RB_AUTOBOOT)`. The VMM runs the kernel with
-//! `reboot=t` and itself with `-no-reboot`, so a reboot request makes it exit.
+//! Powering the VM off: `sync()` then `reboot(RB_POWER_OFF)`, which the kernel carries out
+//! through ACPI (the sleep control register of a hardware-reduced FADT on both VMMs). A
+//! power-off is the clean end a VMM reports as such (vessel-vmm exits 0); a reset (what a
+//! `panic=-1` kernel does) is not.
 
 use std::time::Duration;
 
@@ -12,8 +14,8 @@ pub fn power_off(pid1: bool) -> ! {
         tracing::info!("not PID 1: exiting instead of powering off");
         std::process::exit(0);
     }
-    let Err(e) = reboot(RebootMode::RB_AUTOBOOT);
-    eprintln!("vessel-agent: reboot: {e}");
+    let Err(e) = reboot(RebootMode::RB_POWER_OFF);
+    eprintln!("vessel-agent: power off: {e}");
     // PID 1 must never exit: that panics the kernel.
     loop {
         std::thread::sleep(Duration::from_secs(3600));

@@ -11,12 +11,17 @@ use async_trait::async_trait;
 use super::qemu::kernel_params;
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
-    require_file, Backend, ChildProcess, Hypervisor, HypervisorError, ProcessId, VmConfig,
-    VmRecord, SHARED_FS_TAG,
+    require_file, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
+    VmProcesses, VmRecord, SHARED_FS_TAG,
 };
 use crate::config::HypervisorConfig;
 
-const VMM: &str = "vessel-vmm";
+/// The VMM's name among the VM's processes (and its log's).
+pub const VMM: &str = "vessel-vmm";
+
+/// vessel-vmm's exit statuses (see its `--help`).
+const EXIT_RESET: i32 = 2;
+const EXIT_PANIC: i32 = 3;
 
 /// Programs the built-in backend runs.
 #[derive(Debug, Clone)]
@@ -38,19 +43,16 @@ impl From<&HypervisorConfig> for BuiltinBinaries {
 pub struct BuiltinVm {
     config: VmConfig,
     binaries: BuiltinBinaries,
-    virtiofsd: Option<ChildProcess>,
-    vmm: Option<ChildProcess>,
-    adopted_dead: bool,
+    processes: VmProcesses,
 }
 
 impl BuiltinVm {
     pub fn new(config: VmConfig, binaries: BuiltinBinaries) -> Self {
+        let processes = VmProcesses::new(&config.run_dir, VMM);
         Self {
             config,
             binaries,
-            virtiofsd: None,
-            vmm: None,
-            adopted_dead: false,
+            processes,
         }
     }
 
@@ -60,22 +62,12 @@ impl BuiltinVm {
         binaries: BuiltinBinaries,
         processes: &BTreeMap<String, ProcessId>,
     ) -> Self {
-        let mut vm = Self::new(config, binaries);
-        let adopt = |name: &str| {
-            let log = vm.log(name);
-            processes
-                .get(name)
-                .and_then(|id| ChildProcess::adopt(name, *id, &log))
-        };
-        let (vmm, virtiofsd) = (adopt(VMM), adopt(VIRTIOFSD));
-        vm.vmm = vmm;
-        vm.virtiofsd = virtiofsd;
-        vm.adopted_dead = vm.vmm.is_none();
-        vm
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.config.run_dir.join(format!("{name}.log"))
+        let processes = VmProcesses::adopt(&config.run_dir, VMM, &[VIRTIOFSD, VMM], processes);
+        Self {
+            config,
+            binaries,
+            processes,
+        }
     }
 
     /// The VMM's control socket (pause, resume, shutdown, info).
@@ -114,36 +106,50 @@ impl BuiltinVm {
     }
 }
 
+/// What vessel-vmm's exit says of the guest.
+fn classify(exited: Exited) -> VmExit {
+    match exited {
+        Exited::Code(0) => VmExit::PowerOff,
+        Exited::Code(EXIT_RESET) => VmExit::Reset,
+        Exited::Code(EXIT_PANIC) => VmExit::Panic(None),
+        Exited::Code(code) => VmExit::Failed(code),
+        Exited::Signal(_) => VmExit::Killed(exited),
+        Exited::Unknown => VmExit::Unknown,
+    }
+}
+
 #[async_trait]
 impl Hypervisor for BuiltinVm {
     async fn start(&mut self) -> Result<(), HypervisorError> {
         require_file("guest kernel (hypervisor.kernel)", &self.config.kernel)?;
         require_file("guest initramfs (hypervisor.initrd)", &self.config.initrd)?;
-        let mut fs =
-            virtiofsd::spawn(&self.binaries.virtiofsd, &self.config, &self.log(VIRTIOFSD))?;
-        let ready = fs.wait_for_socket(&virtiofsd::socket(&self.config)).await;
-        self.virtiofsd = Some(fs);
-        ready?;
-        let vmm = ChildProcess::spawn(VMM, &self.binaries.vmm, &self.vmm_args(), &self.log(VMM))?;
-        tracing::info!(pod_id = %self.config.id, pid = ?vmm.pid(), "vessel-vmm started");
-        self.vmm = Some(vmm);
+        let fs_args = virtiofsd::args(&self.config);
+        let fs_socket = virtiofsd::socket(&self.config);
+        self.processes
+            .spawn(
+                VIRTIOFSD,
+                &self.binaries.virtiofsd,
+                &fs_args,
+                Some(&fs_socket),
+            )
+            .await?;
+        let args = self.vmm_args();
+        self.processes
+            .spawn(VMM, &self.binaries.vmm, &args, None)
+            .await?;
+        tracing::info!(pod_id = %self.config.id, pid = ?self.processes.vmm_pid(), "vessel-vmm started");
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), HypervisorError> {
-        // The VMM first: virtiofsd then sees its frontend go away and exits.
-        for helper in [&mut self.vmm, &mut self.virtiofsd].into_iter().flatten() {
-            helper.terminate().await;
-        }
+        self.processes.stop().await;
         let _ = std::fs::remove_file(self.api_socket());
         Ok(())
     }
 
-    fn exit_status(&mut self) -> Option<String> {
-        if self.adopted_dead {
-            return Some("vessel-vmm was gone when the daemon restarted".into());
-        }
-        self.vmm.as_mut().and_then(ChildProcess::exit_status)
+    fn exit_status(&mut self) -> Option<VmExit> {
+        let exited = self.processes.vmm_exit()?;
+        Some(super::vm_exit(classify(exited), &self.config))
     }
 
     fn agent_socket(&self) -> PathBuf {
@@ -155,29 +161,22 @@ impl Hypervisor for BuiltinVm {
     }
 
     fn vmm_log(&self) -> PathBuf {
-        self.log(VMM)
+        self.processes.log(VMM)
     }
 
     fn pid(&self) -> Option<u32> {
-        self.vmm.as_ref().and_then(ChildProcess::pid)
+        self.processes.vmm_pid()
     }
 
     async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        match self.vmm.as_mut() {
-            Some(vmm) => vmm.wait_timeout(timeout).await,
-            None => true,
-        }
+        self.processes.wait_vmm_exit(timeout).await
     }
 
     fn record(&self) -> VmRecord {
-        let processes = [(VMM, &self.vmm), (VIRTIOFSD, &self.virtiofsd)]
-            .into_iter()
-            .filter_map(|(name, p)| Some((name.to_string(), p.as_ref()?.process_id()?)))
-            .collect();
         VmRecord {
             config: self.config.clone(),
             backend: Backend::Builtin,
-            processes,
+            processes: self.processes.record(),
         }
     }
 }
@@ -185,6 +184,18 @@ impl Hypervisor for BuiltinVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_statuses_say_how_the_guest_ended() {
+        assert_eq!(classify(Exited::Code(0)), VmExit::PowerOff);
+        assert_eq!(classify(Exited::Code(2)), VmExit::Reset);
+        assert!(classify(Exited::Code(3)).is_panic());
+        assert_eq!(classify(Exited::Code(1)), VmExit::Failed(1));
+        assert_eq!(
+            classify(Exited::Signal(9)),
+            VmExit::Killed(Exited::Signal(9))
+        );
+    }
 
     #[test]
     fn the_vmm_gets_the_pods_paths_and_shape() {

@@ -6,17 +6,23 @@
 //! QEMU ([`qemu`]).
 
 pub mod builtin;
+mod exit;
 mod probe;
 mod process;
 pub mod qemu;
+mod requirements;
 pub mod virtiofsd;
+mod vm_processes;
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+pub use exit::VmExit;
 pub use probe::{probe_kvm, select, Backend, KvmSupport, Selection};
-pub use process::{process_start_time, tail_file, ChildProcess, ProcessId};
+pub use process::{process_start_time, tail_file, ChildProcess, Exited, ProcessId};
+pub use requirements::{missing, which};
+pub use vm_processes::VmProcesses;
 
 /// virtio-fs tag of the pod's shared directory.
 pub const SHARED_FS_TAG: &str = "vessel-shared";
@@ -89,6 +95,21 @@ pub struct VmRecord {
     pub processes: std::collections::BTreeMap<String, ProcessId>,
 }
 
+impl VmRecord {
+    /// The VMM's process, whichever backend runs the VM.
+    pub fn vmm(&self) -> Option<ProcessId> {
+        self.processes.get(self.backend.vmm_name()).copied()
+    }
+}
+
+/// Console lines read to tell how a VM ended.
+const EXIT_CONSOLE_LINES: usize = 60;
+
+/// A backend's reading of its VMM's exit, refined with the guest console (see [`VmExit`]).
+fn vm_exit(exit: VmExit, config: &VmConfig) -> VmExit {
+    exit.with_console(&tail_file(&config.console_log(), EXIT_CONSOLE_LINES))
+}
+
 /// Builds the backend for a new VM.
 pub fn new_vm(
     config: VmConfig,
@@ -138,8 +159,8 @@ pub trait Hypervisor: Send + Sync {
     /// Stops the VM and every helper process; idempotent.
     async fn stop(&mut self) -> Result<(), HypervisorError>;
 
-    /// Whether the VMM process is still alive; `Some(status)` once it exited.
-    fn exit_status(&mut self) -> Option<String>;
+    /// `None` while the VMM runs; how the VM ended once it exited.
+    fn exit_status(&mut self) -> Option<VmExit>;
 
     /// The hybrid-vsock Unix socket of the guest.
     fn agent_socket(&self) -> PathBuf;

@@ -52,6 +52,16 @@ pub enum Backend {
     },
 }
 
+impl Backend {
+    /// The name of the backend's VMM among a VM's processes (see [`super::VmRecord`]).
+    pub fn vmm_name(self) -> &'static str {
+        match self {
+            Self::Builtin => super::builtin::VMM,
+            Self::Qemu { .. } => super::qemu::QEMU,
+        }
+    }
+}
+
 /// The decision and the reason, as logged at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selection {

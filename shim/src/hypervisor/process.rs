@@ -1,6 +1,8 @@
 //! Helper processes of a VM (the VMM, virtiofsd, vhost-device-vsock): spawn with output to a
-//! log file, wait for their socket, stop them (SIGTERM, then SIGKILL), read their log's tail.
+//! log file, each leading its own process group, wait for their socket, stop them with all
+//! they forked (SIGTERM, then SIGKILL), read their log's tail.
 
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,7 +25,43 @@ pub struct ChildProcess {
     name: String,
     log: PathBuf,
     handle: Handle,
-    exited: Option<String>,
+    /// The pid a spawned child had (also its process group's id, kept after it is reaped).
+    spawned_pid: Option<u32>,
+    exited: Option<Exited>,
+}
+
+/// How a helper ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exited {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It is gone, but it was not our child: its status is unknown.
+    Unknown,
+}
+
+impl From<std::process::ExitStatus> for Exited {
+    fn from(status: std::process::ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self::Code(code),
+            (None, Some(signal)) => Self::Signal(signal),
+            (None, None) => Self::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit status {code}"),
+            Self::Signal(signal) => match Signal::try_from(*signal) {
+                Ok(name) => write!(f, "killed by {name}"),
+                Err(_) => write!(f, "killed by signal {signal}"),
+            },
+            Self::Unknown => write!(f, "exited (status unknown: not a child of this daemon)"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -83,6 +121,8 @@ impl ChildProcess {
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
+            // Its own process group, so stopping it reaches whatever it forks.
+            .process_group(0)
             .spawn()
             .map_err(|source| HypervisorError::Spawn {
                 program: program.display().to_string(),
@@ -91,6 +131,7 @@ impl ChildProcess {
         Ok(Self {
             name: name.to_owned(),
             log: log.to_owned(),
+            spawned_pid: child.id(),
             handle: Handle::Child(child),
             exited: None,
         })
@@ -106,6 +147,7 @@ impl ChildProcess {
                 pid: i32::try_from(id.pid).ok()?,
                 start_time,
             },
+            spawned_pid: None,
             exited: None,
         })
     }
@@ -129,13 +171,13 @@ impl ChildProcess {
         })
     }
 
-    /// `Some(status)` once the process exited.
-    pub fn exit_status(&mut self) -> Option<String> {
+    /// `Some(how)` once the process exited.
+    pub fn exit_status(&mut self) -> Option<Exited> {
         if self.exited.is_none() {
             match &mut self.handle {
                 Handle::Child(child) => {
                     if let Ok(Some(status)) = child.try_wait() {
-                        self.exited = Some(status.to_string());
+                        self.exited = Some(status.into());
                     }
                 }
                 Handle::Adopted { pid, start_time } => {
@@ -144,12 +186,12 @@ impl ChildProcess {
                         .and_then(process_start_time)
                         .is_some_and(|t| t == *start_time);
                     if !alive {
-                        self.exited = Some("exited (status unknown: adopted process)".into());
+                        self.exited = Some(Exited::Unknown);
                     }
                 }
             }
         }
-        self.exited.clone()
+        self.exited
     }
 
     /// The last `lines` lines of the process's log.
@@ -177,10 +219,10 @@ impl ChildProcess {
     }
 
     /// The error for a helper that died while it was expected to run.
-    pub fn exited_error(&self, status: String) -> HypervisorError {
+    pub fn exited_error(&self, status: Exited) -> HypervisorError {
         HypervisorError::HelperExited {
             program: self.name.clone(),
-            status,
+            status: status.to_string(),
             log_tail: self.log_tail(20),
         }
     }
@@ -193,11 +235,11 @@ impl ChildProcess {
         match &mut self.handle {
             Handle::Child(child) => match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(Ok(status)) => {
-                    self.exited = Some(status.to_string());
+                    self.exited = Some(status.into());
                     true
                 }
                 Ok(Err(_)) => {
-                    self.exited = Some("unknown".into());
+                    self.exited = Some(Exited::Unknown);
                     true
                 }
                 Err(_) => false,
@@ -215,27 +257,65 @@ impl ChildProcess {
         }
     }
 
-    fn signal(&mut self, signal: Signal) {
-        // A child is unreaped until we wait for it and an adopted pid was just checked
-        // against its start time, so neither can name a recycled process.
-        if self.exit_status().is_some() {
-            return;
+    /// The process's group: each helper leads its own (see [`ChildProcess::spawn`]).
+    fn group(&self) -> Option<Pid> {
+        let pid = match &self.handle {
+            Handle::Child(_) => self.spawned_pid?,
+            Handle::Adopted { pid, .. } => u32::try_from(*pid).ok()?,
+        };
+        i32::try_from(pid).ok().map(Pid::from_raw)
+    }
+
+    /// Whether any process of the group is left. The kernel never hands out a pid while a
+    /// group of that number has members, so the group cannot be someone else's.
+    fn group_alive(&self) -> bool {
+        self.group()
+            .is_some_and(|g| nix::sys::signal::killpg(g, None).is_ok())
+    }
+
+    fn signal_group(&mut self, signal: Signal) {
+        // The process itself too: one adopted from an older daemon may lead no group. A
+        // child is unreaped until we wait for it, so its pid cannot be recycled yet.
+        if self.exit_status().is_none() {
+            if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+                let _ = kill(Pid::from_raw(pid), signal);
+            }
         }
-        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
-            let _ = kill(Pid::from_raw(pid), signal);
+        if let Some(group) = self.group() {
+            let _ = nix::sys::signal::killpg(group, signal);
         }
     }
 
-    /// SIGTERM, then SIGKILL after a grace period; reaps the process if it is our child.
+    /// Waits up to `timeout` for the whole group to be gone.
+    async fn wait_group(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        // The leader first (reaped here if it is our child), then whatever it forked.
+        if !self.wait_timeout(timeout).await {
+            return false;
+        }
+        while self.group_alive() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// SIGTERM to the process and everything it forked (its process group), then SIGKILL
+    /// after a grace period; reaps the process if it is our child. When this returns, none of
+    /// them runs.
     pub async fn terminate(&mut self) {
-        if self.exit_status().is_some() {
+        // An exited leader may have left forked children behind (virtiofsd's sandboxed
+        // worker); the group says. An adopted pid was checked against its start time.
+        if self.exit_status().is_some() && !self.group_alive() {
             return;
         }
-        self.signal(Signal::SIGTERM);
-        if !self.wait_timeout(TERM_GRACE).await {
+        self.signal_group(Signal::SIGTERM);
+        if !self.wait_group(TERM_GRACE).await {
             tracing::warn!(helper = %self.name, "did not exit on SIGTERM; sending SIGKILL");
-            self.signal(Signal::SIGKILL);
-            self.wait_timeout(TERM_GRACE).await;
+            self.signal_group(Signal::SIGKILL);
+            self.wait_group(TERM_GRACE).await;
         }
     }
 }
@@ -304,6 +384,37 @@ mod tests {
             .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("boom") && msg.contains('4'), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn terminate_reaches_what_the_helper_forked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild");
+        // Like virtiofsd's sandbox: the helper forks a worker and waits for it.
+        let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let mut p = ChildProcess::spawn(
+            "forker",
+            Path::new("/bin/sh"),
+            &["-c".into(), script],
+            &dir.path().join("f.log"),
+        )
+        .unwrap();
+        let grandchild: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        p.terminate().await;
+        assert!(p.exit_status().is_some());
+        assert_eq!(
+            process_start_time(grandchild),
+            None,
+            "the forked worker is gone"
+        );
     }
 
     #[tokio::test]

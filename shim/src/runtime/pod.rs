@@ -57,6 +57,11 @@ impl Pod {
         }
     }
 
+    /// The pid of the pod VM's VMM while it runs.
+    pub async fn vmm_pid(&self) -> Option<u32> {
+        self.vm.lock().await.as_ref().and_then(PodVm::vmm_pid)
+    }
+
     pub fn is_ready(&self) -> bool {
         lock(&self.record).state == PodState::Ready
     }

@@ -123,7 +123,6 @@ impl Runtime {
             return Err(e);
         }
         let vm_record = vm.record();
-        let vmm = vm_record.vm.processes.get("qemu").copied();
         let record = pod.update(|r| {
             r.state = PodState::Ready;
             r.reason.clear();
@@ -138,9 +137,7 @@ impl Runtime {
             }
             return Err(e);
         }
-        if let Some(vmm) = vmm {
-            monitor_vm(self, pod, vmm);
-        }
+        monitor_vm(self, pod);
         Ok(())
     }
 

@@ -45,9 +45,7 @@ async fn adopt_pod(runtime: &Arc<Runtime>, pod: &Arc<Pod>, record: &SandboxRecor
         Ok(vm) => {
             pod.set_agent(Some(vm.agent().clone()));
             *pod.vm.lock().await = Some(vm);
-            if let Some(vmm) = vm_record.vm.processes.get("qemu") {
-                monitor_vm(runtime, pod, *vmm);
-            }
+            monitor_vm(runtime, pod);
             tracing::info!(pod_id = %pod.id, "pod VM adopted");
         }
         Err(failure) => {

@@ -1,5 +1,5 @@
 //! Tasks that follow running things: the log pumps of a container (agent output → CRI log),
-//! its exit watcher, and the monitor of a pod's VM process.
+//! its exit watcher, and the monitor of a pod's VM.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -8,12 +8,14 @@ use chrono::Utc;
 use vessel_protocols::agent as api;
 
 use super::{Container, ContainerState, Pod, PodState, Runtime};
-use crate::hypervisor::{process_start_time, ProcessId};
+use crate::hypervisor::{tail_file, VmExit};
 use crate::logs::{LineSplitter, LogFile, Stream};
-use crate::sandbox::AgentClient;
+use crate::sandbox::{AgentClient, PodVm};
 
 /// How often a pod's VMM process is checked.
 const VM_POLL: Duration = Duration::from_millis(250);
+/// Console lines logged when a pod VM ends unasked.
+const CONSOLE_TAIL_LINES: usize = 30;
 /// How long an exit waits for the log pumps to drain the last output.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Exit code recorded for containers whose VM died under them.
@@ -118,27 +120,56 @@ async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// Follows a pod's VMM process; when it dies unasked, the pod becomes NOTREADY and its
-/// containers EXITED.
-pub(super) fn monitor_vm(runtime: &Arc<Runtime>, pod: &Arc<Pod>, vmm: ProcessId) {
+/// Follows a pod's VM; when its VMM exits unasked, the pod turns NOTREADY with how the VM
+/// ended as the reason, its containers EXITED, and what is left of the VM (helper processes,
+/// sockets, mounts, its runtime dir) is removed, as StopPodSandbox would.
+pub(super) fn monitor_vm(runtime: &Arc<Runtime>, pod: &Arc<Pod>) {
     let runtime: Weak<Runtime> = Arc::downgrade(runtime);
     let pod = pod.clone();
     tokio::spawn(async move {
-        loop {
+        let exit = loop {
             tokio::time::sleep(VM_POLL).await;
             if !pod.is_ready() {
                 return; // stopped on purpose
             }
-            if process_start_time(vmm.pid) != Some(vmm.start_time) {
-                break;
+            match pod.vm.lock().await.as_mut().map(PodVm::exit_status) {
+                None => return,
+                Some(None) => continue,
+                Some(Some(exit)) => break exit,
             }
-        }
+        };
         let Some(runtime) = runtime.upgrade() else {
             return;
         };
-        tracing::warn!(pod_id = %pod.id, "pod VM exited unexpectedly");
-        vm_died(&runtime, &pod, "pod VM exited unexpectedly".into());
+        vm_exited(&runtime, &pod, exit).await;
     });
+}
+
+/// Records a VM that ended unasked and removes what is left of it.
+async fn vm_exited(runtime: &Runtime, pod: &Pod, exit: VmExit) {
+    let console = match pod.vm.lock().await.as_ref() {
+        Some(vm) => tail_file(&vm.console_log(), CONSOLE_TAIL_LINES),
+        None => String::new(),
+    };
+    if exit.is_panic() {
+        tracing::error!(pod_id = %pod.id, %exit, %console, "guest kernel panic: pod VM down");
+    } else {
+        tracing::warn!(pod_id = %pod.id, %exit, %console, "pod VM exited unexpectedly");
+    }
+    vm_died(runtime, pod, format!("pod VM exited unexpectedly: {exit}"));
+    let _guard = pod.lifecycle.lock().await;
+    // None: a StopPodSandbox came first and cleaned up.
+    let Some(vm) = pod.vm.lock().await.take() else {
+        return;
+    };
+    let record = match vm.tear_down().await {
+        Ok(()) => pod.update(|r| r.vm = None),
+        // The record keeps the VM, so StopPodSandbox tries again.
+        Err(e) => pod.update(|r| r.reason = format!("{}; cleanup failed: {e}", r.reason)),
+    };
+    if let Err(e) = runtime.persist_pod(&record) {
+        tracing::error!(pod_id = %pod.id, error = %e, "persist pod state");
+    }
 }
 
 /// Records a pod whose VM is gone: NOTREADY with `reason`, containers EXITED.

@@ -12,7 +12,7 @@ use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
 use crate::config::HypervisorConfig;
 use crate::hypervisor::{
-    adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmRecord,
+    adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmRecord,
     SHARED_FS_TAG,
 };
 use crate::mounts::{self, MountError};
@@ -190,8 +190,8 @@ impl PodVm {
                 })
             }
         };
-        if let Some(status) = hv.exit_status() {
-            return Err(remains(Some(hv), status));
+        if let Some(exit) = hv.exit_status() {
+            return Err(remains(Some(hv), exit.to_string()));
         }
         let agent = match AgentClient::connect(&hv.agent_socket()).await {
             Ok(agent) => agent,
@@ -220,8 +220,8 @@ impl PodVm {
         }
     }
 
-    /// `Some(reason)` once the VMM process has exited.
-    pub fn exit_status(&mut self) -> Option<String> {
+    /// `None` while the VMM runs; how the VM ended once it exited.
+    pub fn exit_status(&mut self) -> Option<VmExit> {
         self.hypervisor.exit_status()
     }
 
@@ -269,6 +269,12 @@ impl PodVm {
             }
             Err(e) => tracing::warn!(pod_id = %self.id, error = %e, "agent DestroySandbox failed"),
         }
+        self.tear_down().await
+    }
+
+    /// Stops what is left of a VM whose guest is gone (no agent to ask) and deletes the pod's
+    /// runtime dir.
+    pub async fn tear_down(self) -> Result<(), VmError> {
         VmRemains {
             id: self.id,
             run_dir: self.run_dir,

@@ -1,7 +1,7 @@
 //! ACPI tables for a hardware-reduced microVM, built with the acpi_tables crate: RSDP →
 //! XSDT → FADT (hardware-reduced, sleep control/status registers on the power-off port) and
-//! MADT (one local APIC per vCPU, the IOAPIC); the FADT's DSDT describes COM1 and every
-//! virtio-mmio device with its registers and interrupt, since the guest kernel has no
+//! MADT (one local APIC per vCPU, the IOAPIC); the FADT's DSDT describes COM1, the pvpanic
+//! port and every virtio-mmio device with its registers and interrupt, since the guest kernel has no
 //! virtio-mmio command-line devices (see DESIGN.md).
 
 use acpi_tables::aml;
@@ -17,7 +17,7 @@ use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::acpi::SLEEP_CONTROL_PORT;
-use crate::devices::legacy::{COM1_IRQ, COM1_PORT};
+use crate::devices::legacy::{COM1_IRQ, COM1_PORT, PVPANIC_HID, PVPANIC_PORT};
 use crate::vstate::memory::GuestMemory;
 
 /// Where the RSDP goes (the BIOS read-only area a kernel scans) and the tables after it.
@@ -68,6 +68,13 @@ fn dsdt(devices: &[MmioDevice]) -> Sdt {
         aml::Name::new("_CRS".into(), &resources),
     );
     aml::Device::new("_SB_.COM1".into(), vec![&hid, &uid, &crs]).to_aml_bytes(&mut table);
+    let io = aml::IO::new(PVPANIC_PORT as u16, PVPANIC_PORT as u16, 1, 1);
+    let resources = aml::ResourceTemplate::new(vec![&io]);
+    let (hid, crs) = (
+        aml::Name::new("_HID".into(), &PVPANIC_HID),
+        aml::Name::new("_CRS".into(), &resources),
+    );
+    aml::Device::new("_SB_.PEVT".into(), vec![&hid, &crs]).to_aml_bytes(&mut table);
     // \_S5_: the SLP_TYP a guest writes to the sleep control register to power off. Without
     // it Linux has no ACPI power-off and halts instead.
     let s5 = aml::Package::new(vec![&S5_SLP_TYP]);
@@ -93,7 +100,13 @@ fn dsdt(devices: &[MmioDevice]) -> Sdt {
     table
 }
 
-/// The FADT: hardware-reduced, the power-off port as sleep control and status register.
+/// FADT IA-PC boot architecture flags (ACPI 6.4, table 5.11).
+const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
+const IAPC_MSI_NOT_SUPPORTED: u16 = 1 << 3;
+const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
+
+/// The FADT: hardware-reduced, the power-off port as sleep control and status register, no
+/// legacy devices to probe.
 fn fadt(dsdt_addr: u64) -> impl Aml {
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .flag(Flags::HwReducedAcpi)
@@ -109,6 +122,10 @@ fn fadt(dsdt_addr: u64) -> impl Aml {
     );
     fadt.sleep_control_reg = sleep;
     fadt.sleep_status_reg = sleep;
+    // Nothing of the legacy PC to probe for: without these flags Linux probes VGA and
+    // pokes the CMOS RTC's ports until it gives up (seconds under nested virtualization).
+    fadt.iapc_boot_arch =
+        (IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT).into();
     fadt.hypervisor_vendor_identity = u64::from_le_bytes(*b"VESSELVM").into();
     fadt.finalize()
 }
@@ -237,14 +254,19 @@ mod tests {
         // Sleep control register: a byte of I/O space at the power-off port.
         assert_eq!((fadt[244], fadt[245]), (1, 8));
         assert_eq!(u64_at(&fadt, 248), SLEEP_CONTROL_PORT);
+        // IAPC_BOOT_ARCH at offset 109: no VGA, no MSI, no CMOS RTC.
+        assert_eq!(u16::from_le_bytes([fadt[109], fadt[110]]), 0b10_1100);
         let dsdt = table(&mem, u64_at(&fadt, 140), b"DSDT");
         let text = String::from_utf8_lossy(&dsdt);
         assert!(
             text.contains("LNRO0005") && text.contains("V001"),
             "{text:?}"
         );
+        assert!(
+            text.contains("PEVT") && text.contains(PVPANIC_HID),
+            "{text:?}"
+        );
         assert!(dsdt.windows(4).any(|w| w == 0xd000_1000u32.to_le_bytes()));
-        // Name(_S5_, Package(1) { 5 }): NameOp, "_S5_", PackageOp, length 3, 1 element, 5.
         // Name(_S5_, Package(1) { 5 }): NameOp, the name, PackageOp, its length, one
         // element, BytePrefix 5.
         let s5 = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x04, 0x01, 0x0a, 0x05];

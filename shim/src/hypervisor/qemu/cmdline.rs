@@ -111,6 +111,11 @@ pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> V
         format!("socket,id=fs,path={}", sockets.virtiofs.display()),
         "-device".into(),
         format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
+        // The guest's pvpanic driver reports a kernel panic here; QEMU then exits 1.
+        "-device".into(),
+        "pvpanic".into(),
+        "-action".into(),
+        "panic=exit-failure".into(),
     ]);
     args.extend(boot_args(config, kvm));
     args
@@ -148,6 +153,7 @@ mod tests {
         assert!(args.contains("-smp 2"));
         assert!(args.contains("path=/run/vessel/pods/p1/console.log"));
         assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=vessel-shared"));
+        assert!(args.contains("-device pvpanic -action panic=exit-failure"));
         assert!(args.contains("-append console=ttyS0 reboot=t panic=-1 quiet"));
         assert!(args.ends_with(" vessel.log=debug"), "{args}");
     }

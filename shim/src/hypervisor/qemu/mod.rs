@@ -15,7 +15,8 @@ pub use cmdline::{
 
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
-    require_file, Backend, ChildProcess, Hypervisor, HypervisorError, ProcessId, VmConfig, VmRecord,
+    require_file, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
+    VmProcesses, VmRecord,
 };
 use crate::config::HypervisorConfig;
 
@@ -42,25 +43,21 @@ pub struct QemuVm {
     config: VmConfig,
     binaries: QemuBinaries,
     kvm: bool,
-    vsock: Option<ChildProcess>,
-    virtiofsd: Option<ChildProcess>,
-    qemu: Option<ChildProcess>,
-    adopted_dead: bool,
+    processes: VmProcesses,
 }
 
-const QEMU: &str = "qemu";
+/// The VMM's name among the VM's processes (and its log's).
+pub const QEMU: &str = "qemu";
 const VHOST_VSOCK: &str = "vhost-device-vsock";
 
 impl QemuVm {
     pub fn new(config: VmConfig, binaries: QemuBinaries, kvm: bool) -> Self {
+        let processes = VmProcesses::new(&config.run_dir, QEMU);
         Self {
             config,
             binaries,
             kvm,
-            vsock: None,
-            virtiofsd: None,
-            qemu: None,
-            adopted_dead: false,
+            processes,
         }
     }
 
@@ -71,59 +68,35 @@ impl QemuVm {
         kvm: bool,
         processes: &BTreeMap<String, ProcessId>,
     ) -> Self {
-        let mut vm = Self::new(config, binaries, kvm);
-        let adopt = |name: &str| {
-            let log = vm.log(name);
-            processes
-                .get(name)
-                .and_then(|id| ChildProcess::adopt(name, *id, &log))
-        };
-        let (qemu, virtiofsd, vsock) = (adopt(QEMU), adopt(VIRTIOFSD), adopt(VHOST_VSOCK));
-        vm.qemu = qemu;
-        vm.virtiofsd = virtiofsd;
-        vm.vsock = vsock;
-        // A VM whose QEMU is gone must read as exited, not as "never started".
-        vm.adopted_dead = vm.qemu.is_none();
-        vm
+        let processes = VmProcesses::adopt(
+            &config.run_dir,
+            QEMU,
+            &[VHOST_VSOCK, VIRTIOFSD, QEMU],
+            processes,
+        );
+        Self {
+            config,
+            binaries,
+            kvm,
+            processes,
+        }
     }
 
     fn vhost_vsock_socket(&self) -> PathBuf {
         self.config.run_dir.join("vsock.sock")
     }
+}
 
-    fn virtiofs_socket(&self) -> PathBuf {
-        virtiofsd::socket(&self.config)
-    }
-
-    fn log(&self, name: &str) -> PathBuf {
-        self.config.run_dir.join(format!("{name}.log"))
-    }
-
-    async fn spawn_helpers(&mut self) -> Result<(), HypervisorError> {
-        let vhost_sock = self.vhost_vsock_socket();
-        let mut vsock = ChildProcess::spawn(
-            VHOST_VSOCK,
-            &self.binaries.vhost_device_vsock,
-            &[
-                "--guest-cid".into(),
-                self.config.cid.to_string(),
-                "--socket".into(),
-                vhost_sock.display().to_string(),
-                "--uds-path".into(),
-                self.config.agent_socket().display().to_string(),
-            ],
-            &self.log(VHOST_VSOCK),
-        )?;
-        let ready = vsock.wait_for_socket(&vhost_sock).await;
-        self.vsock = Some(vsock);
-        ready?;
-
-        let fs_sock = self.virtiofs_socket();
-        let mut virtiofsd =
-            virtiofsd::spawn(&self.binaries.virtiofsd, &self.config, &self.log(VIRTIOFSD))?;
-        let ready = virtiofsd.wait_for_socket(&fs_sock).await;
-        self.virtiofsd = Some(virtiofsd);
-        ready
+/// What QEMU's exit says of the guest: with `-no-reboot` a power-off and a reset both end
+/// it with 0; a guest panic (pvpanic, `-action panic=exit-failure`) with 1, the one failure
+/// status QEMU has once the VM runs (its own start errors end the boot instead).
+fn classify(exited: Exited) -> VmExit {
+    match exited {
+        Exited::Code(0) => VmExit::Stopped,
+        Exited::Code(1) => VmExit::Panic(None),
+        Exited::Code(code) => VmExit::Failed(code),
+        Exited::Signal(_) => VmExit::Killed(exited),
+        Exited::Unknown => VmExit::Unknown,
     }
 }
 
@@ -132,34 +105,53 @@ impl Hypervisor for QemuVm {
     async fn start(&mut self) -> Result<(), HypervisorError> {
         require_file("guest kernel (hypervisor.kernel)", &self.config.kernel)?;
         require_file("guest initramfs (hypervisor.initrd)", &self.config.initrd)?;
-        self.spawn_helpers().await?;
+        let vsock_socket = self.vhost_vsock_socket();
+        let vsock_args = [
+            "--guest-cid".into(),
+            self.config.cid.to_string(),
+            "--socket".into(),
+            vsock_socket.display().to_string(),
+            "--uds-path".into(),
+            self.config.agent_socket().display().to_string(),
+        ];
+        self.processes
+            .spawn(
+                VHOST_VSOCK,
+                &self.binaries.vhost_device_vsock,
+                &vsock_args,
+                Some(&vsock_socket),
+            )
+            .await?;
+        let fs_socket = virtiofsd::socket(&self.config);
+        let fs_args = virtiofsd::args(&self.config);
+        self.processes
+            .spawn(
+                VIRTIOFSD,
+                &self.binaries.virtiofsd,
+                &fs_args,
+                Some(&fs_socket),
+            )
+            .await?;
         let sockets = HelperSockets {
-            vsock: &self.vhost_vsock_socket(),
-            virtiofs: &self.virtiofs_socket(),
+            vsock: &vsock_socket,
+            virtiofs: &fs_socket,
         };
         let args = qemu_args(&self.config, self.kvm, &sockets);
-        let qemu = ChildProcess::spawn(QEMU, &self.binaries.qemu, &args, &self.log(QEMU))?;
-        tracing::info!(pod_id = %self.config.id, pid = ?qemu.pid(), kvm = self.kvm, "qemu started");
-        self.qemu = Some(qemu);
+        self.processes
+            .spawn(QEMU, &self.binaries.qemu, &args, None)
+            .await?;
+        tracing::info!(pod_id = %self.config.id, pid = ?self.processes.vmm_pid(), kvm = self.kvm, "qemu started");
         Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), HypervisorError> {
-        // QEMU first: the vhost-user backends then see their frontend go away.
-        for helper in [&mut self.qemu, &mut self.virtiofsd, &mut self.vsock]
-            .into_iter()
-            .flatten()
-        {
-            helper.terminate().await;
-        }
+        self.processes.stop().await;
         Ok(())
     }
 
-    fn exit_status(&mut self) -> Option<String> {
-        if self.adopted_dead {
-            return Some("QEMU was gone when the daemon restarted".into());
-        }
-        self.qemu.as_mut().and_then(ChildProcess::exit_status)
+    fn exit_status(&mut self) -> Option<VmExit> {
+        let exited = self.processes.vmm_exit()?;
+        Some(super::vm_exit(classify(exited), &self.config))
     }
 
     fn agent_socket(&self) -> PathBuf {
@@ -171,33 +163,35 @@ impl Hypervisor for QemuVm {
     }
 
     fn vmm_log(&self) -> PathBuf {
-        self.log(QEMU)
+        self.processes.log(QEMU)
     }
 
     fn pid(&self) -> Option<u32> {
-        self.qemu.as_ref().and_then(ChildProcess::pid)
+        self.processes.vmm_pid()
     }
 
     async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        match self.qemu.as_mut() {
-            Some(q) => q.wait_timeout(timeout).await,
-            None => true,
-        }
+        self.processes.wait_vmm_exit(timeout).await
     }
 
     fn record(&self) -> VmRecord {
-        let processes = [
-            (QEMU, &self.qemu),
-            (VIRTIOFSD, &self.virtiofsd),
-            (VHOST_VSOCK, &self.vsock),
-        ]
-        .into_iter()
-        .filter_map(|(name, p)| Some((name.to_string(), p.as_ref()?.process_id()?)))
-        .collect();
         VmRecord {
             config: self.config.clone(),
             backend: Backend::Qemu { kvm: self.kvm },
-            processes,
+            processes: self.processes.record(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_say_how_the_guest_ended() {
+        assert_eq!(classify(Exited::Code(0)), VmExit::Stopped);
+        assert!(classify(Exited::Code(1)).is_panic());
+        assert_eq!(classify(Exited::Code(255)), VmExit::Failed(255));
+        assert_eq!(classify(Exited::Unknown), VmExit::Unknown);
     }
 }

@@ -13,10 +13,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// `[registry]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Registry hosts (`host[:port]`) spoken to over plain http.
@@ -26,7 +26,7 @@ pub struct RegistryConfig {
 }
 
 /// `[registry.mirrors."<host>"]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// Mirror URLs or hosts, tried in order before the registry itself.

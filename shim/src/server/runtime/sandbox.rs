@@ -38,10 +38,18 @@ pub async fn status(
     rt: &Arc<Runtime>,
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
-    let record = rt.pod(&req.pod_sandbox_id)?.record();
+    let pod = rt.pod(&req.pod_sandbox_id)?;
+    let record = pod.record();
     let mut info = std::collections::HashMap::new();
-    if req.verbose && !record.reason.is_empty() {
-        info.insert("reason".to_string(), record.reason.clone());
+    if req.verbose {
+        // One JSON document, as containerd's `info`: clients parse it as such.
+        let doc = serde_json::json!({
+            "runtimeHandler": record.runtime_handler,
+            "vmm": record.vm.as_ref().map(|vm| vm.vm.backend.vmm_name()),
+            "pid": pod.vmm_pid().await,
+            "reason": record.reason,
+        });
+        info.insert("info".to_string(), doc.to_string());
     }
     let containers_statuses = rt
         .pod_containers(&record.id)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use vessel_protocols::cri;
 
+use crate::hypervisor;
 use crate::runtime::{Runtime, RuntimeError, HANDLERS};
 
 /// The CRI version this runtime implements.
@@ -35,17 +36,16 @@ pub async fn status(
     rt: &Arc<Runtime>,
     req: cri::StatusRequest,
 ) -> Result<cri::StatusResponse, RuntimeError> {
-    let h = &rt.config.hypervisor;
-    let missing: Vec<String> = [("guest kernel", &h.kernel), ("guest initramfs", &h.initrd)]
-        .into_iter()
-        .filter(|(_, p)| !p.is_file())
-        .map(|(what, p)| format!("{what} {} missing", p.display()))
-        .collect();
+    let missing = hypervisor::missing(rt.selection.backend, &rt.config.hypervisor);
     let runtime_ready = condition(
         "RuntimeReady",
         missing.is_empty(),
-        "GuestAssetsMissing",
-        missing.join("; "),
+        "PodVmComponentsMissing",
+        format!(
+            "the {} backend cannot start pod VMs: {}",
+            rt.selection.backend.vmm_name(),
+            missing.join("; ")
+        ),
     );
     // Pod networking (CNI) is not wired in yet: pods run without a network interface.
     let network_ready = condition(
@@ -56,11 +56,16 @@ pub async fn status(
     );
     let mut info = HashMap::new();
     if req.verbose {
-        info.insert(
-            "hypervisor".to_string(),
-            format!("{:?}: {}", rt.selection.backend, rt.selection.reason),
-        );
-        info.insert("config".to_string(), format!("{:?}", rt.config));
+        // Clients parse every value as a JSON document.
+        let hypervisor = serde_json::json!({
+            "backend": rt.selection.backend,
+            "vmm": rt.selection.backend.vmm_name(),
+            "reason": rt.selection.reason,
+        });
+        info.insert("hypervisor".to_string(), hypervisor.to_string());
+        let config = serde_json::to_string(&rt.config)
+            .map_err(|e| RuntimeError::Internal(format!("encode the config: {e}")))?;
+        info.insert("config".to_string(), config);
     }
     Ok(cri::StatusResponse {
         status: Some(cri::RuntimeStatus {

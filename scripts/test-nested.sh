@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs the end-to-end families where the backend matters (pods, containers, crash/restart,
+# the full boot) a second time, inside the nested-KVM test host (scripts/nested-kvm.sh), where
+# `hypervisor.kind = "auto"` picks the built-in VMM. VESSEL_TEST_BACKEND=builtin makes every
+# test fail rather than fall back to QEMU, and a SKIPPED line fails the run: this run exists to
+# test vessel-vmm. Expects the workspace built (scripts/test.sh builds it first). Run as root.
+#
+# usage: scripts/test-nested.sh [TEST_FILE...]   (default: the families below)
+#        scripts/test-nested.sh --list             (prints the default families)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+
+# The test files (tests/tests/<name>.rs) whose tests depend on the backend.
+default_families=(builtin_vm pod_vm cri_runtime cri_containers cri_resilience cri_image_run)
+if [ "${1:-}" = --list ]; then
+    printf '%s\n' "${default_families[@]}"
+    exit 0
+fi
+families=("$@")
+if [ ${#families[@]} -eq 0 ]; then
+    families=("${default_families[@]}")
+fi
+
+# The test binaries cargo built for those files (the newest build of each).
+mapfile -t executables < <(cargo test -p vessel-tests --no-run --message-format=json 2>/dev/null \
+    | grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')
+binaries=()
+for family in "${families[@]}"; do
+    found=""
+    for exe in "${executables[@]}"; do
+        case "$(basename "$exe")" in "$family"-*) found=$exe ;; esac
+    done
+    [ -n "$found" ] || { echo "test-nested: no test binary for $family" >&2; exit 1; }
+    binaries+=("$found")
+done
+
+log=$(mktemp /tmp/vessel-nested.XXXXXX.log)
+trap 'rm -f "$log"' EXIT
+echo "test-nested: ${families[*]} on vessel-vmm, each file in its own nested-KVM host" >&2
+start=$SECONDS
+failed=()
+for bin in "${binaries[@]}"; do
+    name=$(basename "$bin")
+    for attempt in 1 2; do
+        echo "==== ${name%-*} (nested-KVM host, attempt $attempt)"
+        set +e
+        # One test at a time: the L1 has one vCPU (see nested-kvm.sh).
+        VESSEL_TEST_BACKEND=builtin scripts/nested-kvm.sh "$bin" --test-threads=1 2>&1 \
+            | tee -a "$log"
+        rc=${PIPESTATUS[0]}
+        set -e
+        [ "$rc" -eq 77 ] && exit 0 # nested-kvm.sh printed why no nested host can run here
+        # Only a frozen L1 (not a failed test) earns a second try.
+        [ "$rc" -eq 75 ] && [ "$attempt" -eq 1 ] || break
+        echo "test-nested: the nested host froze during ${name%-*}; running it again" >&2
+    done
+    [ "$rc" -eq 0 ] || failed+=("${name%-*}")
+done
+echo "test-nested: $((SECONDS - start)) s" >&2
+if grep -a '^SKIPPED ' "$log" >&2; then
+    echo "test-nested: a test skipped in the nested run (above), which exists to run them all" >&2
+    exit 1
+fi
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "test-nested: FAILED on vessel-vmm: ${failed[*]}" >&2
+    exit 1
+fi
