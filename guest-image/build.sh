@@ -90,17 +90,12 @@ if command -v flock >/dev/null 2>&1; then
         "$CACHE"/.download.* "$CACHE"/.kernel-root.*
 fi
 
-TMP_PATHS=()
-cleanup() {
-    local p
-    for p in "${TMP_PATHS[@]+"${TMP_PATHS[@]}"}"; do rm -rf -- "$p"; done
-}
-trap cleanup EXIT
+# shellcheck source=../scripts/lib/debian-kernel.sh
+. "$LIB"
+trap remove_tmp_paths EXIT
 
 # ---------------------------------------------------------------------------------------------
 # Kernel package: resolve the concrete package behind the metapackage.
-# shellcheck source=../scripts/lib/debian-kernel.sh
-. "$LIB"
 kernel_resolve "$KERNEL_META" cloud-amd64 "$CACHE"
 
 # ---------------------------------------------------------------------------------------------

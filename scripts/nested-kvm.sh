@@ -79,15 +79,9 @@ BUSYBOX=/bin/busybox
     || skip "$BUSYBOX is not a static busybox (apt-get install busybox-static)"
 
 mkdir -p "$CACHE" "$OUT/runs"
-TMP_PATHS=()
-cleanup() {
-    local p
-    for p in "${TMP_PATHS[@]+"${TMP_PATHS[@]}"}"; do rm -rf -- "$p"; done
-}
-trap cleanup EXIT
-
 # shellcheck source=lib/debian-kernel.sh
 . "$LIB"
+trap remove_tmp_paths EXIT
 
 # ---------------------------------------------------------------------------------------------
 # The L1 kernel and initramfs (one builder at a time; runs share the result).

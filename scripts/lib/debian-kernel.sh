@@ -5,6 +5,13 @@
 #
 # Source it from bash after defining log MSG and die MSG. Functions set globals, named below.
 
+# Temporary files and dirs to delete when the script exits: `trap remove_tmp_paths EXIT`.
+TMP_PATHS=()
+remove_tmp_paths() {
+    local p
+    for p in "${TMP_PATHS[@]+"${TMP_PATHS[@]}"}"; do rm -rf -- "$p"; done
+}
+
 APT_UPDATED=0
 # Runs `apt-get update` once per script run; fails when it already ran or apt is missing.
 apt_update_once() {

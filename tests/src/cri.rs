@@ -405,8 +405,8 @@ pub fn can_pull(test: &str) -> bool {
     crate::registry::available(test)
 }
 
-/// The VM of a pod, from verbose PodSandboxStatus: its VMM's name and, while it runs, pid.
-pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
+/// The verbose PodSandboxStatus's `info` document of a pod (its VMM, pid and reason).
+pub async fn pod_info(cri: &mut Client, pod: &str) -> serde_json::Value {
     let status = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: pod.into(),
@@ -416,7 +416,12 @@ pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
         .expect("PodSandboxStatus")
         .into_inner();
     let info = status.info.get("info").expect("verbose pod info");
-    let doc: serde_json::Value = serde_json::from_str(info).expect("pod info is JSON");
+    serde_json::from_str(info).expect("pod info is JSON")
+}
+
+/// The VM of a pod: its VMM's name and, while it runs, pid.
+pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
+    let doc = pod_info(cri, pod).await;
     let vmm = doc["vmm"].as_str().unwrap_or_default().to_owned();
     let pid = doc["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
     (vmm, pid)

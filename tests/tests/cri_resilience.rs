@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, pod_config, pod_vmm, remove_pod_checked, wait_state,
-    Client, CriTest, Daemon,
+    container_config, container_status, pod_config, pod_info, pod_vmm, remove_pod_checked,
+    wait_state, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -22,19 +22,23 @@ async fn pod_with_container(
     cmd: &[&str],
 ) -> (String, String) {
     let config = pod_config(name, &env.state_dir().join("logs"));
-    let pod = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("runp")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(cri, &config).await;
     let ctr = start_container(cri, &pod, &config, image, "main", cmd).await;
     (pod, ctr)
 }
 
+async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
+    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("runp")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// Creates and starts a container of `image` running `cmd`; returns its id.
 async fn start_container(
     cri: &mut Client,
     pod: &str,
@@ -43,10 +47,19 @@ async fn start_container(
     name: &str,
     cmd: &[&str],
 ) -> String {
+    start_configured(cri, pod, config, container_config(name, image, cmd)).await
+}
+
+async fn start_configured(
+    cri: &mut Client,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    container: cri::ContainerConfig,
+) -> String {
     let id = cri
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.into(),
-            config: Some(container_config(name, image, cmd)),
+            config: Some(container),
             sandbox_config: Some(config.clone()),
         })
         .await
@@ -59,6 +72,20 @@ async fn start_container(
     .await
     .expect("start");
     id
+}
+
+/// SIGKILLs the VMM of `pod` (either backend's, checked against the run's expected one);
+/// returns its name.
+async fn kill_vmm(cri: &mut Client, test: &str, pod: &str) -> String {
+    let (vmm, pid) = pod_vmm(cri, pod).await;
+    vessel_tests::check_backend(test, &vmm);
+    let pid = pid.unwrap_or_else(|| panic!("no pid for the {vmm} of pod {pod}"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("kill {vmm}: {e}"));
+    vmm
 }
 
 async fn pod_state(cri: &mut Client, pod: &str) -> i32 {
@@ -142,13 +169,7 @@ async fn pods_survive_a_daemon_sigkill() {
         assert_eq!(out.stdout, b"still-here\n");
     }
     // The adopted VMs are watched as the daemon's own were.
-    let (vmm, pid) = pod_vmm(&mut cri, &pods[1].0).await;
-    vessel_tests::check_backend("pods_survive_a_daemon_sigkill", &vmm);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid.expect("adopted VMM pid")),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the adopted VMM");
+    kill_vmm(&mut cri, "pods_survive_a_daemon_sigkill", &pods[1].0).await;
     wait_pod_down(&mut cri, &pods[1].0, &pods[1].1, Duration::from_secs(2)).await;
     wait_vm_cleaned_up(&daemon, &pods[1].0).await;
     for (pod, _) in &pods {
@@ -194,17 +215,8 @@ async fn wait_vm_cleaned_up(daemon: &Daemon, pod: &str) {
 
 /// The verbose pod status's reason.
 async fn pod_reason(cri: &mut Client, pod: &str) -> String {
-    let status = cri
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: pod.into(),
-            verbose: true,
-        })
-        .await
-        .expect("pod status")
-        .into_inner();
-    let doc: serde_json::Value =
-        serde_json::from_str(&status.info["info"]).expect("pod info is JSON");
-    doc["reason"].as_str().unwrap_or_default().to_owned()
+    let info = pod_info(cri, pod).await;
+    info["reason"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,14 +234,7 @@ async fn killed_vm_turns_the_pod_notready_within_2s() {
     };
     let (pod, ctr) = pod_with_container(&mut cri, &env, &image, "victim", &["sleep", "1000"]).await;
 
-    let (vmm, pid) = pod_vmm(&mut cri, &pod).await;
-    vessel_tests::check_backend(test, &vmm);
-    let pid = pid.expect("the pod's VMM pid");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap_or_else(|e| panic!("kill {vmm}: {e}"));
+    let vmm = kill_vmm(&mut cri, test, &pod).await;
     let noticed = wait_pod_down(&mut cri, &pod, &ctr, Duration::from_secs(2)).await;
     println!("{vmm} death noticed after {noticed:?}");
     let st = container_status(&mut cri, &ctr).await;
@@ -267,15 +272,7 @@ async fn a_guest_panic_is_reported_as_one() {
         security_context: Some(privileged),
         ..Default::default()
     });
-    let pod = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("runp")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = run_pod(&mut cri, &config).await;
     let mut crash = container_config(
         "crash",
         &image,
@@ -292,21 +289,7 @@ async fn a_guest_panic_is_reported_as_one() {
         }),
         ..Default::default()
     });
-    let ctr = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(crash),
-            sandbox_config: Some(config),
-        })
-        .await
-        .expect("create")
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("start");
+    let ctr = start_configured(&mut cri, &pod, &config, crash).await;
 
     wait_pod_down(&mut cri, &pod, &ctr, Duration::from_secs(60)).await;
     let reason = pod_reason(&mut cri, &pod).await;

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::qemu::kernel_params;
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
-    require_file, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
+    require_guest_image, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
     VmProcesses, VmRecord, SHARED_FS_TAG,
 };
 use crate::config::HypervisorConfig;
@@ -121,18 +121,8 @@ fn classify(exited: Exited) -> VmExit {
 #[async_trait]
 impl Hypervisor for BuiltinVm {
     async fn start(&mut self) -> Result<(), HypervisorError> {
-        require_file("guest kernel (hypervisor.kernel)", &self.config.kernel)?;
-        require_file("guest initramfs (hypervisor.initrd)", &self.config.initrd)?;
-        let fs_args = virtiofsd::args(&self.config);
-        let fs_socket = virtiofsd::socket(&self.config);
-        self.processes
-            .spawn(
-                VIRTIOFSD,
-                &self.binaries.virtiofsd,
-                &fs_args,
-                Some(&fs_socket),
-            )
-            .await?;
+        require_guest_image(&self.config)?;
+        virtiofsd::start(&mut self.processes, &self.binaries.virtiofsd, &self.config).await?;
         let args = self.vmm_args();
         self.processes
             .spawn(VMM, &self.binaries.vmm, &args, None)

@@ -181,8 +181,14 @@ pub trait Hypervisor: Send + Sync {
     fn record(&self) -> VmRecord;
 }
 
+/// Fails with [`HypervisorError::MissingAsset`] unless the guest kernel and initramfs exist.
+pub(crate) fn require_guest_image(config: &VmConfig) -> Result<(), HypervisorError> {
+    require_file("guest kernel (hypervisor.kernel)", &config.kernel)?;
+    require_file("guest initramfs (hypervisor.initrd)", &config.initrd)
+}
+
 /// Fails with [`HypervisorError::MissingAsset`] unless `path` exists.
-pub(crate) fn require_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
+fn require_file(what: &'static str, path: &Path) -> Result<(), HypervisorError> {
     if path.is_file() {
         Ok(())
     } else {

@@ -1,7 +1,9 @@
 //! virtiofsd, the vhost-user-fs backend every pod VM's shared dir is served by, whichever
 //! VMM runs the guest.
 
-use super::VmConfig;
+use std::path::Path;
+
+use super::{HypervisorError, VmConfig, VmProcesses};
 
 /// The helper's name in logs and VM records.
 pub const VIRTIOFSD: &str = "virtiofsd";
@@ -22,4 +24,15 @@ pub fn args(config: &VmConfig) -> Vec<String> {
         "auto".into(),
         "--announce-submounts".into(),
     ]
+}
+
+/// Starts virtiofsd (`binary`) among `processes` and waits for its socket.
+pub async fn start(
+    processes: &mut VmProcesses,
+    binary: &Path,
+    config: &VmConfig,
+) -> Result<(), HypervisorError> {
+    processes
+        .spawn(VIRTIOFSD, binary, &args(config), Some(&socket(config)))
+        .await
 }

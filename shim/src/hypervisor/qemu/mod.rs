@@ -15,7 +15,7 @@ pub use cmdline::{
 
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
-    require_file, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
+    require_guest_image, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
     VmProcesses, VmRecord,
 };
 use crate::config::HypervisorConfig;
@@ -103,8 +103,7 @@ fn classify(exited: Exited) -> VmExit {
 #[async_trait]
 impl Hypervisor for QemuVm {
     async fn start(&mut self) -> Result<(), HypervisorError> {
-        require_file("guest kernel (hypervisor.kernel)", &self.config.kernel)?;
-        require_file("guest initramfs (hypervisor.initrd)", &self.config.initrd)?;
+        require_guest_image(&self.config)?;
         let vsock_socket = self.vhost_vsock_socket();
         let vsock_args = [
             "--guest-cid".into(),
@@ -122,16 +121,8 @@ impl Hypervisor for QemuVm {
                 Some(&vsock_socket),
             )
             .await?;
+        virtiofsd::start(&mut self.processes, &self.binaries.virtiofsd, &self.config).await?;
         let fs_socket = virtiofsd::socket(&self.config);
-        let fs_args = virtiofsd::args(&self.config);
-        self.processes
-            .spawn(
-                VIRTIOFSD,
-                &self.binaries.virtiofsd,
-                &fs_args,
-                Some(&fs_socket),
-            )
-            .await?;
         let sockets = HelperSockets {
             vsock: &vsock_socket,
             virtiofs: &fs_socket,
