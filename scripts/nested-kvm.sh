@@ -200,19 +200,40 @@ awk '$5 ~ /^\/sys\/fs\/cgroup/ {
     printf '\n'
 } > "$XCHG/run.sh"
 
+# The L1's monitor, over a pair of FIFOs: on a freeze it tells where the vCPU is stuck.
+MON=$XCHG.monitor
+TMP_PATHS+=("$MON.in" "$MON.out")
+mkfifo "$MON.in" "$MON.out"
+
 log "starting the L1 (QEMU TCG, AMD SVM + NPT, ${MEM} MiB, $CPUS vCPUs); the command: $*"
 set +e
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
     -accel tcg,thread=multi -M q35 -cpu qemu64,+svm,+npt -smp "$CPUS" -m "$MEM" \
     -nodefaults -no-user-config -display none -no-reboot -nic none \
     -chardev stdio,id=con,signal=off -serial chardev:con \
+    -chardev "pipe,id=mon,path=$MON" -mon chardev=mon,mode=readline \
     -virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$XCHG,mount_tag=xchg,security_model=none" \
     -kernel "$OUT/vmlinuz" -initrd "$OUT/initramfs.img" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null &
+    -append "console=ttyS0 quiet loglevel=${NESTED_LOGLEVEL:-3} nokaslr panic=-1 rdinit=/init" </dev/null &
 qemu=$!
+
+# Asks the frozen L1's monitor where its vCPU is, three times a second apart, and names the
+# L1 kernel function each instruction pointer falls in (none: the vCPU is in an L2 guest or
+# user space). The full register dumps are kept in the exchange dir's freeze.txt.
+freeze_report() {
+    { for _ in 1 2 3; do echo 'info registers'; sleep 1; done; } > "$MON.in" || return 0
+    timeout 3 cat "$MON.out" > "$XCHG.freeze" 2>/dev/null || true
+    local map rip
+    map=$(ls "$KROOT"/boot/System.map-* 2>/dev/null | head -n 1)
+    for rip in $(grep -o 'RIP=[0-9a-f]*' "$XCHG.freeze" | cut -d= -f2); do
+        log "frozen vCPU at $rip $(awk -v rip="$rip" '$1 <= rip { sym = $3 } $1 > rip { exit } END { print sym }' "${map:-/dev/null}")"
+    done
+    grep -E '^(EFER|CR0)=|^(CS|SS) ' "$XCHG.freeze" | tail -n 4 | sed 's/^/nested-kvm:   /' >&2 || true
+    log "register dumps: $XCHG.freeze"
+}
 # A heartbeat older than this means the L1 froze.
-FROZEN_AFTER=120
+FROZEN_AFTER=90
 frozen=false
 started=$SECONDS
 while kill -0 "$qemu" 2>/dev/null; do
@@ -226,6 +247,7 @@ while kill -0 "$qemu" 2>/dev/null; do
     fi
     [ -s "$XCHG/rc" ] && continue # done, powering off
     frozen=true
+    freeze_report
     pkill -KILL -P "$qemu" 2>/dev/null
     kill -KILL "$qemu" 2>/dev/null
     break

@@ -1,11 +1,13 @@
 //! vessel-agent: PID 1 of a pod's microVM. Boots the guest (init/), then serves the agent
 //! API over ttrpc on vsock port 1024 (rpc/), creating the pod's containers with
 //! libcontainer (container/) on storage it mounts (storage/). Started with
-//! `__vessel-libcontainer` it is instead the one-shot libcontainer helper.
+//! `__vessel-libcontainer` it is instead the one-shot libcontainer helper; started as
+//! `/pause`, a pod's infra process (pause.rs).
 
 mod container;
 mod error;
 mod init;
+mod pause;
 mod rpc;
 mod sandbox;
 mod storage;
@@ -20,6 +22,9 @@ const LISTEN_ENV: &str = "VESSEL_AGENT_LISTEN";
 fn main() -> ExitCode {
     if container::helper::is_helper_invocation() {
         return container::helper::main();
+    }
+    if pause::is_pause_invocation() {
+        return pause::main();
     }
     let boot = init::boot();
     if boot.pid1 {

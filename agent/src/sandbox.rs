@@ -55,7 +55,12 @@ impl Sandbox {
             storage::unmount_all(&mounted);
             return Err(e);
         }
-        containers.share_pid_namespace(p.share_pid_namespace);
+        if p.share_pid_namespace {
+            if let Err(e) = containers.share_pid_namespace() {
+                storage::unmount_all(&mounted);
+                return Err(e);
+            }
+        }
         tracing::info!(sandbox_id = %p.id, hostname = %p.hostname, "sandbox created");
         *active = Some(Active { id: p.id, mounted });
         Ok(())
@@ -64,6 +69,7 @@ impl Sandbox {
     /// Removes every container, then unmounts the pod's storages and shared fs.
     pub async fn destroy(&self, containers: &Containers) {
         containers.remove_all().await;
+        containers.stop_pod_init().await;
         if let Some(a) = self.active.lock().await.take() {
             storage::unmount_all(&a.mounted);
             tracing::info!(sandbox_id = %a.id, "sandbox destroyed");

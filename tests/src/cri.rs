@@ -427,6 +427,58 @@ pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
     (vmm, pid)
 }
 
+/// RunPodSandbox of `config` on handler `kata`; returns the pod's id.
+pub async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
+    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: "kata".into(),
+    })
+    .await
+    .expect("RunPodSandbox")
+    .into_inner()
+    .pod_sandbox_id
+}
+
+/// CreateContainer of `config` in `pod`: the container's id, or the error.
+pub async fn create_container(
+    cri: &mut Client,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    cri.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config.clone()),
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+/// StartContainer, which must succeed.
+pub async fn start_container(cri: &mut Client, id: &str) {
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {id}: {e:?}"));
+}
+
+/// Asserts that `result` failed with `code` and a message that names `needle`.
+pub fn expect_err(
+    result: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    needle: &str,
+) {
+    let err = result.expect_err("expected an error");
+    assert_eq!(err.code(), code, "{err:?}");
+    assert!(
+        err.message().contains(needle),
+        "{:?} does not name {needle:?}",
+        err.message()
+    );
+}
+
 /// Stops and removes a pod, then checks nothing of it is left on the host.
 pub async fn remove_pod_checked(cri: &mut Client, daemon: &Daemon, pod: &str) {
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {

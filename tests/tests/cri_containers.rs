@@ -7,44 +7,9 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, exec_sh, pod_config, remove_pod_checked, Client, CriTest,
+    container_config, create_container as create, exec_sh, expect_err, pod_config,
+    remove_pod_checked, run_pod, Client, CriTest,
 };
-
-async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
-    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: "kata".into(),
-    })
-    .await
-    .expect("runp")
-    .into_inner()
-    .pod_sandbox_id
-}
-
-async fn create(
-    cri: &mut Client,
-    pod: &str,
-    pod_cfg: &cri::PodSandboxConfig,
-    cfg: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    cri.create_container(cri::CreateContainerRequest {
-        pod_sandbox_id: pod.into(),
-        config: Some(cfg),
-        sandbox_config: Some(pod_cfg.clone()),
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
-}
-
-fn expect_err(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needle: &str) {
-    let err = result.expect_err("expected an error");
-    assert_eq!(err.code(), code, "{err:?}");
-    assert!(
-        err.message().contains(needle),
-        "{:?} does not name {needle:?}",
-        err.message()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_named_errors_and_leaks_nothing() {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, pod_config, pod_info, pod_vmm, remove_pod_checked,
-    wait_state, Client, CriTest, Daemon,
+    container_config, container_status, create_container, pod_config, pod_info, pod_vmm,
+    remove_pod_checked, run_pod, wait_state, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -25,17 +25,6 @@ async fn pod_with_container(
     let pod = run_pod(cri, &config).await;
     let ctr = start_container(cri, &pod, &config, image, "main", cmd).await;
     (pod, ctr)
-}
-
-async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
-    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    })
-    .await
-    .expect("runp")
-    .into_inner()
-    .pod_sandbox_id
 }
 
 /// Creates and starts a container of `image` running `cmd`; returns its id.
@@ -56,21 +45,10 @@ async fn start_configured(
     config: &cri::PodSandboxConfig,
     container: cri::ContainerConfig,
 ) -> String {
-    let id = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(container),
-            sandbox_config: Some(config.clone()),
-        })
+    let id = create_container(cri, pod, config, container)
         .await
-        .expect("create")
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .expect("start");
+        .expect("create");
+    vessel_tests::cri::start_container(cri, &id).await;
     id
 }
 

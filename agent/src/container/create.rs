@@ -83,7 +83,7 @@ impl Containers {
                 rootfs.display()
             )));
         }
-        let pid_ns = self.pid_namespace_to_join();
+        let pid_ns = self.pid_namespace_to_join()?;
         let cgroup = Cgroup::new(&spec::prepare(oci, &p.id, pid_ns.as_deref())?);
         let process = oci
             .process()

@@ -28,19 +28,23 @@ use self::runtime::{Request, Runtime};
 use self::state::{Container, State};
 use crate::error::{AgentError, Result};
 use crate::init::reaper::{lock, Reaper};
+use crate::pause::PodInit;
 use crate::storage;
 
 /// How long RemoveContainer waits for a killed container when the request gives no timeout.
 pub const DEFAULT_REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long StartContainer waits for the container's init to exec its command (slow only under
+/// emulation; past it the start is answered anyway, with a warning).
+const EXEC_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Table {
     live: HashMap<String, Arc<Container>>,
     /// Ids being created.
     reserved: HashSet<String>,
-    /// Whether containers share one pid namespace, and whose it is.
-    share_pid_ns: bool,
-    pid_ns_holder: Option<String>,
+    /// The pod's infra process, whose pid namespace containers share (CRI NamespaceMode POD).
+    pod_init: Option<PodInit>,
 }
 
 /// The pod's containers.
@@ -71,9 +75,22 @@ impl Containers {
         }
     }
 
-    /// Later containers join the first one's pid namespace (CRI NamespaceMode POD).
-    pub fn share_pid_namespace(&self, share: bool) {
-        lock(&self.table).share_pid_ns = share;
+    /// Starts the pod's infra process, whose pid namespace every container then joins (CRI
+    /// NamespaceMode POD).
+    pub fn share_pid_namespace(&self) -> Result<()> {
+        let init = PodInit::start(&self.reaper)?;
+        if let Some(old) = lock(&self.table).pod_init.replace(init) {
+            tokio::spawn(old.stop());
+        }
+        Ok(())
+    }
+
+    /// Stops the pod's infra process, if there is one (after its containers are gone).
+    pub async fn stop_pod_init(&self) {
+        let init = lock(&self.table).pod_init.take();
+        if let Some(init) = init {
+            init.stop().await;
+        }
     }
 
     fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
@@ -91,24 +108,23 @@ impl Containers {
     }
 
     fn insert(&self, container: Arc<Container>) {
-        let mut t = lock(&self.table);
-        if t.share_pid_ns && t.pid_ns_holder.is_none() {
-            t.pid_ns_holder = Some(container.id.clone());
-        }
-        t.live.insert(container.id.clone(), container);
+        lock(&self.table)
+            .live
+            .insert(container.id.clone(), container);
     }
 
-    /// `/proc/<pid>/ns/pid` of the pod's pid-namespace holder, when sharing and it lives.
-    fn pid_namespace_to_join(&self) -> Option<PathBuf> {
-        let t = lock(&self.table);
-        if !t.share_pid_ns {
-            return None;
-        }
-        let holder = t.live.get(t.pid_ns_holder.as_ref()?)?;
-        if holder.init.exited().is_some() {
-            return None;
-        }
-        Some(PathBuf::from(format!("/proc/{}/ns/pid", holder.init.pid)))
+    /// `/proc/<pid>/ns/pid` of the pod's infra process, when the pod shares one and it lives.
+    fn pid_namespace_to_join(&self) -> Result<Option<PathBuf>> {
+        let mut t = lock(&self.table);
+        let Some(init) = t.pod_init.as_mut() else {
+            return Ok(None);
+        };
+        let pid = init.pid;
+        init.pid_namespace().map(Some).ok_or_else(|| {
+            AgentError::FailedPrecondition(format!(
+                "the pod's pause process (pid {pid}) has exited: its shared pid namespace is gone"
+            ))
+        })
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
@@ -124,9 +140,13 @@ impl Containers {
         let c = self.get(id)?;
         let _op = c.lifecycle.lock().await;
         c.require(&[State::Created], "start")?;
+        let before = process::program(c.init.pid);
         self.runtime
             .call(Request::Start { id: id.to_string() }, Vec::new())
             .await?;
+        // Started means running the container's command: a signal sent before the exec would
+        // reach libcontainer's init, not the program whose handlers the caller expects.
+        c.init.wait_for_exec(before, EXEC_WAIT).await;
         c.mark_started();
         tracing::info!(container_id = %id, pid = c.init.pid, "container started");
         Ok(())
@@ -153,11 +173,7 @@ impl Containers {
             .await?;
         storage::unmount_all(&c.storages);
         let _ = std::fs::remove_dir_all(&c.bundle);
-        let mut t = lock(&self.table);
-        t.live.remove(id);
-        if t.pid_ns_holder.as_deref() == Some(id) {
-            t.pid_ns_holder = None;
-        }
+        lock(&self.table).live.remove(id);
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }
@@ -181,7 +197,7 @@ impl Containers {
         if all {
             c.cgroup.signal_all(sig)
         } else {
-            p.signal(sig)
+            p.signal_when_handled(sig)
         }
     }
 

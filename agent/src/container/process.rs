@@ -2,8 +2,10 @@
 //! stdio, terminal and exit status.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Mutex};
@@ -56,6 +58,57 @@ impl ProcessIo {
             tty: None,
         }
     }
+}
+
+/// The program a process runs: its executable's device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The program `pid` runs; `None` once it has exited (or never existed).
+pub fn program(pid: i32) -> Option<ProgramId> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some(ProgramId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// How long a signal an init discarded waits for the process to install a handler.
+const HANDLER_WAIT: Duration = Duration::from_secs(120);
+
+/// Whether the kernel would discard `signal` sent to `pid` now: the process is the init of
+/// its pid namespace and neither catches, blocks nor ignores the signal (an init's default
+/// action is no action, decided when the signal is sent).
+fn init_discards(pid: i32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    init_discards_by_status(&status, signal)
+}
+
+fn init_discards_by_status(status: &str, signal: i32) -> bool {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let mask = |key: &str| field(key).and_then(|v| u64::from_str_radix(v, 16).ok());
+    let is_init = field("NSpid:").and_then(|v| v.split_whitespace().last()) == Some("1");
+    let Some(bit) = u32::try_from(signal - 1)
+        .ok()
+        .and_then(|b| 1u64.checked_shl(b))
+    else {
+        return false;
+    };
+    let taken = ["SigCgt:", "SigBlk:", "SigIgn:"]
+        .iter()
+        .map(|k| mask(k).unwrap_or(u64::MAX))
+        .fold(0, |all, m| all | m);
+    is_init && taken & bit == 0
 }
 
 /// A started process.
@@ -112,6 +165,56 @@ impl Process {
             stdout_ended: AtomicBool::new(false),
             stderr_ended: AtomicBool::new(false),
         })
+    }
+
+    /// Waits until the process runs a program other than `before` (see [`program`]) or has
+    /// exited, polling for at most `limit`.
+    pub async fn wait_for_exec(&self, before: Option<ProgramId>, limit: Duration) {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        while self.exited().is_none() {
+            let now = program(self.pid);
+            if now.is_none() || now != before {
+                tracing::debug!(pid = self.pid, waited = ?started.elapsed(), "exec seen");
+                return;
+            }
+            if started.elapsed() >= limit {
+                tracing::warn!(pid = self.pid, "process has not exec'd its command yet");
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal`. A process that is its pid namespace's init and neither catches,
+    /// blocks nor ignores the signal has it discarded by the kernel; one that has just started
+    /// may not have installed its handler yet. Such a signal is sent again once a handler
+    /// appears (at most [`HANDLER_WAIT`] later), so a stop right after a start is not lost.
+    pub fn signal_when_handled(self: &Arc<Self>, signal: i32) -> Result<()> {
+        let discarded_before = init_discards(self.pid, signal);
+        self.signal(signal)?;
+        // Discarded both before and after the send: certainly lost. (A handler that appeared
+        // in between may have taken it; then it is not sent twice.)
+        if discarded_before && init_discards(self.pid, signal) {
+            let process = Arc::clone(self);
+            tokio::spawn(async move { process.signal_once_handled(signal).await });
+        }
+        Ok(())
+    }
+
+    async fn signal_once_handled(&self, signal: i32) {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(5);
+        while self.exited().is_none() && started.elapsed() < HANDLER_WAIT {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            if !init_discards(self.pid, signal) {
+                tracing::debug!(pid = self.pid, signal, waited = ?started.elapsed(), "signal sent again, now handled");
+                let _ = self.signal(signal);
+                return;
+            }
+        }
     }
 
     /// The exit, if the process has exited.
@@ -230,4 +333,41 @@ pub fn send_signal(pid: i32, signal: i32) -> Result<()> {
         return Ok(());
     }
     Err(AgentError::internal(format!("kill({pid}, {signal})"), err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(nspid: &str, caught: &str) -> String {
+        format!(
+            "Name:\ttop\nNSpid:\t{nspid}\nSigBlk:\t0000000000000000\n\
+             SigIgn:\t0000000000000000\nSigCgt:\t{caught}\n"
+        )
+    }
+
+    #[test]
+    fn only_an_init_without_a_handler_discards() {
+        // SIGTERM (15) is bit 14: 0x4000.
+        assert!(init_discards_by_status(
+            &status("84\t1", "0000000000000000"),
+            15
+        ));
+        assert!(!init_discards_by_status(
+            &status("84\t1", "0000000000004000"),
+            15
+        ));
+        assert!(!init_discards_by_status(
+            &status("84\t7", "0000000000000000"),
+            15
+        ));
+        assert!(!init_discards_by_status(
+            &status("1", "0000000000004000"),
+            15
+        ));
+        // Unreadable masks count as taken; signal numbers out of range never discard.
+        assert!(!init_discards_by_status("NSpid:\t1\n", 15));
+        assert!(!init_discards_by_status(&status("1", "0"), 0));
+        assert!(!init_discards_by_status(&status("1", "0"), 99));
+    }
 }

@@ -130,7 +130,8 @@ pub fn guest_rootfs(container_id: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{container_id}/rootfs")
 }
 
-/// The hostname of a pod's containers: the pod's, else its name.
+/// The hostname of a pod's containers: the pod's (RunPodSandbox records the node's when the
+/// config gives none), else its name (pods recorded before that).
 pub fn pod_hostname(pod: &cri::PodSandboxConfig) -> String {
     if !pod.hostname.is_empty() {
         return pod.hostname.clone();

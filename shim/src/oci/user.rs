@@ -33,6 +33,13 @@ pub(super) fn resolve(
         .as_ref()
         .and_then(|l| l.security_context.clone())
         .unwrap_or_default();
+    if ctx.run_as_group.is_some() && ctx.run_as_user.is_none() && ctx.run_as_username.is_empty() {
+        // As containerd: a group alone would silently pair with the image's user.
+        return Err(SpecError::invalid(
+            format!("{CTX}.run_as_group"),
+            "is set without run_as_user or run_as_username",
+        ));
+    }
     let mut etc = EtcFiles::new(rootfs);
     let mut who = identity(&mut etc, &ctx, image)?;
     if let Some(group) = &ctx.run_as_group {
@@ -258,6 +265,7 @@ mod tests {
             ),
             (
                 cri::LinuxContainerSecurityContext {
+                    run_as_user: i64v(2000),
                     run_as_group: i64v(5),
                     ..security_context()
                 },
@@ -297,7 +305,16 @@ mod tests {
             ),
             (
                 cri::LinuxContainerSecurityContext {
+                    run_as_user: i64v(1),
                     run_as_group: i64v(-5),
+                    ..security_context()
+                },
+                "linux.security_context.run_as_group",
+            ),
+            (
+                // A group needs a user (the image's does not count), as in containerd.
+                cri::LinuxContainerSecurityContext {
+                    run_as_group: i64v(5),
                     ..security_context()
                 },
                 "linux.security_context.run_as_group",

@@ -65,11 +65,12 @@ impl Runtime {
         self: &Arc<Self>,
         pod_id: &str,
         config: cri::ContainerConfig,
-        pod_config: Option<cri::PodSandboxConfig>,
     ) -> Result<String, RuntimeError> {
         let pod = self.pod(pod_id)?;
         let agent = pod.agent()?;
-        let pod_config = pod_config.unwrap_or_else(|| pod.record().config);
+        // The pod's config as RunPodSandbox recorded it (with the hostname it filled in), not
+        // the copy the request carries: the pod's VM was built from this one.
+        let pod_config = pod.record().config;
         let meta = config
             .metadata
             .clone()

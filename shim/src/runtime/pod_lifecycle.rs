@@ -47,6 +47,10 @@ fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<(), Runtime
             return Err(RuntimeError::invalid(field, "empty"));
         }
     }
+    if !config.hostname.is_empty() {
+        validate_hostname(&config.hostname)?;
+    }
+    validate_namespaces(config)?;
     if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
         return Err(RuntimeError::invalid(
             "config.log_directory",
@@ -56,14 +60,82 @@ fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<(), Runtime
     Ok(())
 }
 
+/// The longest hostname the guest kernel takes (`HOST_NAME_MAX`).
+const HOSTNAME_MAX: usize = 64;
+
+/// A hostname the guest can set: at most 64 bytes of letters, digits, '-', '_' and '.', not
+/// starting or ending with '-' or '.'. Refused here so the pod never reaches the guest with it.
+fn validate_hostname(hostname: &str) -> Result<(), RuntimeError> {
+    let problem = if hostname.len() > HOSTNAME_MAX {
+        format!("is {} bytes; at most {HOSTNAME_MAX}", hostname.len())
+    } else if let Some(c) = hostname
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        format!("has {c:?}; only letters, digits, '-', '_' and '.' are allowed")
+    } else if hostname.starts_with(['-', '.']) || hostname.ends_with(['-', '.']) {
+        "starts or ends with '-' or '.'".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(RuntimeError::invalid(
+        "config.hostname",
+        format!("{hostname:?} {problem}"),
+    ))
+}
+
+/// A VM cannot share the node's network, pid or ipc namespace: a pod asking for one is refused
+/// (kubelet's user then picks a RuntimeClass that can) rather than started with private ones.
+fn validate_namespaces(config: &cri::PodSandboxConfig) -> Result<(), RuntimeError> {
+    let Some(options) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+    else {
+        return Ok(());
+    };
+    let node = cri::NamespaceMode::Node as i32;
+    for (field, mode) in [
+        ("network", options.network),
+        ("pid", options.pid),
+        ("ipc", options.ipc),
+    ] {
+        if mode == node {
+            return Err(RuntimeError::invalid(
+                format!("config.linux.security_context.namespace_options.{field}"),
+                format!(
+                    "NODE (host {field}) cannot be given to a pod in a VM; \
+                     run this pod with a runtime handler that shares the host's namespaces"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The pod's hostname when the config gives none: the node's, as containerd does.
+fn node_hostname() -> Result<String, RuntimeError> {
+    nix::unistd::gethostname()
+        .map_err(|e| RuntimeError::Internal(format!("the node's hostname: {e}")))?
+        .into_string()
+        .map_err(|name| {
+            RuntimeError::Internal(format!("the node's hostname {name:?} is not UTF-8"))
+        })
+}
+
 impl Runtime {
     /// Starts a pod VM for `config`; returns the pod id (the existing one for a repeat).
     pub async fn run_pod_sandbox(
         self: &Arc<Self>,
-        config: cri::PodSandboxConfig,
+        mut config: cri::PodSandboxConfig,
         handler: &str,
     ) -> Result<String, RuntimeError> {
         validate(&config, handler)?;
+        if config.hostname.is_empty() {
+            // Recorded with the pod, so its containers keep the name it started with.
+            config.hostname = node_hostname()?;
+        }
         let meta = config.metadata.clone().unwrap_or_default();
         let key = pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
         let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
@@ -247,5 +319,81 @@ mod tests {
             .contains("config.metadata.uid"));
         config.metadata.as_mut().unwrap().uid = "u".into();
         validate(&config, "").unwrap();
+    }
+
+    fn named_pod() -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "p".into(),
+                namespace: "ns".into(),
+                uid: "u".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn hostnames_the_guest_cannot_take_are_refused() {
+        let mut config = named_pod();
+        for good in ["web-0", "a", "node_1.example.com", &"x".repeat(64)] {
+            config.hostname = good.into();
+            validate(&config, "kata").unwrap();
+        }
+        for bad in [
+            &"x".repeat(65),
+            "has space",
+            "-lead",
+            "trail.",
+            "ünï",
+            "a/b",
+        ] {
+            config.hostname = bad.into();
+            let err = validate(&config, "kata").unwrap_err();
+            assert!(
+                matches!(err, RuntimeError::InvalidArgument { .. })
+                    && err.to_string().contains("config.hostname"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_namespaces_are_refused_by_name() {
+        for field in ["network", "pid", "ipc"] {
+            let mut options = cri::NamespaceOption::default();
+            let node = cri::NamespaceMode::Node as i32;
+            match field {
+                "network" => options.network = node,
+                "pid" => options.pid = node,
+                _ => options.ipc = node,
+            }
+            let mut config = named_pod();
+            config.linux = Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(options),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            let err = validate(&config, "kata").unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("namespace_options.{field}")),
+                "{err}"
+            );
+        }
+        let mut config = named_pod();
+        config.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        validate(&config, "kata").unwrap();
     }
 }

@@ -179,12 +179,12 @@ fn bare_boot(env: &TestEnv, backend: Backend, i: usize) -> Result<Duration> {
         .spawn()
         .context("spawn the VMM")?;
     let stdout = child.stdout.take().context("VMM stdout")?;
+    // Read to the end: the console stays open until the VMM exits.
     let mut seen = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.context("read console")?;
-        if line.contains(FLOOR_MARKER) {
+        if seen.is_none() && line.contains(FLOOR_MARKER) {
             seen = Some(started.elapsed());
-            break;
         }
     }
     let exited = wait_or_kill(&mut child, Duration::from_secs(30))?;

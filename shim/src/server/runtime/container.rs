@@ -15,9 +15,7 @@ pub async fn create(
     let config = req
         .config
         .ok_or_else(|| RuntimeError::invalid("config", "missing"))?;
-    let container_id = rt
-        .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
-        .await?;
+    let container_id = rt.create_container(&req.pod_sandbox_id, config).await?;
     Ok(cri::CreateContainerResponse { container_id })
 }
 

@@ -30,12 +30,16 @@ impl Trigger for EventFdTrigger {
 /// The serial port as a port-I/O bus device.
 pub struct SerialDevice {
     serial: Serial<EventFdTrigger, NoEvents, Box<dyn Write + Send>>,
+    /// An output error was logged: the guest writes byte by byte, so a console that fails
+    /// (a closed pipe, a full disk) would otherwise log once per byte it sends.
+    error_logged: bool,
 }
 
 impl SerialDevice {
     pub fn new(interrupt: EventFd, out: Box<dyn Write + Send>) -> Self {
         Self {
             serial: Serial::new(EventFdTrigger(interrupt), out),
+            error_logged: false,
         }
     }
 }
@@ -53,7 +57,10 @@ impl BusDevice for SerialDevice {
             return; // the UART's registers are bytes
         };
         if let Err(e) = self.serial.write(offset, *byte) {
-            tracing::warn!(error = ?e, "serial write");
+            if !self.error_logged {
+                self.error_logged = true;
+                tracing::warn!(error = ?e, "serial output failed; further failures are not logged");
+            }
         }
     }
 }

@@ -1,0 +1,235 @@
+//! What kubelet's CRI validation suite (cri-tools `critest`) expects of pods and containers,
+//! walked through the real CRI socket with busybox images the tests build: pod configs checked
+//! before a VM starts (hostname, host namespaces), a pod without a hostname, a container
+//! stopped right after it started, the pod's pause process in a shared pid namespace.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use vessel_protocols::cri;
+use vessel_tests::cri::{
+    container_config, container_status, create_container, exec_sh, expect_err, pod_config,
+    remove_pod_checked, run_pod, start_container, wait_state, CriTest,
+};
+
+fn with_namespaces(
+    mut config: cri::PodSandboxConfig,
+    options: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(options),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_configs_are_checked_as_containerd_does() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("pod_configs_are_checked_as_containerd_does").await
+    else {
+        return;
+    };
+    let logs = env.state_dir().join("logs");
+    let runp = |config: cri::PodSandboxConfig| cri::RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: "kata".into(),
+    };
+
+    // A hostname the guest could not take is refused by name, before any VM starts.
+    for bad in ["h".repeat(65), "no spaces".into(), "-dash".into()] {
+        let mut config = pod_config("badhost", &logs);
+        config.hostname = bad;
+        let r = cri.run_pod_sandbox(runp(config)).await;
+        expect_err(r, Code::InvalidArgument, "config.hostname");
+    }
+    // A VM cannot share the node's namespaces: refused, not started with private ones.
+    let node = cri::NamespaceMode::Node as i32;
+    for (field, options) in [
+        (
+            "network",
+            cri::NamespaceOption {
+                network: node,
+                ..Default::default()
+            },
+        ),
+        (
+            "pid",
+            cri::NamespaceOption {
+                pid: node,
+                ..Default::default()
+            },
+        ),
+        (
+            "ipc",
+            cri::NamespaceOption {
+                ipc: node,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let config = with_namespaces(pod_config("hostns", &logs), options);
+        let r = cri.run_pod_sandbox(runp(config)).await;
+        expect_err(
+            r,
+            Code::InvalidArgument,
+            &format!("namespace_options.{field}"),
+        );
+    }
+    let pods = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "refused pods were kept: {pods:?}");
+
+    // No hostname and a name longer than a hostname may be (the suite's are ~70 bytes): the
+    // pod takes the node's hostname, as under containerd.
+    let name = format!("pod-without-a-hostname-{}", "x".repeat(50));
+    let mut config = pod_config(&name, &logs);
+    config.hostname.clear();
+    let pod = run_pod(&mut cri, &config).await;
+    let ctr = create_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config("main", &image, &["sleep", "1000"]),
+    )
+    .await
+    .expect("CreateContainer");
+    start_container(&mut cri, &ctr).await;
+    let node_name = nix::unistd::gethostname().expect("hostname");
+    let (code, out) = exec_sh(&mut cri, &ctr, "hostname; echo $HOSTNAME").await;
+    assert_eq!(code, 0);
+    let want = node_name.to_string_lossy();
+    assert_eq!(out, format!("{want}\n{want}\n"));
+
+    // A group without a user is refused (the image's user does not count), as containerd does.
+    let mut group_only = container_config("group-only", &image, &["sleep", "10"]);
+    group_only.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 1000 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let r = create_container(&mut cri, &pod, &config, group_only).await;
+    expect_err(r, Code::InvalidArgument, "run_as_group");
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_stopped_right_after_start_takes_the_sigterm() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("a_container_stopped_right_after_start_takes_the_sigterm").await
+    else {
+        return;
+    };
+    let config = pod_config("stopnow", &env.state_dir().join("logs"));
+    let pod = run_pod(&mut cri, &config).await;
+    // busybox top exits on SIGTERM once it runs; as PID 1 without a handler (before its
+    // exec) the signal would be ignored and only the stop timeout's SIGKILL would end it.
+    let ctr = create_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config("top", &image, &["top"]),
+    )
+    .await
+    .expect("CreateContainer");
+    start_container(&mut cri, &ctr).await;
+    let timeout = 60;
+    let stopping = Instant::now();
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout,
+    })
+    .await
+    .expect("StopContainer");
+    let took = stopping.elapsed();
+    let status = container_status(&mut cri, &ctr).await;
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    assert_ne!(
+        status.exit_code, 137,
+        "top was SIGKILLed after {took:?}: the SIGTERM was lost"
+    );
+    assert!(
+        took < Duration::from_secs(timeout as u64 / 2),
+        "stopping took {took:?} of the {timeout} s timeout"
+    );
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_pid_namespace_has_the_pods_pause_process() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("a_shared_pid_namespace_has_the_pods_pause_process").await
+    else {
+        return;
+    };
+    let config = with_namespaces(
+        pod_config("sharedpid", &env.state_dir().join("logs")),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        },
+    );
+    let pod = run_pod(&mut cri, &config).await;
+    let mut ids = Vec::new();
+    for (name, cmd) in [
+        ("first", &["sleep", "4"][..]),
+        ("second", &["sleep", "1000"]),
+    ] {
+        let id = create_container(&mut cri, &pod, &config, container_config(name, &image, cmd))
+            .await
+            .expect("CreateContainer");
+        start_container(&mut cri, &id).await;
+        ids.push(id);
+    }
+    let (first, second) = (&ids[0], &ids[1]);
+
+    // PID 1 of the pod is its pause process, not the first container.
+    let (_, cmdline) = exec_sh(&mut cri, second, "cat /proc/1/cmdline").await;
+    assert_eq!(cmdline, "/pause\0");
+    // The pod lives on when the first container ends.
+    wait_state(&mut cri, first, cri::ContainerState::ContainerExited).await;
+    assert_eq!(
+        container_status(&mut cri, second).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // Orphans are reparented to it and reaped: no zombie stays.
+    exec_sh(&mut cri, second, "sleep 1 & exit 0").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, zombies) = exec_sh(
+        &mut cri,
+        second,
+        "grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l",
+    )
+    .await;
+    let (_, ps) = exec_sh(&mut cri, second, "ps").await;
+    assert_eq!(zombies.trim(), "0", "zombies left: {ps}");
+    assert!(ps.contains("sleep 1000"), "{ps}");
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
