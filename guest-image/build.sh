@@ -31,6 +31,24 @@ MODULES=(
     pvpanic_mmio
 )
 
+# Modules loaded only when the kernel asks for one (request_module runs /sbin/modprobe, which is
+# the agent): what privileged workloads (CNI agents, istio-init, kube-proxy, docker-in-pod) set
+# up. Packed zstd-compressed with an index of their dependencies and aliases; they cost guest
+# memory only as files until loaded. crc32c_generic is libcrc32c's soft dependency.
+ON_DEMAND=(
+    bridge br_netfilter veth tun dummy macvlan ipvlan vxlan 8021q ipip
+    nf_tables nft_chain_nat nft_compat nft_masq nft_ct nft_nat nft_redir nft_reject_inet
+    nft_fib_inet nft_limit
+    ip_tables iptable_nat iptable_filter iptable_mangle iptable_raw
+    ip6_tables ip6table_nat ip6table_filter ip6table_mangle ip6table_raw ipt_REJECT ip6t_REJECT
+    xt_MASQUERADE xt_conntrack xt_comment xt_mark xt_addrtype xt_multiport xt_nat xt_REDIRECT
+    xt_tcpudp xt_statistic xt_set xt_limit xt_physdev xt_state xt_owner xt_CT xt_LOG xt_recent
+    ip_set ip_set_hash_ip ip_set_hash_net ip_vs ip_vs_rr
+    sch_htb sch_ingress sch_prio sch_tbf sch_netem sch_sfq cls_u32 cls_fw cls_bpf
+    act_mirred act_gact
+    crc32c_generic
+)
+
 # Everything but the final result line goes to stderr; fd 3 is the real stdout.
 exec 3>&1 1>&2
 
@@ -104,8 +122,9 @@ STAMP_FILE=$OUT/.stamp
 SCRIPT_SHA=$(cat "$SCRIPT_PATH" "$LIB" | sha256sum | cut -d' ' -f1)
 AGENT_SHA=$(sha256sum < "$AGENT" | cut -d' ' -f1)
 compute_stamp() {
-    printf 'script %s\nagent %s\ndeb %s\nmodules %s\n' \
-        "$SCRIPT_SHA" "$AGENT_SHA" "$DEB" "${MODULES[*]}" | sha256sum | cut -d' ' -f1
+    printf 'script %s\nagent %s\ndeb %s\nmodules %s\non demand %s\n' \
+        "$SCRIPT_SHA" "$AGENT_SHA" "$DEB" "${MODULES[*]}" "${ON_DEMAND[*]}" \
+        | sha256sum | cut -d' ' -f1
 }
 STAMP=$(compute_stamp)
 result() { printf 'guest image: %s/vmlinux %s/initramfs.img\n' "$OUT" "$OUT" >&3; }
@@ -180,17 +199,59 @@ else
     log "built into the kernel: none of the requested modules"
 fi
 log "module load order: ${ORDER[*]}"
+BOOT_ORDER=("${ORDER[@]}")
+declare -A AT_BOOT=()
+for n in "${BOOT_ORDER[@]}"; do AT_BOOT[$n]=1; done
+
+# on_demand_install MODDIR DEST INDEX: packs the ON_DEMAND modules and their dependencies
+# (those not loaded at boot) zstd-compressed into DEST and writes the index the guest's modprobe
+# reads, one record a line:
+#   module NAME FILE DEP...       (DEP: the module names it needs, from modules.dep)
+#   alias PATTERN NAME            (a shell glob the kernel's requests are matched against)
+#   softdep NAME pre: A B post: C (as modinfo writes it)
+on_demand_install() {
+    local moddir=$1 dest=$2 index=$3 n src d deps info line
+    modules_order "$moddir" "${ON_DEMAND[@]}"
+    : > "$index"
+    for n in "${BOOT_ORDER[@]}"; do
+        deps=()
+        for d in ${DEP_LIST[$n]}; do modname "$d"; deps+=("$MN"); done
+        printf 'module %s %s.ko%s\n' "$n" "$n" "${deps[*]+ ${deps[*]}}" >> "$index"
+    done
+    local packed=0
+    for n in "${ORDER[@]}"; do
+        [ -z "${AT_BOOT[$n]:-}" ] || continue
+        src=$moddir/${DEP_PATH[$n]}
+        info=$(module_cat "$src" | tr '\0' '\n' | grep -a -E '^(alias|softdep)=' || true)
+        module_cat "$src" | zstd -q -19 -c > "$dest/$n.ko.zst" || die "cannot compress $src"
+        deps=()
+        for d in ${DEP_LIST[$n]}; do modname "$d"; deps+=("$MN"); done
+        printf 'module %s %s.ko.zst%s\n' "$n" "$n" "${deps[*]+ ${deps[*]}}" >> "$index"
+        while IFS= read -r line; do
+            case "$line" in
+                alias=*) printf 'alias %s %s\n' "${line#alias=}" "$n" ;;
+                softdep=*) printf 'softdep %s %s\n' "$n" "${line#softdep=}" ;;
+            esac
+        done <<< "$info" >> "$index"
+        packed=$((packed + 1))
+    done
+    log "on demand: $packed modules ($(du -cb "$dest"/*.ko.zst | tail -n 1 | cut -f1) bytes compressed)"
+}
 
 # ---------------------------------------------------------------------------------------------
 # Initramfs: stage, pack reproducibly, rename into place.
 need cpio "packing the initramfs"
+need zstd "compressing the on-demand modules"
 STAGE=$(mktemp -d "$OUT/.staging.XXXXXX")
 TMP_PATHS+=("$STAGE")
 ROOT=$STAGE/root
-mkdir -p "$ROOT"/{proc,sys,dev,run,tmp,mnt,etc/vessel,lib/modules}
+mkdir -p "$ROOT"/{proc,sys,dev,run,tmp,mnt,etc/vessel,lib/modules,sbin}
 install -m 0755 "$AGENT" "$ROOT/init"
+ln -s ../init "$ROOT/sbin/modprobe"
+ORDER=("${BOOT_ORDER[@]}")
 modules_install "$MODDIR" "$ROOT/lib/modules" "$ROOT/etc/vessel/modules.load"
-chmod 0755 "$ROOT"/{proc,sys,dev,run,tmp,mnt,etc,etc/vessel,lib,lib/modules}
+on_demand_install "$MODDIR" "$ROOT/lib/modules" "$ROOT/etc/vessel/modules.index"
+chmod 0755 "$ROOT"/{proc,sys,dev,run,tmp,mnt,etc,etc/vessel,lib,lib/modules,sbin}
 find "$ROOT/etc/vessel" "$ROOT/lib/modules" -type f -exec chmod 0644 {} +
 
 log "packing $OUT/initramfs.img (uncompressed newc cpio)"
@@ -203,5 +264,5 @@ fi
 printf '%s\n' "$STAMP" > "$OUT/.stamp.tmp"
 mv -f "$OUT/.stamp.tmp" "$OUT/.stamp"
 
-log "built $OUT/initramfs.img ($(stat -c %s "$OUT/initramfs.img") bytes, ${#ORDER[@]} modules)"
+log "built $OUT/initramfs.img ($(stat -c %s "$OUT/initramfs.img") bytes, ${#BOOT_ORDER[@]} modules at boot)"
 result

@@ -10,7 +10,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 tools="$repo/build/tools"
 
 packages=(qemu-system-x86 busybox-static protobuf-compiler cpio lz4 xz-utils zstd file
-          libseccomp-dev libcap-ng-dev pkg-config docker-registry apache2-utils openssl)
+          libseccomp-dev libcap-ng-dev pkg-config docker-registry apache2-utils openssl iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -2,7 +2,8 @@
 //! API over ttrpc on vsock port 1024 (rpc/), creating the pod's containers with
 //! libcontainer (container/) on storage it mounts (storage/). Started with
 //! `__vessel-libcontainer` it is instead the one-shot libcontainer helper; started as
-//! `/pause`, a pod's infra process (pause.rs).
+//! `/pause`, a pod's infra process (pause.rs); as `/sbin/modprobe`, the kernel's module loader
+//! (init/modprobe.rs).
 
 mod container;
 mod error;
@@ -25,6 +26,9 @@ fn main() -> ExitCode {
     }
     if pause::is_pause_invocation() {
         return pause::main();
+    }
+    if init::modprobe::is_modprobe_invocation() {
+        return init::modprobe::main();
     }
     let boot = init::boot();
     if boot.pid1 {

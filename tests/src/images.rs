@@ -5,6 +5,7 @@
 //! use to push hand-made manifests) are in [`crate::registry`].
 
 use std::io::{self, Write};
+use std::path::Path;
 
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
@@ -302,6 +303,56 @@ pub fn busybox_layer() -> Layer {
     entries.push(Entry::file("etc/passwd", PASSWD.as_bytes(), 0o644));
     entries.push(Entry::file("etc/group", GROUP.as_bytes(), 0o644));
     Layer::new(entries)
+}
+
+/// A layer holding host programs (dynamically linked) with every shared library `ldd` lists
+/// for them, at their host paths: e.g. iptables for a container that sets up NAT. `None`
+/// when a program is missing on this machine.
+pub fn host_programs_layer(programs: &[&str], links: &[(&str, &str)]) -> Option<Layer> {
+    let mut files = std::collections::BTreeSet::new();
+    for program in programs {
+        if !Path::new(program).is_file() {
+            return None;
+        }
+        files.insert(program.to_string());
+        let out = std::process::Command::new("ldd")
+            .arg(program)
+            .output()
+            .ok()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
+            let path = line.split("=>").last().unwrap_or(line).trim();
+            if let Some(path) = path
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/'))
+            {
+                files.insert(path.to_owned());
+            }
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for file in files
+        .iter()
+        .map(String::as_str)
+        .chain(links.iter().map(|l| l.0))
+    {
+        let mut dir = Path::new(file.trim_start_matches('/')).parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            dir = d.parent();
+        }
+    }
+    let mut entries: Vec<Entry> = dirs.iter().map(|d| Entry::dir(d, 0o755)).collect();
+    for file in &files {
+        // Symlinked libraries (ld.so under /lib64) are stored as the files they point to.
+        let data = std::fs::read(file).ok()?;
+        entries.push(Entry::file(file.trim_start_matches('/'), &data, 0o755));
+    }
+    for (link, target) in links {
+        entries.push(Entry::symlink(link.trim_start_matches('/'), target));
+    }
+    Some(Layer::new(entries))
 }
 
 /// What to build: layers bottom first, the config's `config` object (`Entrypoint`, `Cmd`,

@@ -11,7 +11,7 @@ pub const BUSYBOX: &str = "/bin/busybox";
 /// Applets linked to busybox in test rootfs trees and images.
 pub const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "ls", "ps", "kill", "true", "false", "id", "hostname", "env",
-    "mount", "grep", "head", "dd", "yes", "wc", "stat", "test", "top",
+    "mount", "grep", "head", "dd", "yes", "wc", "stat", "test", "top", "ip", "brctl", "tunctl",
 ];
 
 /// Builds a busybox rootfs at `dir` (created if missing).

@@ -1,16 +1,18 @@
 //! What kubelet's CRI validation suite (cri-tools `critest`) expects of pods and containers,
 //! walked through the real CRI socket with busybox images the tests build: pod configs checked
 //! before a VM starts (hostname, host namespaces), a pod without a hostname, a container
-//! stopped right after it started, the pod's pause process in a shared pid namespace.
+//! stopped right after it started, the pod's pause process in a shared pid namespace, kernel
+//! features (bridge, veth, tun, NAT) for privileged containers only.
 
 use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, create_container, exec_sh, expect_err, pod_config,
+    container_config, container_status, create_container, exec_sh, expect_err, pod_config, pull,
     remove_pod_checked, run_pod, start_container, wait_state, CriTest,
 };
+use vessel_tests::images;
 
 fn with_namespaces(
     mut config: cri::PodSandboxConfig,
@@ -230,6 +232,126 @@ async fn a_shared_pid_namespace_has_the_pods_pause_process() {
     let (_, ps) = exec_sh(&mut cri, second, "ps").await;
     assert_eq!(zombies.trim(), "0", "zombies left: {ps}");
     assert!(ps.contains("sleep 1000"), "{ps}");
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+/// The xtables plugins a NAT rule needs, beside iptables (legacy) itself.
+const XTABLES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+
+/// Pushes busybox plus the host's iptables (legacy) as `vessel/netadmin`; its reference.
+async fn push_netadmin_image(
+    test: &str,
+    registry: &vessel_tests::registry::Registry,
+) -> Option<String> {
+    let programs = [
+        "/usr/sbin/xtables-legacy-multi".to_owned(),
+        format!("{XTABLES}/libxt_standard.so"),
+        format!("{XTABLES}/libxt_MASQUERADE.so"),
+    ];
+    let programs: Vec<&str> = programs.iter().map(String::as_str).collect();
+    let Some(iptables) =
+        images::host_programs_layer(&programs, &[("/usr/sbin/iptables", "xtables-legacy-multi")])
+    else {
+        vessel_tests::skipped(
+            test,
+            "needs iptables (legacy) on this machine: apt install iptables",
+        );
+        return None;
+    };
+    let mut spec = images::ImageSpec::busybox();
+    spec.layers.push(iptables);
+    spec.layers
+        .push(images::Layer::new(vec![images::Entry::dir("run", 0o755)]));
+    let built = images::build(&spec);
+    images::push(&registry.host(), "vessel/netadmin", "latest", &built, None)
+        .await
+        .expect("push the netadmin image");
+    Some(format!("{}/vessel/netadmin:latest", registry.host()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_containers_get_the_kernel_features_they_ask_for() {
+    let test = "privileged_containers_get_the_kernel_features_they_ask_for";
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry,
+    }) = CriTest::setup(test).await
+    else {
+        return;
+    };
+    let Some(netadmin) = push_netadmin_image(test, &registry).await else {
+        return;
+    };
+    pull(&mut daemon.image_client().await, &netadmin, None)
+        .await
+        .expect("pull netadmin");
+    let mut config = pod_config("netadmin", &env.state_dir().join("logs"));
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = run_pod(&mut cri, &config).await;
+    let mut admin = container_config("admin", &netadmin, &["sleep", "1000"]);
+    admin.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let admin = create_container(&mut cri, &pod, &config, admin)
+        .await
+        .expect("CreateContainer admin");
+    start_container(&mut cri, &admin).await;
+    let plain = create_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config("plain", &image, &["sleep", "1000"]),
+    )
+    .await
+    .expect("CreateContainer plain");
+    start_container(&mut cri, &plain).await;
+
+    // Each needs a module the guest loads on demand (bridge, veth, dummy, tun, nf_nat, ...).
+    let steps = [
+        "brctl addbr foobar",
+        "ip link add br1 type bridge",
+        "ip link add v0 type veth peer name v1",
+        "ip link add d0 type dummy",
+        "tunctl -t tap0",
+        "iptables -t nat -A POSTROUTING -o v0 -j MASQUERADE",
+        "iptables -t nat -S POSTROUTING",
+        "ip -o link show",
+    ];
+    let (code, out) = exec_sh(
+        &mut cri,
+        &admin,
+        &format!("exec 2>&1; set -ex; {}", steps.join("; ")),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    for needle in [
+        "-A POSTROUTING -o v0 -j MASQUERADE",
+        " foobar:",
+        " br1:",
+        " v1",
+        " d0:",
+        " tap0:",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from:\n{out}");
+    }
+    // Without privileges the same asks are refused.
+    let (code, out) = exec_sh(&mut cri, &plain, "ip link add d1 type dummy 2>&1").await;
+    assert_ne!(code, 0);
+    assert!(out.contains("Operation not permitted"), "{out}");
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }

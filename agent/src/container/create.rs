@@ -90,6 +90,9 @@ impl Containers {
             .clone()
             .ok_or_else(|| AgentError::InvalidArgument("spec_json: process is missing".into()))?;
         check_executable(&rootfs, &process)?;
+        if may_admin_network(&process) {
+            crate::init::modprobe::preload(&["ip_tables", "ip6_tables"]);
+        }
         let config = bundle.join("config.json");
         let json =
             serde_json::to_vec_pretty(oci).map_err(|e| AgentError::internal("encode spec", e))?;
@@ -184,4 +187,14 @@ fn check_executable(rootfs: &Path, process: &OciProcess) -> Result<()> {
     let env = process.env().clone().unwrap_or_default();
     let path = spec::path_env(&env).unwrap_or(DEFAULT_PATH);
     find_executable(rootfs, process.cwd(), cmd, path).map(drop)
+}
+
+/// Whether the process may hold CAP_NET_ADMIN (privileged, or the capability added): it may set
+/// up legacy iptables rules.
+fn may_admin_network(process: &oci_spec::runtime::Process) -> bool {
+    process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|b| b.contains(&oci_spec::runtime::Capability::NetAdmin))
 }

@@ -5,6 +5,7 @@
 
 mod cgroup;
 mod create;
+mod guest_devices;
 pub mod helper;
 mod process;
 mod resolve;

@@ -7,6 +7,7 @@ use oci_spec::runtime::{
     LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec,
 };
 
+use super::guest_devices;
 use crate::error::{AgentError, Result};
 
 /// Longest container or exec id.
@@ -124,6 +125,9 @@ pub fn prepare(spec: &mut Spec, id: &str, pid_ns: Option<&Path>) -> Result<Strin
     linux.set_cgroups_path(Some(PathBuf::from(&cgroup)));
     let namespaces = namespaces(linux.namespaces().clone().unwrap_or_default(), pid_ns)?;
     linux.set_namespaces(Some(namespaces));
+    if guest_devices::allows_every_device(&linux) {
+        guest_devices::add_all(&mut linux, Path::new("/dev"))?;
+    }
     spec.set_linux(Some(linux));
     Ok(cgroup)
 }

@@ -4,6 +4,7 @@
 
 pub mod cmdline;
 pub mod console;
+pub mod modprobe;
 pub mod modules;
 pub mod mounts;
 pub mod power;
@@ -66,6 +67,7 @@ pub fn boot() -> Boot {
     let enabled = mounts::enable_controllers(Path::new(mounts::CGROUP_ROOT));
     tracing::debug!(?enabled, "cgroup controllers delegated");
     let failed = modules::load_listed();
+    modprobe::create_static_nodes();
     if failed > 0 {
         tracing::warn!(failed, "some kernel modules failed to load");
     }
