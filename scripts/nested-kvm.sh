@@ -149,8 +149,21 @@ busybox mount --rbind /dev $R/dev
 busybox mkdir -p $R/dev/pts $R/dev/shm
 busybox mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
 busybox mount -t tmpfs -o mode=1777 shm $R/dev/shm
+# /tmp and /run start empty, but a checkout below them (listed in /xchg/keep) stays in view.
+i=0
+while read -r path; do
+    busybox mkdir -p /mnt/keep/$i
+    busybox mount --bind "$R$path" /mnt/keep/$i || fail "keep $path in view"
+    i=$((i + 1))
+done < /xchg/keep
 busybox mount -t tmpfs -o mode=1777 tmp $R/tmp
 busybox mount -t tmpfs -o mode=0755 run $R/run
+i=0
+while read -r path; do
+    busybox mkdir -p "$R$path"
+    busybox mount --move /mnt/keep/$i "$R$path" || fail "keep $path in view"
+    i=$((i + 1))
+done < /xchg/keep
 # cgroups as the host has them: "fstype source options mountpoint" lines.
 while read -r fstype source options mountpoint; do
     busybox mkdir -p "$R$mountpoint"
@@ -187,6 +200,13 @@ awk '$5 ~ /^\/sys\/fs\/cgroup/ {
            if (!controllers) options = options ",none"
        }
        print fstype, source, options, $5 }' /proc/self/mountinfo > "$XCHG/mounts"
+# The checkout and the working directory, where they lie below /tmp or /run (which the L1
+# mounts afresh).
+keep=("$REPO_DIR")
+case "$PWD/" in "$REPO_DIR"/*) ;; *) keep+=("$PWD") ;; esac
+for path in "${keep[@]}"; do
+    case "$path/" in /tmp/*|/run/*) printf '%s\n' "$path" ;; esac
+done > "$XCHG/keep"
 {
     echo '#!/bin/bash'
     printf 'cd -- %q || exit 125\n' "$PWD"

@@ -2,7 +2,8 @@
 //! walked through the real CRI socket with busybox images the tests build: pod configs checked
 //! before a VM starts (hostname, host namespaces), a pod without a hostname, a container
 //! stopped right after it started, the pod's pause process in a shared pid namespace, kernel
-//! features (bridge, veth, tun, NAT) for privileged containers only.
+//! features (bridge, veth, tun, NAT) for privileged containers only, configMap updates and
+//! devices the VM has, refusals of what a VM cannot give (bidirectional mounts, host devices).
 
 use std::time::{Duration, Instant};
 
@@ -352,6 +353,110 @@ async fn privileged_containers_get_the_kernel_features_they_ask_for() {
     let (code, out) = exec_sh(&mut cri, &plain, "ip link add d1 type dummy 2>&1").await;
     assert_ne!(code, 0);
     assert!(out.contains("Operation not permitted"), "{out}");
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+/// Writes `key` = `value` into `dir` as kubelet's atomic writer does for configMap, secret and
+/// projected volumes: a new timestamped dir, `..data` swapped to it by rename, `key` a symlink
+/// through `..data`.
+fn kubelet_write(dir: &std::path::Path, generation: u32, key: &str, value: &str) {
+    use std::os::unix::fs::symlink;
+    let stamp = format!("..2026_12_03_00_00_0{generation}.000000001");
+    std::fs::create_dir_all(dir.join(&stamp)).expect("volume generation dir");
+    std::fs::write(dir.join(&stamp).join(key), value).expect("volume file");
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&stamp, &tmp).expect("..data_tmp");
+    std::fs::rename(&tmp, dir.join("..data")).expect("swap ..data");
+    let link = dir.join(key);
+    if link.symlink_metadata().is_err() {
+        symlink(format!("..data/{key}"), link).expect("key symlink");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_and_devices_as_kubelet_uses_them() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("volumes_and_devices_as_kubelet_uses_them").await
+    else {
+        return;
+    };
+    let config = pod_config("volumes", &env.state_dir().join("logs"));
+    let pod = run_pod(&mut cri, &config).await;
+    let configmap = env.state_dir().join("configmap");
+    kubelet_write(&configmap, 1, "color", "blue");
+
+    let mut app = container_config("app", &image, &["sleep", "1000"]);
+    app.mounts = vec![cri::Mount {
+        container_path: "/etc/config".into(),
+        host_path: configmap.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    app.devices = vec![cri::Device {
+        container_path: "/dev/mytun".into(),
+        host_path: "/dev/net/tun".into(),
+        permissions: "rw".into(),
+    }];
+    let app = create_container(&mut cri, &pod, &config, app)
+        .await
+        .expect("CreateContainer");
+    start_container(&mut cri, &app).await;
+    assert_eq!(
+        exec_sh(&mut cri, &app, "cat /etc/config/color").await.1,
+        "blue"
+    );
+
+    // A configMap update (the ..data swap) reaches the running container within kubelet's
+    // sync period.
+    kubelet_write(&configmap, 2, "color", "green");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, now) = exec_sh(&mut cri, &app, "cat /etc/config/color").await;
+        if now == "green" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {now:?} 10 s after the update"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A device the VM has too, under the container's own path.
+    let (code, out) = exec_sh(&mut cri, &app, "test -c /dev/mytun && echo char").await;
+    assert_eq!((code, out.as_str()), (0, "char\n"));
+
+    // What a VM cannot give is refused by name, and nothing is left of the attempt.
+    let mut shared = container_config("shared", &image, &["sleep", "1"]);
+    shared.mounts = vec![cri::Mount {
+        container_path: "/mnt".into(),
+        host_path: env.state_dir().join("bidi").display().to_string(),
+        propagation: cri::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    let r = create_container(&mut cri, &pod, &config, shared).await;
+    expect_err(r, Code::InvalidArgument, "mounts[0].propagation");
+    let mut disk = container_config("disk", &image, &["sleep", "1"]);
+    disk.devices = vec![cri::Device {
+        container_path: "/dev/xvda".into(),
+        host_path: "/dev/sda".into(),
+        permissions: "r".into(),
+    }];
+    let r = create_container(&mut cri, &pod, &config, disk).await;
+    expect_err(r, Code::InvalidArgument, "devices[0].host_path");
+    let listed = cri
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 1, "{listed:?}");
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }

@@ -12,6 +12,7 @@
 
 mod annotations;
 mod capabilities;
+mod devices;
 mod etc_files;
 mod mounts;
 mod process;
@@ -180,7 +181,10 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
         Some(r) => resources::convert(r).map_err(|e| e.within("linux.resources"))?,
         None => Default::default(),
     };
-    oci_resources.set_devices(Some(security.device_rules()?));
+    let (device_nodes, mut device_rules) = devices::build(&input.container.devices)?;
+    device_rules.splice(0..0, security.device_rules()?);
+    oci_resources.set_devices(Some(device_rules));
+    linux.set_devices((!device_nodes.is_empty()).then_some(device_nodes));
     linux.set_resources(Some(oci_resources));
 
     let mut spec = Spec::default();

@@ -71,9 +71,9 @@ const DEFAULTS: [(&str, &str, &str, &[&str]); 7] = [
     ),
 ];
 
-/// The mounts, and the rootfs propagation the CRI mounts need: `shared` for a bidirectional
-/// one, `slave` for a host-to-container one (the OCI values; libcontainer applies them
-/// recursively and refuses containerd's `rshared`/`rslave` there).
+/// The mounts, and the rootfs propagation the CRI mounts need: `slave` for a host-to-container
+/// one (the OCI value; libcontainer applies it recursively and refuses containerd's `rslave`
+/// there). Bidirectional is refused: a container's mounts cannot reach the host from a VM.
 pub(super) fn build(input: &MountInput<'_>) -> Result<(Vec<Mount>, Option<String>), SpecError> {
     let mut binds = Vec::new();
     for (i, m) in input.cri_mounts.iter().enumerate() {
@@ -183,7 +183,11 @@ fn propagation(i: usize, value: i32) -> Result<&'static str, SpecError> {
     match P::try_from(value) {
         Ok(P::PropagationPrivate) => Ok("rprivate"),
         Ok(P::PropagationHostToContainer) => Ok("rslave"),
-        Ok(P::PropagationBidirectional) => Ok("rshared"),
+        Ok(P::PropagationBidirectional) => Err(SpecError::invalid(
+            format!("mounts[{i}].propagation"),
+            "BIDIRECTIONAL cannot cross the pod's VM: mounts made in the container would never \
+             reach the host; run this pod with a handler that shares the host's mounts",
+        )),
         Err(_) => Err(SpecError::invalid(
             format!("mounts[{i}].propagation"),
             format!("unknown value {value}"),
@@ -193,14 +197,10 @@ fn propagation(i: usize, value: i32) -> Result<&'static str, SpecError> {
 
 fn rootfs_propagation(mounts: &[GuestMount]) -> Option<String> {
     use cri::MountPropagation as P;
-    let has = |p: P| mounts.iter().any(|m| m.propagation == p as i32);
-    if has(P::PropagationBidirectional) {
-        Some("shared".into())
-    } else if has(P::PropagationHostToContainer) {
-        Some("slave".into())
-    } else {
-        None
-    }
+    mounts
+        .iter()
+        .any(|m| m.propagation == P::PropagationHostToContainer as i32)
+        .then(|| "slave".into())
 }
 
 #[cfg(test)]
@@ -300,12 +300,6 @@ mod tests {
                 ["rbind", "rslave", "ro"],
                 Some("slave"),
             ),
-            (
-                P::PropagationBidirectional,
-                false,
-                ["rbind", "rshared", "rw"],
-                Some("shared"),
-            ),
         ];
         for (p, ro, want, root) in cases {
             let cri = [guest("/data", "/g/m/0", ro, p as i32)];
@@ -318,9 +312,9 @@ mod tests {
         }
         let both = [
             guest("/a", "/g/0", false, P::PropagationHostToContainer as i32),
-            guest("/b", "/g/1", false, P::PropagationBidirectional as i32),
+            guest("/b", "/g/1", false, P::PropagationPrivate as i32),
         ];
-        assert_eq!(build(&input(&both)).unwrap().1.as_deref(), Some("shared"));
+        assert_eq!(build(&input(&both)).unwrap().1.as_deref(), Some("slave"));
     }
 
     #[test]
@@ -380,6 +374,15 @@ mod tests {
             (guest("rel", "/g/0", false, 0), "mounts[1].container_path"),
             (guest("/x/..", "/g/0", false, 0), "mounts[1].container_path"),
             (guest("/x", "/g/0", false, 7), "mounts[1].propagation"),
+            (
+                guest(
+                    "/x",
+                    "/g/0",
+                    false,
+                    cri::MountPropagation::PropagationBidirectional as i32,
+                ),
+                "mounts[1].propagation",
+            ),
         ];
         for (bad, field) in cases {
             let cri = [guest("/ok", "/g/ok", false, 0), bad];
