@@ -392,13 +392,24 @@ async fn volumes_and_devices_as_kubelet_uses_them() {
     let configmap = env.state_dir().join("configmap");
     kubelet_write(&configmap, 1, "color", "blue");
 
+    // A host path that is a symlink mounts what it points to.
+    let linked = env.state_dir().join("configmap-link");
+    std::os::unix::fs::symlink(&configmap, &linked).expect("symlink to the volume");
     let mut app = container_config("app", &image, &["sleep", "1000"]);
-    app.mounts = vec![cri::Mount {
-        container_path: "/etc/config".into(),
-        host_path: configmap.display().to_string(),
-        readonly: true,
-        ..Default::default()
-    }];
+    app.mounts = vec![
+        cri::Mount {
+            container_path: "/etc/config".into(),
+            host_path: configmap.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/etc/linked".into(),
+            host_path: linked.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
     app.devices = vec![cri::Device {
         container_path: "/dev/mytun".into(),
         host_path: "/dev/net/tun".into(),
@@ -409,8 +420,10 @@ async fn volumes_and_devices_as_kubelet_uses_them() {
         .expect("CreateContainer");
     start_container(&mut cri, &app).await;
     assert_eq!(
-        exec_sh(&mut cri, &app, "cat /etc/config/color").await.1,
-        "blue"
+        exec_sh(&mut cri, &app, "cat /etc/config/color /etc/linked/color")
+            .await
+            .1,
+        "blueblue"
     );
 
     // A configMap update (the ..data swap) reaches the running container within kubelet's
@@ -457,6 +470,132 @@ async fn volumes_and_devices_as_kubelet_uses_them() {
         .into_inner()
         .containers;
     assert_eq!(listed.len(), 1, "{listed:?}");
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+/// A container of `image` running `sleep` with `ctx` as its security context.
+fn with_context(
+    name: &str,
+    image: &str,
+    ctx: cri::LinuxContainerSecurityContext,
+) -> cri::ContainerConfig {
+    let mut config = container_config(name, image, &["sleep", "1000"]);
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(ctx),
+        ..Default::default()
+    });
+    config
+}
+
+/// The security-context bucket of the suite: users and groups (the image's groups too),
+/// capabilities added and dropped (ALL), read-only rootfs, masked and read-only paths,
+/// no_new_privs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_contexts_shape_the_container_process() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        registry,
+        ..
+    }) = CriTest::setup("security_contexts_shape_the_container_process").await
+    else {
+        return;
+    };
+    // busybox whose user `app` (1000) is also in wheel (10) and audio (29).
+    let mut spec = images::ImageSpec::busybox();
+    spec.layers
+        .push(images::Layer::new(vec![images::Entry::file(
+            "etc/group",
+            b"root:x:0:\napp:x:1000:\nwheel:x:10:app\naudio:x:29:app\nnogroup:x:65534:\n",
+            0o644,
+        )]));
+    let users = images::build(&spec);
+    images::push(&registry.host(), "vessel/users", "latest", &users, None)
+        .await
+        .expect("push the users image");
+    let image = format!("{}/vessel/users:latest", registry.host());
+    pull(&mut daemon.image_client().await, &image, None)
+        .await
+        .expect("pull users");
+    let config = pod_config("security", &env.state_dir().join("logs"));
+    let pod = run_pod(&mut cri, &config).await;
+    let caps = |add: &[&str], drop: &[&str]| {
+        Some(cri::Capability {
+            add_capabilities: add.iter().map(|c| c.to_string()).collect(),
+            drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+            ..Default::default()
+        })
+    };
+    let cases: [(&str, cri::LinuxContainerSecurityContext, &str, &str); 6] = [
+        (
+            "ids",
+            cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                run_as_group: Some(cri::Int64Value { value: 3000 }),
+                supplemental_groups: vec![4000],
+                ..Default::default()
+            },
+            "id -u; id -g; id -G",
+            "1000\n3000\n3000 10 29 4000\n",
+        ),
+        (
+            "username",
+            cri::LinuxContainerSecurityContext {
+                run_as_username: "app".into(),
+                ..Default::default()
+            },
+            "id -un; id -G",
+            "app\n1000 10 29\n",
+        ),
+        (
+            "caps",
+            cri::LinuxContainerSecurityContext {
+                capabilities: caps(&["NET_ADMIN"], &["ALL"]),
+                ..Default::default()
+            },
+            // NET_ADMIN is bit 12.
+            "grep -E '^Cap(Eff|Bnd)' /proc/1/status",
+            "CapEff:\t0000000000001000\nCapBnd:\t0000000000001000\n",
+        ),
+        (
+            "readonly",
+            cri::LinuxContainerSecurityContext {
+                readonly_rootfs: true,
+                ..Default::default()
+            },
+            "touch /x 2>&1; cat /etc/hostname >/dev/null && echo etc-readable",
+            "touch: /x: Read-only file system\netc-readable\n",
+        ),
+        (
+            "paths",
+            cri::LinuxContainerSecurityContext {
+                masked_paths: vec!["/proc/kcore".into()],
+                readonly_paths: vec!["/proc/sys".into()],
+                ..Default::default()
+            },
+            "wc -c < /proc/kcore; (echo x > /proc/sys/kernel/domainname) 2>/dev/null || echo ro",
+            "0\nro\n",
+        ),
+        (
+            "nnp",
+            cri::LinuxContainerSecurityContext {
+                no_new_privs: true,
+                ..Default::default()
+            },
+            "grep NoNewPrivs /proc/1/status",
+            "NoNewPrivs:\t1\n",
+        ),
+    ];
+    for (name, ctx, check, want) in cases {
+        let id = create_container(&mut cri, &pod, &config, with_context(name, &image, ctx))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e:?}"));
+        start_container(&mut cri, &id).await;
+        let (_, out) = exec_sh(&mut cri, &id, check).await;
+        assert_eq!(out, want, "{name}: {check}");
+    }
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
