@@ -599,3 +599,81 @@ async fn security_contexts_shape_the_container_process() {
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
+
+/// Seccomp as the suite checks it: a localhost profile blocks sethostname even with SYS_ADMIN,
+/// the default profile allows it with SYS_ADMIN and blocks it without, Unconfined is no filter,
+/// exec'd processes are filtered like the container's own, a bad legacy value is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(deprecated)] // seccomp_profile_path: the legacy field older kubelets send
+async fn seccomp_profiles_filter_system_calls() {
+    use cri::security_profile::ProfileType;
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("seccomp_profiles_filter_system_calls").await
+    else {
+        return;
+    };
+    let deny = env.state_dir().join("deny-sethostname.json");
+    std::fs::write(
+        &deny,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+    )
+    .expect("write the localhost profile");
+    let config = pod_config("seccomp", &env.state_dir().join("logs"));
+    let pod = run_pod(&mut cri, &config).await;
+    let profile = |kind: ProfileType, admin: bool| cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: kind as i32,
+            localhost_ref: deny.display().to_string(),
+        }),
+        capabilities: admin.then(|| cri::Capability {
+            add_capabilities: vec!["SYS_ADMIN".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let try_sethostname =
+        "hostname renamed 2>/dev/null && echo set || echo refused; grep ^Seccomp: /proc/1/status";
+    let cases = [
+        (
+            "localhost",
+            profile(ProfileType::Localhost, true),
+            "refused\nSeccomp:\t2\n",
+        ),
+        (
+            "default-admin",
+            profile(ProfileType::RuntimeDefault, true),
+            "set\nSeccomp:\t2\n",
+        ),
+        (
+            "default",
+            profile(ProfileType::RuntimeDefault, false),
+            "refused\nSeccomp:\t2\n",
+        ),
+        (
+            "unconfined",
+            profile(ProfileType::Unconfined, true),
+            "set\nSeccomp:\t0\n",
+        ),
+    ];
+    for (name, ctx, want) in cases {
+        let id = create_container(&mut cri, &pod, &config, with_context(name, &image, ctx))
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer {name}: {e:?}"));
+        start_container(&mut cri, &id).await;
+        let (_, out) = exec_sh(&mut cri, &id, try_sethostname).await;
+        assert_eq!(out, want, "{name}");
+    }
+    let legacy = cri::LinuxContainerSecurityContext {
+        seccomp_profile_path: "my-profile".into(),
+        ..Default::default()
+    };
+    let r = create_container(&mut cri, &pod, &config, with_context("bad", &image, legacy)).await;
+    expect_err(r, Code::InvalidArgument, "seccomp_profile_path");
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+}

@@ -17,6 +17,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags};
 
+use super::exec_filter::FilteredExec;
 use super::runtime::{Reply, Request, HELPER_ARG, LIBCONTAINER_ROOT, MAX_MESSAGE};
 use crate::error::chain;
 use crate::init::{console, LOG_ENV};
@@ -122,7 +123,9 @@ fn run(req: Request, fds: Vec<OwnedFd>) -> Result<Option<i32>, LibcontainerError
             process,
             console_socket,
         } => {
+            let filter = FilteredExec::for_bundle(load(&id)?.bundle());
             let pid = builder(id, fds, console_socket)?
+                .with_executor(filter)
                 .as_tenant()
                 .with_process(Some(process))
                 .with_detach(true)

@@ -5,6 +5,7 @@
 
 mod cgroup;
 mod create;
+mod exec_filter;
 mod guest_devices;
 pub mod helper;
 mod process;

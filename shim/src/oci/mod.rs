@@ -17,6 +17,7 @@ mod etc_files;
 mod mounts;
 mod process;
 mod resources;
+mod seccomp;
 mod security;
 mod sysctls;
 mod user;
@@ -149,6 +150,12 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
     let hostname = pod_hostname(input.pod);
     let user = user::resolve(input.rootfs_host, input.container, input.image)?;
     let caps = capabilities::for_container(security.privileged, security.context)?;
+    let seccomp = seccomp::profile(
+        input.pod,
+        security.context,
+        security.privileged,
+        &caps.bounding().clone().unwrap_or_default(),
+    )?;
     let resources = input
         .container
         .linux
@@ -177,6 +184,7 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
         input.container_id
     ))));
     linux.set_rootfs_propagation(rootfs_propagation);
+    linux.set_seccomp(seccomp);
     let mut oci_resources = match resources {
         Some(r) => resources::convert(r).map_err(|e| e.within("linux.resources"))?,
         None => Default::default(),

@@ -37,7 +37,9 @@ pub(super) fn build(input: &ProcessInput<'_>) -> Result<Process, SpecError> {
     p.set_user(input.user.clone());
     p.set_capabilities(Some(input.capabilities.clone()));
     p.set_rlimits(Some(rlimits()?));
-    p.set_no_new_privileges(Some(input.no_new_privileges));
+    // Only when set: libcontainer installs a seccomp filter before dropping capabilities only
+    // when the field is absent, and after (needing no_new_privs) when it is there at all.
+    p.set_no_new_privileges(input.no_new_privileges.then_some(true));
     p.set_oom_score_adj(input.oom_score_adj.map(oom_score_adj).transpose()?);
     p.set_apparmor_profile(None);
     p.set_selinux_label(None);
