@@ -70,6 +70,7 @@ impl Sandbox {
     pub async fn destroy(&self, containers: &Containers) {
         containers.remove_all().await;
         containers.stop_pod_init().await;
+        storage::unmount_all_ephemeral();
         if let Some(a) = self.active.lock().await.take() {
             storage::unmount_all(&a.mounted);
             tracing::info!(sandbox_id = %a.id, "sandbox destroyed");

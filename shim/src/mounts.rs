@@ -43,6 +43,43 @@ fn parse_mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A tmpfs mount point's options that matter to a copy of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    /// The `size=` option, as mounted.
+    pub size: Option<String>,
+}
+
+/// `Some` when `path` is the mount point of a tmpfs.
+pub fn tmpfs_at(path: &Path) -> Result<Option<Tmpfs>, MountError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
+    Ok(parse_tmpfs_at(&info, path))
+}
+
+fn parse_tmpfs_at(mountinfo: &str, path: &Path) -> Option<Tmpfs> {
+    // "id parent dev root MOUNTPOINT options [tags] - FSTYPE source SUPEROPTIONS"; the last
+    // mount at a path is the one in view.
+    mountinfo
+        .lines()
+        .rfind(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|p| Path::new(&unescape(p)) == path)
+        })
+        .and_then(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            let mut fields = after.split(' ');
+            let fstype = fields.next()?;
+            let options = fields.nth(1).unwrap_or("");
+            (fstype == "tmpfs").then(|| Tmpfs {
+                size: options
+                    .split(',')
+                    .find(|o| o.starts_with("size="))
+                    .map(str::to_owned),
+            })
+        })
+}
+
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
@@ -177,6 +214,29 @@ mod tests {
                 PathBuf::from("/run/vessel/pods/a/with space"),
             ]
         );
+    }
+
+    #[test]
+    fn tmpfs_mount_points_and_their_size() {
+        assert_eq!(
+            parse_tmpfs_at(INFO, Path::new("/run/vessel/pods/ab")),
+            Some(Tmpfs { size: None })
+        );
+        let sized = "40 22 0:9 / /var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache rw - tmpfs tmpfs rw,size=16384k\n";
+        assert_eq!(
+            parse_tmpfs_at(
+                sized,
+                Path::new("/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache")
+            ),
+            Some(Tmpfs {
+                size: Some("size=16384k".into())
+            })
+        );
+        assert_eq!(
+            parse_tmpfs_at(INFO, Path::new("/run/vessel/pods/a/shared/c1/rootfs")),
+            None
+        );
+        assert_eq!(parse_tmpfs_at(INFO, Path::new("/nowhere")), None);
     }
 
     #[test]

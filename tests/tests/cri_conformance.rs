@@ -677,3 +677,65 @@ async fn seccomp_profiles_filter_system_calls() {
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
+
+/// An emptyDir of medium Memory (kubelet mounts a tmpfs at the volume's dir) is a tmpfs in the
+/// guest, shared by the pod's containers; the node's tmpfs stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_empty_dir_is_a_tmpfs_of_the_pod() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("a_memory_empty_dir_is_a_tmpfs_of_the_pod").await
+    else {
+        return;
+    };
+    let volume = env
+        .state_dir()
+        .join("kubelet/pods/uid-1/volumes/kubernetes.io~empty-dir/cache");
+    std::fs::create_dir_all(&volume).expect("volume dir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &volume,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=16m"),
+    )
+    .expect("mount the node's tmpfs as kubelet does");
+    let config = pod_config("memvol", &env.state_dir().join("logs"));
+    let pod = run_pod(&mut cri, &config).await;
+    let mut ids = Vec::new();
+    for name in ["writer", "reader"] {
+        let mut c = container_config(name, &image, &["sleep", "1000"]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/cache".into(),
+            host_path: volume.display().to_string(),
+            ..Default::default()
+        }];
+        let id = create_container(&mut cri, &pod, &config, c)
+            .await
+            .expect("CreateContainer");
+        start_container(&mut cri, &id).await;
+        ids.push(id);
+    }
+    let (_, fs) = exec_sh(
+        &mut cri,
+        &ids[0],
+        "echo hot > /cache/x; grep ' /cache ' /proc/mounts",
+    )
+    .await;
+    assert!(
+        fs.starts_with("tmpfs /cache tmpfs") && fs.contains("size=16384k"),
+        "{fs}"
+    );
+    assert_eq!(exec_sh(&mut cri, &ids[1], "cat /cache/x").await.1, "hot\n");
+    assert!(
+        !volume.join("x").exists(),
+        "the write reached the node's tmpfs"
+    );
+
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+    nix::mount::umount(&volume).expect("unmount the node's tmpfs");
+}

@@ -40,6 +40,7 @@ pub fn mount(spec: &StorageSpec) -> Result<(), StorageError> {
         if let Err(e) = do_mount("none", &spec.mount_point, None, remount, None) {
             super::unmount(&super::Mounted {
                 mount_point: spec.mount_point.clone(),
+                pod_scoped: false,
             });
             return Err(e);
         }

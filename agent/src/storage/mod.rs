@@ -1,9 +1,10 @@
 //! Guest filesystems the shim asks for (`Storage` messages): one handler per driver
-//! (`virtiofs`, `bind`, `tmpfs`), plus the mount-option parsing and unmounting they share.
+//! (`virtiofs`, `bind`, `tmpfs`, `ephemeral`), plus the mount-option parsing and unmounting they share.
 //! A mounted storage is a [`Mounted`], which the owner (sandbox or container) unmounts when
 //! it goes away.
 
 mod bind;
+mod ephemeral;
 mod tmpfs;
 mod virtiofs;
 
@@ -16,8 +17,10 @@ use crate::error::AgentError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("storage driver {0:?} is not supported (virtiofs, bind, tmpfs)")]
+    #[error("storage driver {0:?} is not supported (virtiofs, bind, tmpfs, ephemeral)")]
     UnknownDriver(String),
+    #[error("ephemeral storage mount_point {0:?} must be directly below /run/vessel/ephemeral")]
+    OutsideEphemeralRoot(PathBuf),
     #[error("storage mount_point {0:?} must be an absolute path")]
     RelativeMountPoint(String),
     #[error("storage {driver} needs a source")]
@@ -43,7 +46,8 @@ impl From<StorageError> for AgentError {
         match e {
             StorageError::UnknownDriver(_)
             | StorageError::RelativeMountPoint(_)
-            | StorageError::MissingSource { .. } => AgentError::InvalidArgument(e.to_string()),
+            | StorageError::MissingSource { .. }
+            | StorageError::OutsideEphemeralRoot(_) => AgentError::InvalidArgument(e.to_string()),
             StorageError::MissingBindSource(_) => AgentError::NotFound(e.to_string()),
             StorageError::MountPoint { .. } | StorageError::Mount { .. } => {
                 AgentError::Internal(e.to_string())
@@ -58,6 +62,8 @@ pub enum Driver {
     Virtiofs,
     Bind,
     Tmpfs,
+    /// A tmpfs shared by the pod's containers (a memory-backed emptyDir).
+    Ephemeral,
 }
 
 impl Driver {
@@ -66,6 +72,7 @@ impl Driver {
             "virtiofs" => Ok(Driver::Virtiofs),
             "bind" => Ok(Driver::Bind),
             "tmpfs" => Ok(Driver::Tmpfs),
+            "ephemeral" => Ok(Driver::Ephemeral),
             other => Err(StorageError::UnknownDriver(other.to_string())),
         }
     }
@@ -104,11 +111,15 @@ impl StorageSpec {
     }
 }
 
-/// A storage that is mounted; [`unmount`] undoes it.
+/// A storage that is mounted; [`unmount`] undoes it, unless it is the pod's (an ephemeral
+/// volume, unmounted with the pod).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mounted {
     pub mount_point: PathBuf,
+    pub pod_scoped: bool,
 }
+
+pub use ephemeral::unmount_all_ephemeral;
 
 /// Mounts one storage.
 pub fn mount(spec: &StorageSpec) -> Result<Mounted, StorageError> {
@@ -118,10 +129,12 @@ pub fn mount(spec: &StorageSpec) -> Result<Mounted, StorageError> {
         Driver::Virtiofs => virtiofs::mount(spec)?,
         Driver::Bind => bind::mount(spec)?,
         Driver::Tmpfs => tmpfs::mount(spec)?,
+        Driver::Ephemeral => ephemeral::mount(spec)?,
     }
     tracing::info!(source = %spec.source, "storage mounted");
     Ok(Mounted {
         mount_point: spec.mount_point.clone(),
+        pod_scoped: spec.driver == Driver::Ephemeral,
     })
 }
 
@@ -143,6 +156,9 @@ pub fn mount_all(specs: &[StorageSpec]) -> Result<Vec<Mounted>, StorageError> {
 /// Unmounts a storage; a busy one is detached lazily. Errors are logged, not returned:
 /// teardown goes on.
 pub fn unmount(m: &Mounted) {
+    if m.pod_scoped {
+        return;
+    }
     let target = &m.mount_point;
     match umount2(target, MntFlags::empty()) {
         Ok(()) => tracing::debug!(target = %target.display(), "unmounted"),

@@ -5,6 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::Digest as _;
 use vessel_protocols::agent as api;
 use vessel_protocols::cri;
 
@@ -215,7 +216,7 @@ impl Runtime {
         std::fs::create_dir_all(&staged.rootfs).map_err(|e| internal("create rootfs dir", &e))?;
         image::mount_rootfs(layers, &staged.scratch, &staged.rootfs)
             .map_err(|e| internal("mount rootfs", &e))?;
-        let guest_mounts = bind_cri_mounts(id, config, &staged.mount_dir)?;
+        let (guest_mounts, storages) = bind_cri_mounts(id, config, &staged.mount_dir)?;
         let pod_files = pod_files::guest_paths();
         let spec = oci::build_container_spec(&ContainerSpecInput {
             container_id: id,
@@ -235,6 +236,7 @@ impl Runtime {
         req.container_id = id.to_owned();
         req.spec_json = oci::to_json(&spec).map_err(spec_error)?;
         req.stdin = config.stdin;
+        req.storages = storages;
         agent.create_container(req).await?;
         Ok(spec.process().clone().unwrap_or_default())
     }
@@ -263,14 +265,23 @@ fn spec_error(e: oci::SpecError) -> RuntimeError {
     }
 }
 
+/// Where kubelet puts a pod's emptyDir volumes; one of medium Memory is a tmpfs mounted there.
+const EMPTY_DIR: &str = "/volumes/kubernetes.io~empty-dir/";
+
+/// Where the guest mounts a pod's memory-backed volumes (the agent's `ephemeral` storages).
+const GUEST_EPHEMERAL_ROOT: &str = "/run/vessel/ephemeral";
+
 /// Bind-mounts each CRI mount's host path into the container's mount dir (inside the shared
-/// dir), read-only where asked; returns the guest view of each.
+/// dir), read-only where asked; returns the guest view of each, and the guest storages to
+/// mount: an emptyDir of medium Memory becomes a tmpfs of the guest, shared by the pod's
+/// containers, instead of the node's tmpfs reached through virtio-fs.
 fn bind_cri_mounts(
     id: &str,
     config: &cri::ContainerConfig,
     mount_dir: &Path,
-) -> Result<Vec<GuestMount>, RuntimeError> {
+) -> Result<(Vec<GuestMount>, Vec<api::Storage>), RuntimeError> {
     let mut out = Vec::new();
+    let mut storages = Vec::new();
     for (i, m) in config.mounts.iter().enumerate() {
         let field = format!("mounts[{i}].host_path");
         if !m.host_path.starts_with('/') {
@@ -286,6 +297,16 @@ fn bind_cri_mounts(
             ));
         }
         let source = Path::new(&m.host_path);
+        if let Some(storage) = memory_empty_dir(source)? {
+            out.push(GuestMount {
+                container_path: m.container_path.clone(),
+                guest_source: storage.mount_point.clone(),
+                readonly: m.readonly,
+                propagation: m.propagation,
+            });
+            storages.push(storage);
+            continue;
+        }
         let is_file = source.metadata().map(|md| !md.is_dir()).unwrap_or(false);
         if !source.exists() {
             std::fs::create_dir_all(source).map_err(|e| {
@@ -302,7 +323,33 @@ fn bind_cri_mounts(
             propagation: m.propagation,
         });
     }
-    Ok(out)
+    Ok((out, storages))
+}
+
+/// The guest storage for `source` when it is an emptyDir of medium Memory (a tmpfs mount point
+/// below kubelet's emptyDir dir), with the node tmpfs's size limit.
+fn memory_empty_dir(source: &Path) -> Result<Option<api::Storage>, RuntimeError> {
+    if !source.to_string_lossy().contains(EMPTY_DIR) {
+        return Ok(None);
+    }
+    let Some(tmpfs) =
+        mounts::tmpfs_at(source).map_err(|e| RuntimeError::Internal(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    // One guest dir per volume: named by the host path, which is unique per pod and volume.
+    let digest = sha2::Sha256::digest(source.as_os_str().as_encoded_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let mut storage = api::Storage::new();
+    storage.driver = "ephemeral".into();
+    storage.source = "tmpfs".into();
+    storage.mount_point = format!("{GUEST_EPHEMERAL_ROOT}/{name}");
+    storage.options = ["nosuid", "nodev", "mode=1777"]
+        .into_iter()
+        .map(String::from)
+        .chain(tmpfs.size)
+        .collect();
+    Ok(Some(storage))
 }
 
 #[cfg(test)]
