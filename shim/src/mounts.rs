@@ -116,44 +116,84 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
+/// How mounts made on the host below a bind's source later reach the bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation<'a> {
+    /// They do (CRI HostToContainer, `rslave`); nothing flows back to the host.
+    FromHost,
+    /// They do not (CRI Private, `rprivate`). The source is first bound at this staging path,
+    /// outside any shared mount, and made private there: a bind of a shared source would
+    /// otherwise join its peer group, and so would the copies virtiofsd's namespace gets.
+    Private { staging: &'a Path },
+}
+
 /// Bind-mounts `source` (recursively) at `target`, creating the target (a file for a file
-/// source), read-only when asked.
-pub fn bind(source: &Path, target: &Path, is_file: bool, readonly: bool) -> Result<(), MountError> {
+/// source), read-only when asked, with `propagation`.
+pub fn bind(
+    source: &Path,
+    target: &Path,
+    is_file: bool,
+    readonly: bool,
+    propagation: Propagation<'_>,
+) -> Result<(), MountError> {
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| MountError::Mount { path, source }
+    };
+    let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    create_mount_point(target, is_file)?;
+    match propagation {
+        Propagation::FromHost => {
+            mount(Some(source), target, None::<&str>, rbind, None::<&str>)
+                .map_err(failed(target))?;
+            let slave = MsFlags::MS_REC | MsFlags::MS_SLAVE;
+            if let Err(e) = mount(None::<&str>, target, None::<&str>, slave, None::<&str>) {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+                return Err(failed(target)(e));
+            }
+        }
+        Propagation::Private { staging } => {
+            create_mount_point(staging, is_file)?;
+            mount(Some(source), staging, None::<&str>, rbind, None::<&str>)
+                .map_err(failed(staging))?;
+            let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+            let bound = mount(None::<&str>, staging, None::<&str>, private, None::<&str>)
+                .and_then(|()| mount(Some(staging), target, None::<&str>, rbind, None::<&str>));
+            // The staging bind has done its part: the target holds the tree now.
+            let _ = umount2(staging, MntFlags::MNT_DETACH);
+            bound.map_err(failed(target))?;
+        }
+    }
+    if readonly {
+        let ro = rbind | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+            return Err(failed(target)(e));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` as a mount point: an empty file for a file source, else a directory.
+fn create_mount_point(path: &Path, is_file: bool) -> Result<(), MountError> {
     let io = |e: std::io::Error| MountError::Create {
-        path: target.to_owned(),
+        path: path.to_owned(),
         source: e,
     };
     if is_file {
-        if let Some(parent) = target.parent() {
+        if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(target)
+            .open(path)
             .map_err(io)?;
+        Ok(())
     } else {
-        std::fs::create_dir_all(target).map_err(io)?;
+        std::fs::create_dir_all(path).map_err(io)
     }
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-    mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(|source| {
-        MountError::Mount {
-            path: target.to_owned(),
-            source,
-        }
-    })?;
-    if readonly {
-        let ro = flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(source) = mount(None::<&str>, target, None::<&str>, ro, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(MountError::Mount {
-                path: target.to_owned(),
-                source,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Makes `dir` a mount point of its own with shared propagation, so mounts made below it

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use vessel_protocols::ttrpc::Code;
+use vessel_shim::mounts::Propagation;
 use vessel_shim::sandbox::PodVm;
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::*;
@@ -25,7 +26,8 @@ async fn container_lifecycle_in_a_pod_vm() {
     // after the VM started, as container rootfs overlays are: the mount must reach the guest.
     let source = env.state_dir().join("c1-rootfs");
     vessel_tests::rootfs::busybox_rootfs(&source).expect("busybox rootfs");
-    vessel_shim::mounts::bind(&source, &vm.shared_dir().join("c1/rootfs"), false, true)
+    let target = vm.shared_dir().join("c1/rootfs");
+    vessel_shim::mounts::bind(&source, &target, false, true, Propagation::FromHost)
         .expect("bind rootfs into the shared dir");
     let args: Vec<String> = ["sh", "-c", "echo hello; exit 3"].map(String::from).into();
     let spec = vessel_shim::oci::container_spec("c1", &args, &[]).expect("spec");

@@ -216,7 +216,12 @@ impl Runtime {
         std::fs::create_dir_all(&staged.rootfs).map_err(|e| internal("create rootfs dir", &e))?;
         image::mount_rootfs(layers, &staged.scratch, &staged.rootfs)
             .map_err(|e| internal("mount rootfs", &e))?;
-        let (guest_mounts, storages) = bind_cri_mounts(id, config, &staged.mount_dir)?;
+        let (guest_mounts, storages) = bind_cri_mounts(
+            id,
+            config,
+            &staged.mount_dir,
+            &staged.scratch.join("mounts"),
+        )?;
         let pod_files = pod_files::guest_paths();
         let spec = oci::build_container_spec(&ContainerSpecInput {
             container_id: id,
@@ -272,13 +277,14 @@ const EMPTY_DIR: &str = "/volumes/kubernetes.io~empty-dir/";
 const GUEST_EPHEMERAL_ROOT: &str = "/run/vessel/ephemeral";
 
 /// Bind-mounts each CRI mount's host path into the container's mount dir (inside the shared
-/// dir), read-only where asked; returns the guest view of each, and the guest storages to
+/// dir), read-only where asked, private ones by way of `staging_dir` (outside it); returns the guest view of each, and the guest storages to
 /// mount: an emptyDir of medium Memory becomes a tmpfs of the guest, shared by the pod's
 /// containers, instead of the node's tmpfs reached through virtio-fs.
 fn bind_cri_mounts(
     id: &str,
     config: &cri::ContainerConfig,
     mount_dir: &Path,
+    staging_dir: &Path,
 ) -> Result<(Vec<GuestMount>, Vec<api::Storage>), RuntimeError> {
     let mut out = Vec::new();
     let mut storages = Vec::new();
@@ -314,7 +320,14 @@ fn bind_cri_mounts(
             })?;
         }
         let target = mount_dir.join(i.to_string());
-        mounts::bind(source, &target, is_file, m.readonly)
+        let staging = staging_dir.join(i.to_string());
+        let propagation = if m.propagation == cri::MountPropagation::PropagationPrivate as i32 {
+            mounts::Propagation::Private { staging: &staging }
+        } else {
+            // HostToContainer; Bidirectional is refused with the spec.
+            mounts::Propagation::FromHost
+        };
+        mounts::bind(source, &target, is_file, m.readonly, propagation)
             .map_err(|e| RuntimeError::invalid(field, e.to_string()))?;
         out.push(GuestMount {
             container_path: m.container_path.clone(),
