@@ -119,7 +119,13 @@ impl PodInit {
     }
 
     /// Kills the process (and with it whatever is left in its namespace) and waits for it.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
+        if !matches!(
+            self.exited.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ) {
+            return; // already reaped: its pid may belong to another process now
+        }
         let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
         if tokio::time::timeout(STOP_WAIT, self.exited).await.is_err() {
             tracing::warn!(pid = self.pid, "pod pause process not reaped after SIGKILL");
