@@ -395,6 +395,45 @@ pub async fn exec_sh(cri: &mut Client, id: &str, cmd: &str) -> (i32, String) {
     )
 }
 
+/// Runs `sh -c cmd` in a container until its stdout is `want` (every 500 ms, at most
+/// `within`); panics with `what` and the last output otherwise.
+pub async fn wait_exec_output(
+    cri: &mut Client,
+    id: &str,
+    cmd: &str,
+    want: &str,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, out) = exec_sh(cri, id, cmd).await;
+        if out == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {out:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `config` with the given namespace options.
+pub fn with_namespaces(
+    mut config: cri::PodSandboxConfig,
+    options: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(options),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
 /// Image tests need root (layers keep ownership and device nodes) and the registry tools;
 /// false, after a SKIPPED line, without them.
 pub fn can_pull(test: &str) -> bool {

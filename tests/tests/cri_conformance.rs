@@ -11,23 +11,9 @@ use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
     container_config, container_status, create_container, exec_sh, expect_err, pod_config, pull,
-    remove_pod_checked, run_pod, start_container, wait_state, CriTest,
+    remove_pod_checked, run_pod, start_container, wait_state, with_namespaces, CriTest,
 };
 use vessel_tests::images;
-
-fn with_namespaces(
-    mut config: cri::PodSandboxConfig,
-    options: cri::NamespaceOption,
-) -> cri::PodSandboxConfig {
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(options),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    config
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_configs_are_checked_as_containerd_does() {

@@ -8,7 +8,7 @@ use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
     container_config, create_container as create, exec_sh, expect_err, pod_config,
-    remove_pod_checked, run_pod, Client, CriTest,
+    remove_pod_checked, run_pod, with_namespaces, Client, CriTest,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,17 +409,13 @@ async fn pod_pid_namespace_mounts_and_pod_filters() {
     else {
         return;
     };
-    let mut pod_cfg = pod_config("pidns", &env.state_dir().join("logs"));
-    pod_cfg.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: cri::NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
+    let pod_cfg = with_namespaces(
+        pod_config("pidns", &env.state_dir().join("logs")),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
             ..Default::default()
-        }),
-        ..Default::default()
-    });
+        },
+    );
     let pod = run_pod(&mut cri, &pod_cfg).await;
 
     // ListPodSandbox filters: id prefix, state, labels.

@@ -4,13 +4,13 @@
 //! mounts, rprivate does not), refusals of what a VM cannot give (bidirectional mounts, host
 //! devices).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
     container_config, create_container, exec_sh, expect_err, pod_config, remove_pod_checked,
-    run_pod, start_container, CriTest,
+    run_pod, start_container, wait_exec_output, CriTest,
 };
 
 /// Writes `key` = `value` into `dir` as kubelet's atomic writer does for configMap, secret and
@@ -85,18 +85,15 @@ async fn volumes_and_devices_as_kubelet_uses_them() {
     // A configMap update (the ..data swap) reaches the running container within kubelet's
     // sync period.
     kubelet_write(&configmap, 2, "color", "green");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, now) = exec_sh(&mut cri, &app, "cat /etc/config/color").await;
-        if now == "green" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still {now:?} 10 s after the update"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_exec_output(
+        &mut cri,
+        &app,
+        "cat /etc/config/color",
+        "green",
+        Duration::from_secs(10),
+        "the configMap update",
+    )
+    .await;
     // A device the VM has too, under the container's own path.
     let (code, out) = exec_sh(&mut cri, &app, "test -c /dev/mytun && echo char").await;
     assert_eq!((code, out.as_str()), (0, "char\n"));
@@ -256,18 +253,15 @@ async fn host_mounts_reach_rslave_volumes_not_rprivate_ones() {
     .expect("a later mount on the host");
     std::fs::write(volume.join("sub/f"), "late").expect("write into it");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, seen) = exec_sh(&mut cri, &ids[0], "cat /vol/sub/f 2>/dev/null || echo none").await;
-        if seen == "late" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the rslave mount never saw the host's: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_exec_output(
+        &mut cri,
+        &ids[0],
+        "cat /vol/sub/f 2>/dev/null || echo none",
+        "late",
+        Duration::from_secs(10),
+        "the host's later mount in the rslave volume",
+    )
+    .await;
     let (_, seen) = exec_sh(&mut cri, &ids[1], "cat /vol/sub/f 2>/dev/null || echo none").await;
     assert_eq!(
         seen, "none\n",

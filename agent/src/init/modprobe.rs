@@ -34,8 +34,8 @@ pub fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quiet = args.iter().any(|a| a == "-q" || a == "--quiet");
     let names = names(&args);
-    let index = match std::fs::read_to_string(MODULES_INDEX) {
-        Ok(text) => Index::parse(&text),
+    let index = match Index::read() {
+        Ok(index) => index,
         Err(e) => {
             eprintln!("modprobe: {MODULES_INDEX}: {e}");
             return ExitCode::FAILURE;
@@ -94,6 +94,11 @@ pub struct Index {
 }
 
 impl Index {
+    /// The image's index ([`MODULES_INDEX`]).
+    pub fn read() -> std::io::Result<Self> {
+        std::fs::read_to_string(MODULES_INDEX).map(|text| Self::parse(&text))
+    }
+
     /// Parses the index; malformed lines are skipped.
     pub fn parse(text: &str) -> Self {
         let mut index = Index::default();
@@ -265,8 +270,8 @@ impl Index {
 /// for: legacy iptables finds its tables through a socket option that exists only once
 /// ip_tables is loaded, and otherwise runs a `modprobe` of its own, which containers lack.
 pub fn preload(names: &[&str]) {
-    let index = match std::fs::read_to_string(MODULES_INDEX) {
-        Ok(text) => Index::parse(&text),
+    let index = match Index::read() {
+        Ok(index) => index,
         Err(e) => {
             tracing::warn!(path = MODULES_INDEX, error = %e, "no module index");
             return;
@@ -281,10 +286,10 @@ pub fn preload(names: &[&str]) {
 
 /// Creates the static nodes of the image's on-demand modules under `/dev` (at boot).
 pub fn create_static_nodes() {
-    let Ok(text) = std::fs::read_to_string(MODULES_INDEX) else {
+    let Ok(index) = Index::read() else {
         return;
     };
-    for node in Index::parse(&text).static_nodes() {
+    for node in index.static_nodes() {
         let path = Path::new("/dev").join(&node.path);
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -322,19 +327,19 @@ fn glob_match_c(pattern: &CStr, name: &CStr) -> bool {
     unsafe { libc::fnmatch(pattern.as_ptr(), name.as_ptr(), 0) == 0 }
 }
 
-/// Loads one module file: uncompressed with finit_module, `.zst` decompressed here first.
+/// Loads one module file: `.zst` decompressed here first (the guest kernel cannot), any other
+/// as the boot list's are.
 fn load_file(path: &Path, module: &str) -> Result<(), Errno> {
-    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-    let no_params = CString::default();
-    if path.extension().is_some_and(|e| e == "zst") {
-        let file = std::fs::File::open(path).map_err(errno)?;
-        let image = zstd::stream::decode_all(file).map_err(errno)?;
-        nix::kmod::init_module(&image, &no_params)
+    let result = if path.extension().is_some_and(|e| e == "zst") {
+        let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        std::fs::File::open(path)
+            .and_then(zstd::stream::decode_all)
+            .map_err(errno)
+            .and_then(|image| nix::kmod::init_module(&image, &CString::default()))
     } else {
-        let file = std::fs::File::open(path).map_err(errno)?;
-        nix::kmod::finit_module(&file, &no_params, nix::kmod::ModuleInitFlags::empty())
-    }
-    .inspect_err(|e| tracing::debug!(module, error = %e, "module load failed"))
+        super::modules::load(path)
+    };
+    result.inspect_err(|e| tracing::debug!(module, error = %e, "module load failed"))
 }
 
 #[cfg(test)]

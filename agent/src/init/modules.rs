@@ -109,7 +109,8 @@ fn normalize(name: &str) -> String {
     name.replace('-', "_")
 }
 
-fn load(path: &Path) -> Result<(), Errno> {
+/// Loads one module file with finit_module (compressed ones decompressed by the kernel).
+pub(super) fn load(path: &Path) -> Result<(), Errno> {
     let file = File::open(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
     let name = path.to_string_lossy();
     let flags = if name.ends_with(".ko") {
