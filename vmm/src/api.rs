@@ -1,7 +1,7 @@
 //! The control socket of a running VM: a Unix socket taking one command per line, `pause`,
 //! `resume`, `shutdown`, `info` or `metrics` (the counters of the vCPUs and devices), and
-//! answering each with one JSON line (`{"ok":true,...}` or `{"ok":false,"error":"..."}`). [`VmControl`] is the state the vCPU loop consults after
-//! every exit; a command that changes it kicks the vCPUs out of KVM_RUN with a signal.
+//! answering each with one JSON line (`{"ok":true,...}` or `{"ok":false,"error":"..."}`, built
+//! with serde). [`VmControl`] is the state the vCPU loop consults after every exit; a command that changes it kicks the vCPUs out of KVM_RUN with a signal.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,22 +10,26 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+use serde_json::{json, Value};
+
 /// What the vCPUs should be doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RunState {
     Running,
     Paused,
     ShuttingDown,
 }
 
-impl RunState {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Paused => "paused",
-            Self::ShuttingDown => "shutting-down",
-        }
-    }
+/// The `info` answer.
+#[derive(Serialize)]
+struct Info {
+    ok: bool,
+    state: RunState,
+    memory_mib: u64,
+    vcpus: usize,
+    uptime_ms: u128,
 }
 
 #[derive(Debug)]
@@ -38,7 +42,7 @@ struct Inner {
 }
 
 /// A source of counters for `metrics`: returns a JSON object.
-pub type MetricsSource = Box<dyn Fn() -> String + Send + Sync>;
+pub type MetricsSource = Box<dyn Fn() -> Value + Send + Sync>;
 
 /// Shared between the control socket and the vCPU loop.
 pub struct VmControl {
@@ -79,17 +83,17 @@ impl VmControl {
     }
 
     /// The `metrics` answer.
-    fn metrics(&self) -> String {
+    fn metrics(&self) -> Value {
         let sources = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
-        let fields: Vec<String> = sources
+        let metrics: serde_json::Map<String, Value> = sources
             .iter()
-            .map(|(name, source)| format!("{name:?}:{}", source()))
+            .map(|(name, source)| (name.clone(), source()))
             .collect();
-        format!(
-            r#"{{"ok":true,"uptime_ms":{},"metrics":{{{}}}}}"#,
-            self.started.elapsed().as_millis(),
-            fields.join(",")
-        )
+        json!({
+            "ok": true,
+            "uptime_ms": self.started.elapsed().as_millis(),
+            "metrics": metrics,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -187,23 +191,23 @@ impl VmControl {
     }
 
     /// The `info` answer.
-    fn info(&self) -> String {
-        format!(
-            r#"{{"ok":true,"state":"{}","memory_mib":{},"vcpus":{},"uptime_ms":{}}}"#,
-            self.state().name(),
-            self.memory_mib,
-            self.vcpus,
-            self.started.elapsed().as_millis()
-        )
+    fn info(&self) -> Value {
+        json!(Info {
+            ok: true,
+            state: self.state(),
+            memory_mib: self.memory_mib,
+            vcpus: self.vcpus,
+            uptime_ms: self.started.elapsed().as_millis(),
+        })
     }
 
-    /// Answers one command line.
+    /// Answers one command line with one JSON document.
     pub fn handle(&self, line: &str) -> String {
         let done = |r: Result<(), String>| match r {
-            Ok(()) => format!(r#"{{"ok":true,"state":"{}"}}"#, self.state().name()),
-            Err(e) => format!(r#"{{"ok":false,"error":{e:?}}}"#),
+            Ok(()) => json!({"ok": true, "state": self.state()}),
+            Err(e) => json!({"ok": false, "error": e}),
         };
-        match line.trim() {
+        let reply = match line.trim() {
             "info" => self.info(),
             "metrics" => self.metrics(),
             "pause" => done(self.pause()),
@@ -212,8 +216,9 @@ impl VmControl {
                 self.shutdown();
                 done(Ok(()))
             }
-            other => format!(r#"{{"ok":false,"error":"unknown command {other:?}"}}"#),
-        }
+            other => json!({"ok": false, "error": format!("unknown command {other:?}")}),
+        };
+        reply.to_string()
     }
 }
 
@@ -292,14 +297,19 @@ mod tests {
             assert!(Instant::now() < deadline, "never resumed");
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(control.handle("bogus").contains("unknown command"));
-        control.add_metrics("vcpu_exits", Box::new(|| r#"{"io":3}"#.into()));
-        control.add_metrics("net0", Box::new(|| r#"{"rx_frames":1}"#.into()));
-        let metrics = control.handle("metrics");
-        assert!(
-            metrics.contains(r#""metrics":{"vcpu_exits":{"io":3},"net0":{"rx_frames":1}}"#),
-            "{metrics}"
+        // Every reply is JSON, whatever the command line holds.
+        let unknown: Value = serde_json::from_str(&control.handle(r#"bogus "x" \"#)).unwrap();
+        assert_eq!(unknown["ok"], false);
+        assert_eq!(unknown["error"], r#"unknown command "bogus \"x\" \\""#);
+        control.add_metrics("vcpu_exits", Box::new(|| json!({"io": 3})));
+        control.add_metrics("net0", Box::new(|| json!({"rx_frames": 1})));
+        let metrics: Value = serde_json::from_str(&control.handle("metrics")).unwrap();
+        assert_eq!(
+            metrics["metrics"],
+            json!({"vcpu_exits": {"io": 3}, "net0": {"rx_frames": 1}}),
         );
+        let info: Value = serde_json::from_str(&control.handle("info")).unwrap();
+        assert_eq!(info["vcpus"], 1);
         assert_eq!(
             control.handle("shutdown"),
             r#"{"ok":true,"state":"shutting-down"}"#

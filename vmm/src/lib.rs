@@ -10,7 +10,11 @@
 //!   sleep control), the virtio-mmio transport and the virtio devices (rng, vsock, fs as a
 //!   vhost-user frontend, net, blk).
 //! - [`event_loop`]: the thread that waits on device eventfds and runs their handlers.
-//! - [`builder`]: wiring a device into a VM (MMIO window, irqfd, ioeventfd, event handler).
+//! - [`config`]: what a VM is made of ([`config::VmConfig`]), as the command line fills it.
+//! - [`builder`]: [`builder::VmBuilder`] assembles the VM from its config: memory, kernel
+//!   and boot information, ACPI, the virtio-mmio slots ([`builder::virtio`]: MMIO window,
+//!   irqfd, ioeventfd, event handlers) and port devices ([`builder::legacy`]), the vCPUs.
+//! - [`machine`]: the built VM's run: event loop, control socket, vCPU threads, the end.
 //! - [`runner`]: the vCPU threads, their kick signal and exit counts, and how the VM ended.
 //! - [`api`]: the control socket (pause, resume, shutdown, info, metrics).
 //! - [`seccomp`]: the filter each kind of thread installs.
@@ -18,8 +22,10 @@
 pub mod api;
 pub mod boot;
 pub mod builder;
+pub mod config;
 pub mod devices;
 pub mod event_loop;
+pub mod machine;
 pub mod runner;
 pub mod seccomp;
 pub mod vstate;

@@ -107,13 +107,13 @@ impl ExitCounts {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn to_json(&self) -> String {
-        format!(
-            r#"{{"io":{},"mmio":{},"interrupted":{}}}"#,
-            self.io.load(Ordering::Relaxed),
-            self.mmio.load(Ordering::Relaxed),
-            self.interrupted.load(Ordering::Relaxed)
-        )
+    /// The counts as a JSON object, for the control socket's `metrics`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "io": self.io.load(Ordering::Relaxed),
+            "mmio": self.mmio.load(Ordering::Relaxed),
+            "interrupted": self.interrupted.load(Ordering::Relaxed),
+        })
     }
 }
 

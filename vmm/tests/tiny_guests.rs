@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, Kvm};
+use vessel_vmm::boot::entry;
 use vessel_vmm::boot::long_mode::PageSize;
 use vessel_vmm::devices::legacy::{SerialDevice, COM1_PORT};
 use vessel_vmm::devices::{Bus, BusDevice};
@@ -106,7 +107,7 @@ impl Guest {
 
     fn vcpu(&self) -> Vcpu {
         let vcpu = Vcpu::new(&self.vm, 0, self.pio.clone(), self.mmio.clone()).unwrap();
-        vcpu.set_real_mode(CODE).unwrap();
+        entry::real_mode(&vcpu, CODE).unwrap();
         vcpu
     }
 
@@ -236,8 +237,7 @@ fn irqfd_interrupts_a_halted_guest() {
         .insert(0x501, 1, Arc::new(Mutex::new(Kick(irq))))
         .unwrap();
     let mut vcpu = Vcpu::new(&guest.vm, 0, guest.pio.clone(), guest.mmio.clone()).unwrap();
-    vcpu.set_long_mode(&guest.memory, CODE, 0x8000, PageSize::Small)
-        .unwrap();
+    entry::long_mode(&vcpu, &guest.memory, CODE, 0x8000, PageSize::Small).unwrap();
     // An IDT at 0x2000 whose vector 0x24 (IRQ4) is a 64-bit interrupt gate to the handler.
     let idt = 0x2000u64;
     let mut gate = [0u8; 16];

@@ -11,17 +11,17 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{MmioDriver, Ring};
-use vessel_vmm::builder::add_virtio_fs;
+use vessel_vmm::builder::virtio::{VirtioDevices, VIRTIO_MMIO_BASE};
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
-use vessel_vmm::event_loop::EventLoop;
 use vessel_vmm::vstate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
-const BASE: u64 = 0xd000_0000;
+const BASE: u64 = VIRTIO_MMIO_BASE;
 const FUSE_LOOKUP: u32 = 1;
 const FUSE_INIT: u32 = 26;
 const FUSE_ROOT_ID: u64 = 1;
@@ -127,20 +127,10 @@ fn virtiofsd_answers_fuse_requests_in_guest_memory() {
     let _backend = start_virtiofsd(&socket, &shared);
 
     common::enable_seccomp();
-    let mmio = Bus::default();
-    let mut events = EventLoop::new().unwrap();
-    add_virtio_fs(
-        &vm,
-        &mem,
-        &mmio,
-        &mut events,
-        &socket,
-        "vessel-shared",
-        BASE,
-        5,
-    )
-    .unwrap();
-    let (thread, stop) = events.spawn().unwrap();
+    let mmio = Arc::new(Bus::default());
+    let mut devices = VirtioDevices::new(&vm, &mem, mmio.clone()).unwrap();
+    devices.add_fs(&socket, "vessel-shared").unwrap();
+    let (thread, stop) = devices.finish().events.spawn().unwrap();
 
     // The driver runs under the vCPU filter, the event loop under its own: activation's
     // vhost-user messages and the call relay must pass them.

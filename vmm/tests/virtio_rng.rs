@@ -7,14 +7,15 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{MmioDriver, Ring};
-use vessel_vmm::builder::add_virtio_rng;
+use vessel_vmm::builder::virtio::{VirtioDevices, VIRTIO_MMIO_BASE};
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
-use vessel_vmm::event_loop::EventLoop;
 use vm_memory::{Bytes, GuestAddress};
 
-const BASE: u64 = 0xd000_0000;
+const BASE: u64 = VIRTIO_MMIO_BASE;
 const BUFFER: u64 = 0x2_0000;
 
 #[test]
@@ -23,11 +24,11 @@ fn a_request_is_filled_by_the_device_thread() {
         return;
     };
     common::enable_seccomp();
-    let mmio = Bus::default();
-    let mut events = EventLoop::new().unwrap();
-    let entry = add_virtio_rng(&vm, &mem, &mmio, &mut events, BASE, 5).unwrap();
+    let mmio = Arc::new(Bus::default());
+    let mut devices = VirtioDevices::new(&vm, &mem, mmio.clone()).unwrap();
+    let entry = devices.add_rng().unwrap();
     assert_eq!((entry.base, entry.irq), (BASE as u32, 5));
-    let (thread, stop) = events.spawn().unwrap();
+    let (thread, stop) = devices.finish().events.spawn().unwrap();
 
     let driver = MmioDriver {
         bus: &mmio,

@@ -9,17 +9,17 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{MmioDriver, Ring};
-use vessel_vmm::builder::add_virtio_vsock;
+use vessel_vmm::builder::virtio::{VirtioDevices, VIRTIO_MMIO_BASE};
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
-use vessel_vmm::event_loop::EventLoop;
 use vessel_vmm::vstate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
-const BASE: u64 = 0xd000_0000;
+const BASE: u64 = VIRTIO_MMIO_BASE;
 const GUEST_CID: u64 = 3;
 const HOST_CID: u64 = 2;
 const OP_REQUEST: u16 = 1;
@@ -122,10 +122,10 @@ fn host_and_guest_connections_cross_the_hybrid_socket() {
     common::enable_seccomp();
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("agent.vsock");
-    let mmio = Bus::default();
-    let mut events = EventLoop::new().unwrap();
-    add_virtio_vsock(&vm, &mem, &mmio, &mut events, GUEST_CID, &uds, BASE, 5).unwrap();
-    let (thread, stop) = events.spawn().unwrap();
+    let mmio = Arc::new(Bus::default());
+    let mut devices = VirtioDevices::new(&vm, &mem, mmio.clone()).unwrap();
+    devices.add_vsock(GUEST_CID, &uds).unwrap();
+    let (thread, stop) = devices.finish().events.spawn().unwrap();
 
     let mut guest = Guest {
         driver: MmioDriver {

@@ -1,4 +1,4 @@
-//! A vCPU: its KVM fd, the register state a guest starts in, and the run loop that hands port
+//! A vCPU: its KVM fd, its CPUID, MSRs, FPU and LAPIC set-up, and the run loop that hands port
 //! and MMIO exits to the buses.
 
 use std::sync::Arc;
@@ -6,10 +6,7 @@ use std::sync::Arc;
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 
-use super::memory::GuestMemory;
 use super::vm::Vm;
-use crate::boot::long_mode::{self, PageSize};
-use crate::boot::pvh;
 use crate::devices::Bus;
 use crate::vstate::topology;
 
@@ -41,25 +38,6 @@ pub enum VcpuError {
     Internal { id: u64 },
     #[error("vCPU {id}: unexpected exit {exit}")]
     Unexpected { id: u64, exit: String },
-    #[error("vCPU {id}: {source}")]
-    Pvh {
-        id: u64,
-        source: crate::boot::pvh::PvhError,
-    },
-    #[error("vCPU {id}: {source}")]
-    LongMode {
-        id: u64,
-        source: crate::boot::long_mode::LongModeError,
-    },
-}
-
-/// General registers at an entry point: `rip`, and RFLAGS with only its always-set bit 1.
-fn entry_regs(rip: u64) -> kvm_regs {
-    kvm_regs {
-        rip,
-        rflags: 0x2,
-        ..Default::default()
-    }
 }
 
 /// What one `KVM_RUN` ended with, after the VMM handled it.
@@ -105,90 +83,19 @@ impl Vcpu {
         move |source| VcpuError::Registers { id, what, source }
     }
 
-    /// Applies `setup` to the special registers and loads `regs`: the vCPU's entry state.
-    fn enter(
-        &self,
-        setup: impl FnOnce(&mut kvm_sregs) -> Result<(), VcpuError>,
-        regs: kvm_regs,
-    ) -> Result<(), VcpuError> {
-        let mut sregs = self.fd.get_sregs().map_err(self.registers("get sregs"))?;
-        setup(&mut sregs)?;
+    /// The special registers (segments, control registers, descriptor tables).
+    pub fn sregs(&self) -> Result<kvm_sregs, VcpuError> {
+        self.fd.get_sregs().map_err(self.registers("get sregs"))
+    }
+
+    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
         self.fd
-            .set_sregs(&sregs)
-            .map_err(self.registers("set sregs"))?;
-        self.fd.set_regs(&regs).map_err(self.registers("set regs"))
+            .set_sregs(sregs)
+            .map_err(self.registers("set sregs"))
     }
 
-    /// Real mode, code segment at 0, execution from `ip` (for tiny guests and tests).
-    pub fn set_real_mode(&self, ip: u64) -> Result<(), VcpuError> {
-        let setup = |sregs: &mut kvm_sregs| {
-            sregs.cs.base = 0;
-            sregs.cs.selector = 0;
-            Ok(())
-        };
-        self.enter(setup, entry_regs(ip))
-    }
-
-    /// 64-bit long mode with the boot GDT and identity page tables written into `memory`,
-    /// execution from `entry` with the stack at `stack`.
-    pub fn set_long_mode(
-        &self,
-        memory: &GuestMemory,
-        entry: u64,
-        stack: u64,
-        pages: PageSize,
-    ) -> Result<(), VcpuError> {
-        let id = self.id;
-        let setup = |sregs: &mut kvm_sregs| {
-            long_mode::setup(memory, sregs, pages)
-                .map_err(|source| VcpuError::LongMode { id, source })
-        };
-        let regs = kvm_regs {
-            rsp: stack,
-            rbp: stack,
-            ..entry_regs(entry)
-        };
-        self.enter(setup, regs)
-    }
-
-    /// The Linux 64-bit entry state: long mode with the first GiB identity-mapped (2 MiB
-    /// pages), `%rsi` = the zero page, a boot stack below the page tables.
-    pub fn set_linux64_entry(
-        &self,
-        memory: &GuestMemory,
-        entry: u64,
-        zero_page: u64,
-    ) -> Result<(), VcpuError> {
-        let id = self.id;
-        let setup = |sregs: &mut kvm_sregs| {
-            long_mode::setup(memory, sregs, PageSize::Large)
-                .map_err(|source| VcpuError::LongMode { id, source })
-        };
-        let regs = kvm_regs {
-            rsi: zero_page,
-            rsp: long_mode::BOOT_STACK,
-            rbp: long_mode::BOOT_STACK,
-            ..entry_regs(entry)
-        };
-        self.enter(setup, regs)
-    }
-
-    /// The PVH entry state: 32-bit protected mode, paging off, `%ebx` = the start info.
-    pub fn set_pvh_entry(
-        &self,
-        memory: &GuestMemory,
-        entry: u64,
-        start_info: u64,
-    ) -> Result<(), VcpuError> {
-        let id = self.id;
-        let setup = |sregs: &mut kvm_sregs| {
-            pvh::setup_sregs(memory, sregs).map_err(|source| VcpuError::Pvh { id, source })
-        };
-        let regs = kvm_regs {
-            rbx: start_info,
-            ..entry_regs(entry)
-        };
-        self.enter(setup, regs)
+    pub fn set_regs(&self, regs: &kvm_regs) -> Result<(), VcpuError> {
+        self.fd.set_regs(regs).map_err(self.registers("set regs"))
     }
 
     /// Sets the CPUID KVM supports, with this vCPU's APIC id and a topology of `count`

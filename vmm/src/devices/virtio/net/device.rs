@@ -48,7 +48,7 @@ pub enum NetError {
 
 /// What the device has moved and dropped since it was created (frame bytes exclude the
 /// virtio-net header).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetMetrics {
     /// Frames given to the guest, and their bytes.
     pub rx_frames: u64,
@@ -67,17 +67,8 @@ pub struct NetMetrics {
 
 impl NetMetrics {
     /// The counters as a JSON object, for the control socket's `metrics`.
-    pub fn to_json(&self) -> String {
-        format!(
-            r#"{{"rx_frames":{},"rx_bytes":{},"rx_dropped":{},"rx_bad_chains":{},"tx_frames":{},"tx_bytes":{},"tx_dropped":{}}}"#,
-            self.rx_frames,
-            self.rx_bytes,
-            self.rx_dropped,
-            self.rx_bad_chains,
-            self.tx_frames,
-            self.tx_bytes,
-            self.tx_dropped
-        )
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
