@@ -3,10 +3,10 @@
 //! answering each with one JSON line (`{"ok":true,...}` or `{"ok":false,"error":"..."}`, built
 //! with serde). [`VmControl`] is the state the vCPU loop consults after every exit; a command that changes it kicks the vCPUs out of KVM_RUN with a signal.
 
+use parking_lot::{Condvar, Mutex};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -76,15 +76,12 @@ impl VmControl {
 
     /// Adds `source`'s counters to `metrics`, under `name`.
     pub fn add_metrics(&self, name: &str, source: MetricsSource) {
-        self.metrics
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_owned(), source));
+        self.metrics.lock().push((name.to_owned(), source));
     }
 
     /// The `metrics` answer.
     fn metrics(&self) -> Value {
-        let sources = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        let sources = self.metrics.lock();
         let metrics: serde_json::Map<String, Value> = sources
             .iter()
             .map(|(name, source)| (name.clone(), source()))
@@ -96,19 +93,15 @@ impl VmControl {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Called by each vCPU loop after every exit: parks while paused; returns false once
     /// the VM is to shut down.
     pub fn checkpoint(&self) -> bool {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.wanted == RunState::Paused {
             inner.parked += 1;
             self.changed.notify_all();
             while inner.wanted == RunState::Paused {
-                inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+                self.changed.wait(&mut inner);
             }
             inner.parked -= 1;
         }
@@ -125,15 +118,12 @@ impl VmControl {
     /// for at most 5 s.
     pub fn kick_until_stopped(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         while inner.stopped < self.vcpus && Instant::now() < deadline {
             drop(inner);
             (self.kick)();
-            inner = self
-                .changed
-                .wait_timeout(self.lock(), Duration::from_millis(10))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            inner = self.inner.lock();
+            self.changed.wait_for(&mut inner, Duration::from_millis(10));
         }
     }
 
@@ -143,7 +133,7 @@ impl VmControl {
 
     /// Pauses the vCPUs and waits until all are parked (kicking them out of the guest).
     pub fn pause(&self) -> Result<(), String> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         match inner.wanted {
             RunState::ShuttingDown => return Err("the VM is shutting down".into()),
             RunState::Paused if self.all_parked(&inner) => return Ok(()),
@@ -153,24 +143,20 @@ impl VmControl {
         while !self.all_parked(&inner) {
             drop(inner);
             (self.kick)();
-            inner = self.lock();
+            inner = self.inner.lock();
             if self.all_parked(&inner) {
                 break;
             }
             if Instant::now() >= deadline {
                 return Err("the vCPUs did not stop within 5 s".into());
             }
-            inner = self
-                .changed
-                .wait_timeout(inner, Duration::from_millis(10))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            self.changed.wait_for(&mut inner, Duration::from_millis(10));
         }
         Ok(())
     }
 
     pub fn resume(&self) -> Result<(), String> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.lock();
         if inner.wanted == RunState::ShuttingDown {
             return Err("the VM is shutting down".into());
         }
@@ -181,13 +167,13 @@ impl VmControl {
 
     /// Asks the vCPU loops to end (the VMM then exits 0).
     pub fn shutdown(&self) {
-        self.lock().wanted = RunState::ShuttingDown;
+        self.inner.lock().wanted = RunState::ShuttingDown;
         self.changed.notify_all();
         (self.kick)();
     }
 
     pub fn state(&self) -> RunState {
-        self.lock().wanted
+        self.inner.lock().wanted
     }
 
     /// The `info` answer.

@@ -2,8 +2,9 @@
 //! interrupts their KVM_RUN for the control socket; counts of their exits by kind; and how
 //! the VM ended, which the first vCPU to stop reports.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::SIGRTMIN;
@@ -60,27 +61,23 @@ pub fn install_kick_handler() -> Result<(), RunnerError> {
 pub struct VcpuThreads(Arc<Mutex<Vec<libc::pthread_t>>>);
 
 impl VcpuThreads {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<libc::pthread_t>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Called on each vCPU thread before it first enters the guest.
     fn register_current(&self) {
         // SAFETY: pthread_self has no preconditions; it names the calling thread.
         let thread = unsafe { libc::pthread_self() };
-        self.lock().push(thread);
+        self.0.lock().push(thread);
     }
 
     /// Called on each vCPU thread before it ends: no kick may name it afterwards.
     fn unregister_current(&self) {
         // SAFETY: pthread_self has no preconditions; it names the calling thread.
         let thread = unsafe { libc::pthread_self() };
-        self.lock().retain(|&t| t != thread);
+        self.0.lock().retain(|&t| t != thread);
     }
 
     /// Interrupts every running vCPU's KVM_RUN.
     pub fn kick(&self) {
-        for &thread in self.lock().iter() {
+        for &thread in self.0.lock().iter() {
             // SAFETY: a thread unregisters (under this lock) before it ends, so the id names
             // a live thread; the signal's handler does nothing but interrupt KVM_RUN.
             unsafe { libc::pthread_kill(thread, SIGRTMIN()) };

@@ -6,9 +6,10 @@
 
 mod common;
 
+use parking_lot::Mutex;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, Kvm};
@@ -62,7 +63,7 @@ struct Output(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        self.0.lock().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -112,7 +113,7 @@ impl Guest {
     }
 
     fn results(&self) -> Vec<u8> {
-        let result = self.result.lock().unwrap();
+        let result = self.result.lock();
         result.writes.iter().flat_map(|(_, d)| d.clone()).collect()
     }
 }
@@ -134,7 +135,7 @@ fn serial_output_then_halt() {
         .unwrap();
     let mut vcpu = guest.vcpu();
     assert_eq!(vcpu.run().unwrap(), Exit::Halt);
-    assert_eq!(out.0.lock().unwrap().as_slice(), b"Hi");
+    assert_eq!(out.0.lock().as_slice(), b"Hi");
 }
 
 #[test]
@@ -154,7 +155,7 @@ fn mmio_reads_and_writes_reach_the_device() {
     guest.mmio.insert(0x8000, 0x10, device.clone()).unwrap();
     let mut vcpu = guest.vcpu();
     assert_eq!(vcpu.run().unwrap(), Exit::Halt);
-    assert_eq!(device.lock().unwrap().writes, [(0, vec![0x5a])]);
+    assert_eq!(device.lock().writes, [(0, vec![0x5a])]);
     // The value the device returned made it into the guest and back out.
     assert_eq!(guest.results(), [0x77]);
 }
@@ -195,8 +196,8 @@ fn ioeventfds_fire_without_exits() {
     }
     assert_eq!(port_event.read().unwrap(), 1);
     assert_eq!(mmio_event.read().unwrap(), 1);
-    assert!(port_dev.lock().unwrap().writes.is_empty());
-    assert!(mmio_dev.lock().unwrap().writes.is_empty());
+    assert!(port_dev.lock().writes.is_empty());
+    assert!(mmio_dev.lock().writes.is_empty());
     assert_eq!(exits, [Exit::Io], "only the result port exits");
     assert_eq!(guest.results(), [7]);
 }
@@ -266,7 +267,7 @@ fn irqfd_interrupts_a_halted_guest() {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut exits = Vec::new();
-            while !stop.load(Ordering::SeqCst) && result.lock().unwrap().writes.is_empty() {
+            while !stop.load(Ordering::SeqCst) && result.lock().writes.is_empty() {
                 exits.push(vcpu.run_once().unwrap());
             }
             exits

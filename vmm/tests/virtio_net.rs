@@ -116,7 +116,7 @@ fn frames_cross_between_the_tap_and_guest_buffers() {
     let mut sent = vec![0u8; 4096];
     let n = recv(peer.as_raw_fd(), &mut sent, MsgFlags::empty()).unwrap();
     assert_eq!(&sent[..n], &out[..]);
-    let metrics = net.lock().unwrap().metrics();
+    let metrics = net.lock().metrics();
     assert_eq!((metrics.rx_frames, metrics.tx_frames), (2, 1));
     assert_eq!(metrics.tx_bytes, 200);
     assert_eq!(metrics.to_json()["tx_bytes"], 200);

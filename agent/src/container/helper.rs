@@ -8,6 +8,7 @@ use std::io::IoSliceMut;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+// tracing-subscriber writes through std's Mutex (it implements MakeWriter).
 use std::sync::Mutex;
 
 use libcontainer::container::builder::ContainerBuilder;

@@ -16,9 +16,10 @@ mod state;
 mod stdio;
 mod tty;
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use cgroup::Stats;
@@ -29,7 +30,7 @@ pub use spec::validate_id;
 use self::runtime::{Request, Runtime};
 use self::state::{Container, State};
 use crate::error::{AgentError, Result};
-use crate::init::reaper::{lock, Reaper};
+use crate::init::reaper::Reaper;
 use crate::pause::PodInit;
 use crate::storage;
 
@@ -64,7 +65,7 @@ struct Reservation<'a> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        lock(self.table).reserved.remove(&self.id);
+        self.table.lock().reserved.remove(&self.id);
     }
 }
 
@@ -81,7 +82,7 @@ impl Containers {
     /// NamespaceMode POD).
     pub fn share_pid_namespace(&self) -> Result<()> {
         let init = PodInit::start(&self.reaper)?;
-        if let Some(old) = lock(&self.table).pod_init.replace(init) {
+        if let Some(old) = self.table.lock().pod_init.replace(init) {
             tokio::spawn(old.stop());
         }
         Ok(())
@@ -89,14 +90,14 @@ impl Containers {
 
     /// Stops the pod's infra process, if there is one (after its containers are gone).
     pub async fn stop_pod_init(&self) {
-        let init = lock(&self.table).pod_init.take();
+        let init = self.table.lock().pod_init.take();
         if let Some(init) = init {
             init.stop().await;
         }
     }
 
     fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
-        let mut t = lock(&self.table);
+        let mut t = self.table.lock();
         if t.live.contains_key(id) || t.reserved.contains(id) {
             return Err(AgentError::AlreadyExists(format!(
                 "container {id} already exists"
@@ -110,14 +111,15 @@ impl Containers {
     }
 
     fn insert(&self, container: Arc<Container>) {
-        lock(&self.table)
+        self.table
+            .lock()
             .live
             .insert(container.id.clone(), container);
     }
 
     /// `/proc/<pid>/ns/pid` of the pod's infra process, when the pod shares one and it lives.
     fn pid_namespace_to_join(&self) -> Result<Option<PathBuf>> {
-        let mut t = lock(&self.table);
+        let mut t = self.table.lock();
         let Some(init) = t.pod_init.as_mut() else {
             return Ok(None);
         };
@@ -130,7 +132,8 @@ impl Containers {
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
-        lock(&self.table)
+        self.table
+            .lock()
             .live
             .get(id)
             .cloned()
@@ -175,14 +178,14 @@ impl Containers {
             .await?;
         storage::unmount_all(&c.storages);
         let _ = std::fs::remove_dir_all(&c.bundle);
-        lock(&self.table).live.remove(id);
+        self.table.lock().live.remove(id);
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }
 
     /// Removes every container (DestroySandbox); failures are logged.
     pub async fn remove_all(&self) {
-        let ids: Vec<String> = lock(&self.table).live.keys().cloned().collect();
+        let ids: Vec<String> = self.table.lock().live.keys().cloned().collect();
         for id in ids {
             if let Err(e) = self.remove(&id, DEFAULT_REMOVE_TIMEOUT).await {
                 tracing::error!(container_id = %id, error = %e, "remove failed during teardown");

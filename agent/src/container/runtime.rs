@@ -12,11 +12,12 @@
 //! ours: the intermediate exits and its children are reparented to PID 1 (or to us as
 //! subreaper), where the reaper collects them.
 
+use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -28,7 +29,7 @@ use nix::sys::time::TimeVal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
-use crate::init::reaper::{lock, Reaper};
+use crate::init::reaper::Reaper;
 
 /// Where libcontainer keeps its per-container state.
 pub const LIBCONTAINER_ROOT: &str = "/run/vessel/libcontainer";
@@ -222,7 +223,7 @@ impl LogForwarder {
                 let Ok(line) = line else { break };
                 eprintln!("{line}");
                 if let Some(cause) = error_cause(&line) {
-                    let mut kept = lock(&kept);
+                    let mut kept = kept.lock();
                     if kept.len() < MAX_ERROR_LINES {
                         kept.push(cause);
                     }
@@ -236,7 +237,7 @@ impl LogForwarder {
     /// The error lines seen, once the log ended or `grace` passed.
     fn errors(self, grace: Duration) -> Vec<String> {
         let _ = self.done.recv_timeout(grace);
-        lock(&self.errors).clone()
+        self.errors.lock().clone()
     }
 }
 

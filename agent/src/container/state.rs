@@ -1,16 +1,16 @@
 //! One container: its lifecycle state machine (Created → Running → Stopped), its init
 //! process and execs, and what was set up for it (bundle, storages, cgroup).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::cgroup::Cgroup;
 use super::process::Process;
 use crate::error::{AgentError, Result};
-use crate::init::reaper::lock;
 use crate::storage::Mounted;
 
 /// Lifecycle of a container (youki's and runc's, without pause).
@@ -103,7 +103,7 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(Arc::clone(&self.init));
         }
-        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+        self.execs.lock().get(exec_id).cloned().ok_or_else(|| {
             AgentError::NotFound(format!(
                 "exec {exec_id:?} not found in container {}",
                 self.id
@@ -112,11 +112,11 @@ impl Container {
     }
 
     pub fn has_exec(&self, exec_id: &str) -> bool {
-        lock(&self.execs).contains_key(exec_id)
+        self.execs.lock().contains_key(exec_id)
     }
 
     pub fn add_exec(&self, process: Arc<Process>) {
-        lock(&self.execs).insert(process.exec_id.clone(), process);
+        self.execs.lock().insert(process.exec_id.clone(), process);
     }
 
     /// Drops an exec whose exit was waited for and whose output was read to the end.
@@ -124,7 +124,7 @@ impl Container {
         if process.exec_id.is_empty() || !process.is_finished() {
             return;
         }
-        let mut execs = lock(&self.execs);
+        let mut execs = self.execs.lock();
         if execs
             .get(&process.exec_id)
             .is_some_and(|p| p.pid == process.pid)

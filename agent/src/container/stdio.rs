@@ -7,18 +7,17 @@
 //! Buffered bytes outlive the process until they are read; end of stream is reported once
 //! the pipe has closed and the buffer is drained.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use nix::fcntl::OFlag;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
-
-use crate::init::reaper::lock;
 
 /// Most bytes buffered per stream.
 pub const STREAM_CAPACITY: usize = 1 << 20;
@@ -64,7 +63,7 @@ impl StreamBuffer {
             let notified = self.writable.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let free = self.capacity.saturating_sub(lock(&self.state).data.len());
+            let free = self.capacity.saturating_sub(self.state.lock().data.len());
             if free > 0 {
                 return free;
             }
@@ -74,20 +73,20 @@ impl StreamBuffer {
 
     /// Appends bytes (the pump first waits for space, so the bound holds).
     pub fn push(&self, bytes: &[u8]) {
-        lock(&self.state).data.extend(bytes);
+        self.state.lock().data.extend(bytes);
         self.readable.notify_waiters();
     }
 
     /// Marks the end of the stream.
     pub fn close(&self) {
-        lock(&self.state).closed = true;
+        self.state.lock().closed = true;
         self.readable.notify_waiters();
     }
 
     /// Bytes buffered now.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        lock(&self.state).data.len()
+        self.state.lock().data.len()
     }
 
     /// Waits for data and returns up to `max` bytes (0 means [`DEFAULT_READ_LEN`]); an
@@ -99,7 +98,7 @@ impl StreamBuffer {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut st = lock(&self.state);
+                let mut st = self.state.lock();
                 if !st.data.is_empty() {
                     let n = max.min(st.data.len());
                     let out: Vec<u8> = st.data.drain(..n).collect();

@@ -13,8 +13,9 @@
 //! A status that arrives before anyone watches its pid (a container that dies before its
 //! creator registered it) is kept for [`UNCLAIMED_TTL`].
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
@@ -93,7 +94,7 @@ impl Reaper {
     /// The exit of `pid`, delivered once it is reaped (at once if it already was).
     pub fn watch(&self, pid: i32) -> oneshot::Receiver<Exit> {
         let (tx, rx) = oneshot::channel();
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         if let Some((exit, _)) = table.unclaimed.remove(&pid) {
             let _ = tx.send(exit);
         } else {
@@ -104,12 +105,12 @@ impl Reaper {
 
     /// Hold while spawning a child: no sweep runs meanwhile.
     pub fn spawn_gate(&self) -> MutexGuard<'_, ()> {
-        lock(&self.gate)
+        self.gate.lock()
     }
 
     /// Reaps every child that has exited; never blocks.
     pub fn sweep(&self) {
-        let _gate = lock(&self.gate);
+        let _gate = self.gate.lock();
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
@@ -125,14 +126,14 @@ impl Reaper {
                 }
             }
         }
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         table
             .unclaimed
             .retain(|_, (_, since)| since.elapsed() < UNCLAIMED_TTL);
     }
 
     fn deliver(&self, pid: i32, exit: Exit) {
-        let mut table = lock(&self.table);
+        let mut table = self.table.lock();
         match table.waiters.remove(&pid) {
             Some(tx) => {
                 tracing::debug!(pid, status = exit.status, "child exited");
@@ -163,11 +164,6 @@ impl Reaper {
         });
         Ok(())
     }
-}
-
-/// Locks a mutex, ignoring poisoning (the protected tables stay consistent).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

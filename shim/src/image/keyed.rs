@@ -1,8 +1,9 @@
 //! Async locks by key (a blob digest, a layer chain id), so concurrent pulls that need the
 //! same content download or unpack it once: the second waits, then finds it present.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use tokio::sync::OwnedMutexGuard;
 
@@ -15,7 +16,7 @@ pub struct KeyedLocks {
 impl KeyedLocks {
     pub async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
         let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            let mut locks = self.locks.lock();
             locks.retain(|_, l| l.strong_count() > 0);
             match locks.get(key).and_then(Weak::upgrade) {
                 Some(lock) => lock,

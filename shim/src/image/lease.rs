@@ -2,22 +2,19 @@
 //! may be mounted, and garbage collection never deletes a leased dir, whatever happened to the
 //! image meanwhile.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// Lease counts by layer dir, shared by the store and every lease.
 #[derive(Debug, Default, Clone)]
 pub struct Leases(Arc<Mutex<HashMap<PathBuf, usize>>>);
 
 impl Leases {
-    fn counts(&self) -> MutexGuard<'_, HashMap<PathBuf, usize>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Leases `dirs` until the returned lease is dropped.
     pub fn take(&self, dirs: Vec<PathBuf>) -> LayerLease {
-        let mut counts = self.counts();
+        let mut counts = self.0.lock();
         for dir in &dirs {
             *counts.entry(dir.clone()).or_default() += 1;
         }
@@ -29,7 +26,7 @@ impl Leases {
 
     /// Every dir under a lease now.
     pub fn leased(&self) -> HashSet<PathBuf> {
-        self.counts().keys().cloned().collect()
+        self.0.lock().keys().cloned().collect()
     }
 }
 
@@ -49,7 +46,7 @@ impl LayerLease {
 
 impl Drop for LayerLease {
     fn drop(&mut self) {
-        let mut counts = self.leases.counts();
+        let mut counts = self.leases.0.lock();
         for dir in &self.dirs {
             if let Some(n) = counts.get_mut(dir) {
                 *n -= 1;

@@ -6,10 +6,11 @@
 //! Layout under the image root: `content/` (the [`ContentStore`]) and `layers/<chain-id hex>/`
 //! (one unpacked layer per chain id, an overlayfs lower dir).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -99,10 +100,6 @@ impl ImageStore {
         })
     }
 
-    fn images(&self) -> MutexGuard<'_, BTreeMap<String, ImageRecord>> {
-        self.images.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The directory holding blobs and layers (ImageFsInfo's mountpoint).
     pub fn root(&self) -> &Path {
         &self.root
@@ -120,20 +117,20 @@ impl ImageStore {
 
     /// Every image.
     pub fn list(&self) -> Vec<ImageRecord> {
-        self.images().values().cloned().collect()
+        self.images.lock().values().cloned().collect()
     }
 
     /// The image a reference names: its id (`sha256:<hex>`, `<hex>`, or a unique id prefix of
     /// at least 12 hex digits), a repo digest, or a repo tag (names normalised).
     pub fn resolve(&self, reference: &str) -> Option<ImageRecord> {
-        resolve_in(&self.images(), reference).cloned()
+        resolve_in(&self.images.lock(), reference).cloned()
     }
 
     /// The images a ListImages filter names: with a tag, a digest or an id, the one image
     /// [`ImageStore::resolve`] finds; a bare repository (`busybox`) matches each of its tags
     /// and digests, as crictl users expect.
     pub fn matching(&self, filter: &str) -> Vec<ImageRecord> {
-        let images = self.images();
+        let images = self.images.lock();
         let last = filter.rsplit('/').next().unwrap_or(filter);
         let exact = || resolve_in(&images, filter).cloned().into_iter().collect();
         if filter.contains('@') || last.contains(':') {
@@ -165,7 +162,7 @@ impl ImageStore {
         &self,
         reference: &str,
     ) -> Result<Option<(ImageRecord, LayerLease)>, ImageError> {
-        let images = self.images();
+        let images = self.images.lock();
         let Some(image) = resolve_in(&images, reference) else {
             return Ok(None);
         };
@@ -187,7 +184,7 @@ impl ImageStore {
         tag: Option<String>,
         repo_digest: String,
     ) -> Result<ImageRecord, ImageError> {
-        let mut images = self.images();
+        let mut images = self.images.lock();
         let mut changed = Vec::new();
         let mut dropped = Vec::new();
         if let Some(tag) = &tag {
@@ -231,7 +228,7 @@ impl ImageStore {
     /// Removes what `reference` names: a tag is untagged (the image goes when its last tag
     /// does); an id or digest removes the whole image. Returns whether anything changed.
     pub fn remove(&self, reference: &str) -> Result<bool, ImageError> {
-        let mut images = self.images();
+        let mut images = self.images.lock();
         let Some(mut image) = resolve_in(&images, reference).cloned() else {
             return Ok(false);
         };
@@ -262,7 +259,7 @@ impl ImageStore {
     pub async fn collect_garbage(&self) -> Result<Collected, ImageError> {
         let exclusive = self.gc.clone().write_owned().await;
         let (blobs, mut layers) = {
-            let images = self.images();
+            let images = self.images.lock();
             let blobs: HashSet<String> = images.values().flat_map(|r| r.blobs.clone()).collect();
             let mut layers = HashSet::new();
             for r in images.values() {

@@ -1,10 +1,10 @@
 //! A container's CRI log file: appended to by both stream pumps (whole lines at a time, so
 //! lines never interleave), reopened on ReopenContainerLog after kubelet rotated it.
 
+use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 #[derive(Debug)]
 pub struct LogFile {
@@ -36,14 +36,14 @@ impl LogFile {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut file = self.file.lock();
         file.write_all(lines)
     }
 
     /// Opens the path anew (creating the file before returning) and writes there from now on.
     pub fn reopen(&self) -> io::Result<()> {
         let new = open(&self.path)?;
-        *self.file.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        *self.file.lock() = new;
         Ok(())
     }
 }

@@ -1,12 +1,12 @@
 //! A container in the runtime: its record, its CRI log and the tasks that follow it (log
 //! pumps, exit watcher).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::image::LayerLease;
 use crate::logs::LogFile;
 
-use super::{lock, ContainerRecord, ContainerState};
+use super::{ContainerRecord, ContainerState};
 
 pub struct Container {
     pub id: String,
@@ -43,24 +43,24 @@ impl Container {
     }
 
     pub(super) fn set_pumps(&self, pumps: Vec<tokio::task::JoinHandle<()>>) {
-        *lock(&self.pumps) = pumps;
+        *self.pumps.lock() = pumps;
     }
 
     pub(super) fn take_pumps(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        std::mem::take(&mut *lock(&self.pumps))
+        std::mem::take(&mut *self.pumps.lock())
     }
 
     pub fn record(&self) -> ContainerRecord {
-        lock(&self.record).clone()
+        self.record.lock().clone()
     }
 
     pub fn state(&self) -> ContainerState {
-        lock(&self.record).state
+        self.record.lock().state
     }
 
     /// Applies `f` to the record and returns the new value (the caller persists it).
     pub(super) fn update(&self, f: impl FnOnce(&mut ContainerRecord)) -> ContainerRecord {
-        let mut record = lock(&self.record);
+        let mut record = self.record.lock();
         f(&mut record);
         record.clone()
     }

@@ -12,9 +12,7 @@ use vessel_protocols::cri;
 use super::names::container_key;
 use super::pod_files;
 use super::watch::start_pumps;
-use super::{
-    lock, new_id, now_ns, write, Container, ContainerRecord, ContainerState, Runtime, RuntimeError,
-};
+use super::{new_id, now_ns, Container, ContainerRecord, ContainerState, Runtime, RuntimeError};
 use crate::image;
 use crate::logs::LogFile;
 use crate::mounts;
@@ -42,6 +40,17 @@ pub(super) fn log_path(
         ));
     }
     Ok(Some(Path::new(&pod.log_directory).join(rel)))
+}
+
+/// One CreateContainer in progress: the new container's id, its pod (id, recorded config and
+/// agent), its CRI config and the image it names.
+struct NewContainer<'a> {
+    id: &'a str,
+    pod_id: &'a str,
+    pod_config: &'a cri::PodSandboxConfig,
+    config: &'a cri::ContainerConfig,
+    image_name: &'a str,
+    agent: &'a crate::sandbox::AgentClient,
 }
 
 /// Host-side files of a container being created, removed again if creation fails.
@@ -90,49 +99,48 @@ impl Runtime {
         let log_path = log_path(&pod_config, &config)?;
         let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
         let key = container_key(pod_id, &meta.name, meta.attempt);
-        let reserved = lock(&self.names).reserve(key.clone(), &id);
+        let reserved = self.names.lock().reserve(key.clone(), &id);
         if let Err(existing) = reserved {
             return Err(RuntimeError::AlreadyExists(format!(
                 "container name {:?} (attempt {}) is already used by {existing} in pod {pod_id}",
                 meta.name, meta.attempt
             )));
         }
-        let created = self
-            .create_in_pod(
-                &id,
-                pod_id,
-                &pod_config,
-                &config,
-                &image_name,
-                log_path,
-                &agent,
-            )
-            .await;
+        let new = NewContainer {
+            id: &id,
+            pod_id,
+            pod_config: &pod_config,
+            config: &config,
+            image_name: &image_name,
+            agent: &agent,
+        };
+        let created = self.create_in_pod(&new, log_path).await;
         match created {
             Ok(container) => {
                 let container = Arc::new(container);
                 container.set_pumps(start_pumps(&container, &agent));
-                write(&self.containers).insert(id.clone(), container);
+                self.containers.write().insert(id.clone(), container);
                 Ok(id)
             }
             Err(e) => {
-                lock(&self.names).release(&key);
+                self.names.lock().release(&key);
                 Err(e)
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn create_in_pod(
         &self,
-        id: &str,
-        pod_id: &str,
-        pod_config: &cri::PodSandboxConfig,
-        config: &cri::ContainerConfig,
-        image_name: &str,
+        new: &NewContainer<'_>,
         log_path: Option<PathBuf>,
-        agent: &crate::sandbox::AgentClient,
     ) -> Result<Container, RuntimeError> {
+        let NewContainer {
+            id,
+            pod_id,
+            config,
+            image_name,
+            ..
+        } = *new;
         let (image, lease) =
             self.images
                 .resolve_and_lease(image_name)?
@@ -151,15 +159,7 @@ impl Runtime {
             dir,
         };
         let result = self
-            .stage_and_create(
-                id,
-                pod_config,
-                config,
-                &image.defaults,
-                &layers,
-                &staged,
-                agent,
-            )
+            .stage_and_create(new, &image.defaults, &layers, &staged)
             .await;
         match result {
             Ok(process) => {
@@ -200,17 +200,20 @@ impl Runtime {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn stage_and_create(
         &self,
-        id: &str,
-        pod_config: &cri::PodSandboxConfig,
-        config: &cri::ContainerConfig,
+        new: &NewContainer<'_>,
         image: &image::ImageDefaults,
         layers: &[PathBuf],
         staged: &Staged,
-        agent: &crate::sandbox::AgentClient,
     ) -> Result<oci_spec::runtime::Process, RuntimeError> {
+        let NewContainer {
+            id,
+            pod_config,
+            config,
+            agent,
+            ..
+        } = *new;
         let internal =
             |what: &str, e: &dyn std::fmt::Display| RuntimeError::Internal(format!("{what}: {e}"));
         std::fs::create_dir_all(&staged.rootfs).map_err(|e| internal("create rootfs dir", &e))?;

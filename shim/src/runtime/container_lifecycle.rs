@@ -9,7 +9,7 @@ use vessel_protocols::cri;
 
 use super::names::container_key;
 use super::watch::watch_exit;
-use super::{lock, now_ns, write, ContainerState, Runtime, RuntimeError};
+use super::{now_ns, ContainerState, Runtime, RuntimeError};
 use crate::oci;
 use crate::store::Kind;
 
@@ -112,8 +112,10 @@ impl Runtime {
         self.release_container_files(&record);
         self.store.delete(&[(Kind::Container, id)])?;
         let meta = record.config.metadata.unwrap_or_default();
-        lock(&self.names).release(&container_key(&record.sandbox_id, &meta.name, meta.attempt));
-        write(&self.containers).remove(id);
+        self.names
+            .lock()
+            .release(&container_key(&record.sandbox_id, &meta.name, meta.attempt));
+        self.containers.write().remove(id);
         tracing::info!(container_id = id, "container removed");
         Ok(())
     }

@@ -17,9 +17,10 @@ mod restore;
 mod stats;
 mod watch;
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 pub use container::Container;
 pub use error::{Code, RuntimeError};
@@ -99,7 +100,8 @@ impl Runtime {
         if id.is_empty() {
             return Err(RuntimeError::invalid("pod_sandbox_id", "empty"));
         }
-        read(&self.pods)
+        self.pods
+            .read()
             .get(id)
             .cloned()
             .ok_or_else(|| RuntimeError::NotFound {
@@ -113,7 +115,8 @@ impl Runtime {
         if id.is_empty() {
             return Err(RuntimeError::invalid("container_id", "empty"));
         }
-        read(&self.containers)
+        self.containers
+            .read()
             .get(id)
             .cloned()
             .ok_or_else(|| RuntimeError::NotFound {
@@ -123,16 +126,17 @@ impl Runtime {
     }
 
     pub fn pods(&self) -> Vec<Arc<Pod>> {
-        read(&self.pods).values().cloned().collect()
+        self.pods.read().values().cloned().collect()
     }
 
     pub fn containers(&self) -> Vec<Arc<Container>> {
-        read(&self.containers).values().cloned().collect()
+        self.containers.read().values().cloned().collect()
     }
 
     /// Containers of one pod.
     pub fn pod_containers(&self, pod_id: &str) -> Vec<Arc<Container>> {
-        read(&self.containers)
+        self.containers
+            .read()
             .values()
             .filter(|c| c.sandbox_id == pod_id)
             .cloned()
@@ -153,17 +157,4 @@ impl Runtime {
             records.iter().map(|r| (r.id.as_str(), r)).collect();
         Ok(self.store.put_many(Kind::Container, &items)?)
     }
-}
-
-/// Reads a lock, recovering from a panicked writer (the maps stay consistent per operation).
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -1,11 +1,11 @@
 //! A pod in the runtime: its record, its VM and a lock that serializes its lifecycle
 //! operations (operations on different pods run concurrently).
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 use crate::sandbox::{AgentClient, PodVm};
 
-use super::{lock, PodState, RuntimeError, SandboxRecord};
+use super::{PodState, RuntimeError, SandboxRecord};
 
 pub struct Pod {
     pub id: String,
@@ -31,24 +31,24 @@ impl Pod {
 
     /// A snapshot of the record.
     pub fn record(&self) -> SandboxRecord {
-        lock(&self.record).clone()
+        self.record.lock().clone()
     }
 
     /// Applies `f` to the record and returns the new value (the caller persists it).
     pub(super) fn update(&self, f: impl FnOnce(&mut SandboxRecord)) -> SandboxRecord {
-        let mut record = lock(&self.record);
+        let mut record = self.record.lock();
         f(&mut record);
         record.clone()
     }
 
     pub(super) fn set_agent(&self, agent: Option<AgentClient>) {
-        *lock(&self.agent) = agent;
+        *self.agent.lock() = agent;
     }
 
     /// The agent of a ready pod.
     pub fn agent(&self) -> Result<AgentClient, RuntimeError> {
-        let state = lock(&self.record).state;
-        match (state, lock(&self.agent).clone()) {
+        let state = self.record.lock().state;
+        match (state, self.agent.lock().clone()) {
             (PodState::Ready, Some(agent)) => Ok(agent),
             _ => Err(RuntimeError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
@@ -63,6 +63,6 @@ impl Pod {
     }
 
     pub fn is_ready(&self) -> bool {
-        lock(&self.record).state == PodState::Ready
+        self.record.lock().state == PodState::Ready
     }
 }

@@ -10,9 +10,7 @@ use vessel_protocols::cri;
 use super::names::{container_key, pod_key};
 use super::pod_files;
 use super::watch::{mark_lost, monitor_vm};
-use super::{
-    lock, new_id, now_ns, write, Pod, PodState, Runtime, RuntimeError, SandboxRecord, HANDLERS,
-};
+use super::{new_id, now_ns, Pod, PodState, Runtime, RuntimeError, SandboxRecord, HANDLERS};
 use crate::oci::pod_hostname;
 use crate::sandbox::{PodVm, PodVmSpec};
 use crate::store::Kind;
@@ -139,7 +137,7 @@ impl Runtime {
         let meta = config.metadata.clone().unwrap_or_default();
         let key = pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
         let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
-        let reserved = lock(&self.names).reserve(key.clone(), &id);
+        let reserved = self.names.lock().reserve(key.clone(), &id);
         if let Err(existing) = reserved {
             // A repeat: once any creation in flight has finished, answer with the same pod.
             if let Ok(pod) = self.pod(&existing) {
@@ -164,12 +162,12 @@ impl Runtime {
         };
         let pod = Arc::new(Pod::new(record));
         let guard = pod.lifecycle.lock().await;
-        write(&self.pods).insert(id.clone(), pod.clone());
+        self.pods.write().insert(id.clone(), pod.clone());
         let result = self.boot_pod(&pod).await;
         drop(guard);
         if let Err(e) = result {
-            write(&self.pods).remove(&id);
-            lock(&self.names).release(&key);
+            self.pods.write().remove(&id);
+            self.names.lock().release(&key);
             let _ = self.store.delete(&[(Kind::Sandbox, &id)]);
             return Err(e);
         }
@@ -266,7 +264,7 @@ impl Runtime {
         ids.extend(containers.iter().map(|c| (Kind::Container, c.id.as_str())));
         self.store.delete(&ids)?;
         {
-            let mut names = lock(&self.names);
+            let mut names = self.names.lock();
             for c in &containers {
                 let r = c.record();
                 let meta = r.config.metadata.unwrap_or_default();
@@ -280,12 +278,12 @@ impl Runtime {
                 meta.attempt,
             ));
         }
-        let mut map = write(&self.containers);
+        let mut map = self.containers.write();
         for c in &containers {
             map.remove(&c.id);
         }
         drop(map);
-        write(&self.pods).remove(id);
+        self.pods.write().remove(id);
         tracing::info!(pod_id = id, "pod sandbox removed");
         Ok(())
     }

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use super::names::{container_key, pod_key};
 use super::watch::{mark_lost, monitor_vm, start_pumps, watch_exit};
 use super::{
-    lock, write, Container, ContainerRecord, ContainerState, Pod, PodState, Runtime, RuntimeError,
-    SandboxRecord,
+    Container, ContainerRecord, ContainerState, Pod, PodState, Runtime, RuntimeError, SandboxRecord,
 };
 use crate::logs::LogFile;
 use crate::sandbox::PodVm;
@@ -18,12 +17,12 @@ pub(super) async fn restore(runtime: &Arc<Runtime>) -> Result<(), RuntimeError> 
     let containers: Vec<ContainerRecord> = runtime.store.all(Kind::Container)?;
     for record in pods {
         let meta = record.config.metadata.clone().unwrap_or_default();
-        let _ = lock(&runtime.names).reserve(
+        let _ = runtime.names.lock().reserve(
             pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt),
             &record.id,
         );
         let pod = Arc::new(Pod::new(record.clone()));
-        write(&runtime.pods).insert(pod.id.clone(), pod.clone());
+        runtime.pods.write().insert(pod.id.clone(), pod.clone());
         adopt_pod(runtime, &pod, &record).await;
     }
     for record in containers {
@@ -68,7 +67,7 @@ async fn adopt_pod(runtime: &Arc<Runtime>, pod: &Arc<Pod>, record: &SandboxRecor
 
 fn restore_container(runtime: &Arc<Runtime>, record: ContainerRecord) {
     let meta = record.config.metadata.clone().unwrap_or_default();
-    let _ = lock(&runtime.names).reserve(
+    let _ = runtime.names.lock().reserve(
         container_key(&record.sandbox_id, &meta.name, meta.attempt),
         &record.id,
     );
@@ -85,7 +84,10 @@ fn restore_container(runtime: &Arc<Runtime>, record: ContainerRecord) {
     let state = record.state;
     let lease = runtime.images.lease(record.layers.clone());
     let container = Arc::new(Container::new(record, log, Some(lease)));
-    write(&runtime.containers).insert(container.id.clone(), container.clone());
+    runtime
+        .containers
+        .write()
+        .insert(container.id.clone(), container.clone());
     if !matches!(state, ContainerState::Created | ContainerState::Running) {
         return;
     }

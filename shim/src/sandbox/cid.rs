@@ -1,8 +1,9 @@
 //! Guest vsock context ids: each running pod VM gets its own, so no two VMs can be confused
 //! even by a backend whose CIDs are host-global (vhost-vsock).
 
+use parking_lot::Mutex;
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 /// The first CID a guest may have (0-2 are reserved: hypervisor, local, host).
 const FIRST_GUEST_CID: u32 = 3;
@@ -28,7 +29,7 @@ impl CidLease {
 
 impl Drop for CidLease {
     fn drop(&mut self) {
-        let mut used = self.owner.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = self.owner.used.lock();
         used.remove(&self.cid);
     }
 }
@@ -42,7 +43,7 @@ impl CidAllocator {
 
     /// Marks a CID of an adopted VM as used (it is already the VM's).
     pub fn claim(self: &Arc<Self>, cid: u32) -> CidLease {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = self.used.lock();
         used.insert(cid);
         CidLease {
             cid,
@@ -52,7 +53,7 @@ impl CidAllocator {
 
     /// The lowest free CID.
     pub fn allocate(self: &Arc<Self>) -> CidLease {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = self.used.lock();
         let mut cid = FIRST_GUEST_CID;
         while used.contains(&cid) {
             cid += 1;

@@ -2,10 +2,11 @@
 //! sleep control register (power-off) and the pvpanic port. The last three end the VM, so
 //! their eventfds are what the vCPU loop checks after a port write.
 
+use parking_lot::Mutex;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 

@@ -2,8 +2,9 @@
 //! DSDT then describes), an irqfd for that line, an ioeventfd on its QueueNotify register, and
 //! handlers on the device event loop.
 
+use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -116,7 +117,7 @@ impl<'a> VirtioDevices<'a> {
             return Ok(entry);
         };
         let handler = move || {
-            let mut device = device.lock().unwrap_or_else(|e| e.into_inner());
+            let mut device = device.lock();
             if let Err(e) = process(&mut device) {
                 tracing::warn!(error = %e, device = name, "virtio request");
             }
@@ -148,7 +149,7 @@ impl<'a> VirtioDevices<'a> {
         let serve = || {
             let vsock = vsock.clone();
             Box::new(move || {
-                let mut vsock = vsock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut vsock = vsock.lock();
                 if let Err(e) = vsock.process() {
                     tracing::warn!(error = %e, device = "virtio-vsock", "packets");
                 }
@@ -175,7 +176,7 @@ impl<'a> VirtioDevices<'a> {
         for call in calls {
             let fs = fs.clone();
             let relay = move || {
-                let fs = fs.lock().unwrap_or_else(|e| e.into_inner());
+                let fs = fs.lock();
                 if let Err(e) = fs.raise_interrupt() {
                     tracing::warn!(error = %e, device = "virtio-fs", "raise interrupt");
                 }
@@ -190,12 +191,12 @@ impl<'a> VirtioDevices<'a> {
     /// frames. Its counters join the control socket's `metrics` as `net<n>`.
     pub fn add_net(&mut self, tap: Tap, mac: [u8; 6]) -> Result<Arc<Mutex<Net>>, BuilderError> {
         let net = Arc::new(Mutex::new(Net::new(tap, mac)));
-        let tap_fd = net.lock().unwrap_or_else(|e| e.into_inner()).tap_fd();
+        let tap_fd = net.lock().tap_fd();
         let (_, notify) = self.add_device(net.clone())?;
         let serve = |process: fn(&mut Net) -> Result<usize, NetError>| {
             let net = net.clone();
             Box::new(move || {
-                let mut net = net.lock().unwrap_or_else(|e| e.into_inner());
+                let mut net = net.lock();
                 if let Err(e) = process(&mut net) {
                     tracing::warn!(error = %e, device = "virtio-net", "frames");
                 }
@@ -217,16 +218,8 @@ impl<'a> VirtioDevices<'a> {
                 .count()
         );
         let counters = net.clone();
-        self.metrics.push((
-            name,
-            Box::new(move || {
-                counters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .metrics()
-                    .to_json()
-            }),
-        ));
+        self.metrics
+            .push((name, Box::new(move || counters.lock().metrics().to_json())));
         Ok(net)
     }
 }

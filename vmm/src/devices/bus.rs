@@ -2,8 +2,9 @@
 //! range, and an access is handed to the device with its offset in that range. Accesses that
 //! hit no device read as all ones and are otherwise dropped, as on real hardware.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// A device on a bus. `offset` is relative to the start of the device's range.
 pub trait BusDevice: Send {
@@ -42,7 +43,7 @@ impl Bus {
             .checked_add(len)
             .filter(|_| len > 0)
             .ok_or(BusError::BadRange { base, len })?;
-        let mut devices = self.devices.write().unwrap_or_else(|e| e.into_inner());
+        let mut devices = self.devices.write();
         let before = devices.range(..end).next_back();
         if let Some((&other, entry)) = before {
             if other + entry.len > base {
@@ -55,7 +56,7 @@ impl Bus {
 
     /// The device covering `addr` and the offset of `addr` in its range.
     fn find(&self, addr: u64, size: usize) -> Option<(Arc<Mutex<dyn BusDevice>>, u64)> {
-        let devices = self.devices.read().unwrap_or_else(|e| e.into_inner());
+        let devices = self.devices.read();
         let (&base, entry) = devices.range(..=addr).next_back()?;
         let offset = addr - base;
         // The whole access must fall inside the device's range.
@@ -66,10 +67,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((device, offset)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+                device.lock().read(offset, data);
                 true
             }
             None => {
@@ -83,10 +81,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((device, offset)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+                device.lock().write(offset, data);
                 true
             }
             None => false,
@@ -126,7 +121,7 @@ mod tests {
         assert!(!bus.read(0x100e, &mut data));
         assert_eq!(data, [0xff; 4]);
         assert!(!bus.write(0xfff, &[1]));
-        assert_eq!(dev.lock().unwrap().writes, [(4, vec![1, 2])]);
+        assert_eq!(dev.lock().writes, [(4, vec![1, 2])]);
     }
 
     #[test]

@@ -67,7 +67,8 @@ impl BusDevice for SerialDevice {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use parking_lot::Mutex;
+    use std::sync::Arc;
 
     use super::*;
 
@@ -77,7 +78,7 @@ mod tests {
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            self.0.lock().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -95,7 +96,7 @@ mod tests {
         for b in b"ok\n" {
             dev.write(0, &[*b]);
         }
-        assert_eq!(out.0.lock().unwrap().as_slice(), b"ok\n");
+        assert_eq!(out.0.lock().as_slice(), b"ok\n");
         assert!(irq.read().unwrap() >= 1);
         // Line status: transmitter empty.
         let mut lsr = [0u8];
@@ -106,6 +107,6 @@ mod tests {
         dev.read(0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
         dev.write(0, &[1, 2]);
-        assert_eq!(out.0.lock().unwrap().len(), 3);
+        assert_eq!(out.0.lock().len(), 3);
     }
 }

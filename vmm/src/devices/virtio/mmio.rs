@@ -5,7 +5,8 @@
 //! unknown registers, queue setup after activation) are ignored; a driver that breaks the
 //! protocol gets DEVICE_NEEDS_RESET.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -32,10 +33,6 @@ pub const DRIVER_OK: u32 = 4;
 pub const FEATURES_OK: u32 = 8;
 pub const DEVICE_NEEDS_RESET: u32 = 64;
 pub const FAILED: u32 = 128;
-
-fn lock(device: &Mutex<dyn VirtioDevice>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-    device.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A virtio device on the MMIO bus.
 pub struct MmioTransport {
@@ -70,7 +67,7 @@ impl MmioTransport {
     ) -> Result<Self, MmioError> {
         let mut queues = Vec::new();
         let mut events = Vec::new();
-        let sizes = lock(&device).queue_max_sizes().to_vec();
+        let sizes = device.lock().queue_max_sizes().to_vec();
         for size in sizes {
             queues.push(Queue::new(size).map_err(|e| MmioError::Queue(size, e))?);
             events.push(EventFd::new(libc::EFD_NONBLOCK).map_err(MmioError::EventFd)?);
@@ -92,7 +89,7 @@ impl MmioTransport {
     }
 
     fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-        lock(&self.device)
+        self.device.lock()
     }
 
     /// The notification eventfd of each queue (for ioeventfd registration at
@@ -354,13 +351,13 @@ mod tests {
             1 << 3
         }
         fn ack_features(&mut self, features: u64) {
-            self.0.lock().unwrap().acked = Some(features);
+            self.0.lock().acked = Some(features);
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8 + 0x40);
         }
         fn write_config(&mut self, _: u64, data: &[u8]) {
-            self.0.lock().unwrap().config.extend_from_slice(data);
+            self.0.lock().config.extend_from_slice(data);
         }
         fn activate(
             &mut self,
@@ -374,7 +371,7 @@ mod tests {
                 .iter()
                 .map(|q| (q.size(), q.desc_table(), q.avail_ring(), q.used_ring()))
                 .collect();
-            self.0.lock().unwrap().activated = Some(q);
+            self.0.lock().activated = Some(q);
             Ok(())
         }
         fn reset(&mut self) -> bool {
@@ -464,7 +461,7 @@ mod tests {
         wr(&mut t, 0x70, 0);
         assert_eq!(negotiate(&mut t, 1 << 3, 1) & FEATURES_OK, FEATURES_OK);
         assert_eq!(
-            seen.lock().unwrap().acked,
+            seen.lock().acked,
             Some((1 << 3) | VIRTIO_F_VERSION_1)
         );
         // Features are frozen after FEATURES_OK.
@@ -482,7 +479,7 @@ mod tests {
         assert_eq!(rd(&mut t, 0x44), 1);
         wr(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_eq!(rd(&mut t, 0x70) & DEVICE_NEEDS_RESET, 0);
-        let activated = seen.lock().unwrap().activated.clone().unwrap();
+        let activated = seen.lock().activated.clone().unwrap();
         assert_eq!(
             activated,
             [
@@ -521,7 +518,7 @@ mod tests {
         setup_queue(&mut t, 0, 16, 0x1_0000);
         wr(&mut t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         assert_ne!(rd(&mut t, 0x70) & DEVICE_NEEDS_RESET, 0);
-        assert!(seen.lock().unwrap().activated.is_none());
+        assert!(seen.lock().activated.is_none());
         wr(&mut t, 0x70, 0);
         // A queue outside guest memory never becomes ready; a size above the maximum (or not
         // a power of two) is refused and the device asks for a reset.
@@ -542,6 +539,6 @@ mod tests {
         assert_eq!(rd(&mut t, 0xf0), 0);
         // Configuration writes reach the device.
         t.write(0x100, &[1, 2]);
-        assert_eq!(seen.lock().unwrap().config, [1, 2]);
+        assert_eq!(seen.lock().config, [1, 2]);
     }
 }
