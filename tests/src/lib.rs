@@ -7,6 +7,7 @@ pub mod images;
 pub mod leftovers;
 pub mod registry;
 pub mod rootfs;
+pub mod spec;
 pub mod tiny_elf;
 pub mod token_auth;
 
@@ -258,7 +259,7 @@ pub async fn create_busybox_container(
     rootfs::busybox_rootfs(&vm.shared_dir().join(container_id).join("rootfs"))
         .expect("build busybox rootfs");
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let spec = oci::container_spec(container_id, &args, &[]).expect("spec");
+    let spec = spec::bare_spec(container_id, &args, &[]).expect("spec");
     create_container(vm, container_id, &spec).await
 }
 

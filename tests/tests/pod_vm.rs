@@ -30,7 +30,7 @@ async fn container_lifecycle_in_a_pod_vm() {
     vessel_shim::mounts::bind(&source, &target, false, true, Propagation::FromHost)
         .expect("bind rootfs into the shared dir");
     let args: Vec<String> = ["sh", "-c", "echo hello; exit 3"].map(String::from).into();
-    let spec = vessel_shim::oci::container_spec("c1", &args, &[]).expect("spec");
+    let spec = vessel_tests::spec::bare_spec("c1", &args, &[]).expect("spec");
     create_container(&vm, "c1", &spec).await.expect("create c1");
     start_container(&vm, "c1").await.expect("start c1");
     let done = within(60, "c1", finish(vm.agent(), "c1", ""))
@@ -150,7 +150,7 @@ async fn bad_specs_get_named_errors_and_the_vm_keeps_serving() {
 
     // A rootfs that does not exist.
     let args = vec!["sh".to_string()];
-    let spec = vessel_shim::oci::container_spec("norootfs", &args, &[]).expect("spec");
+    let spec = vessel_tests::spec::bare_spec("norootfs", &args, &[]).expect("spec");
     let err = create_container(&vm, "norootfs", &spec).await.unwrap_err();
     assert_eq!(err.code(), Some(Code::NOT_FOUND), "{err}");
     assert!(

@@ -210,54 +210,6 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
     Ok(spec)
 }
 
-/// A spec for `args` with the runtime defaults and no CRI config: what tests use to run a
-/// command in a bare container. `env` (`KEY=value`) is added to the default `PATH`; the
-/// hostname is the container id (cut to 63 characters); no_new_privileges is set.
-pub fn container_spec(
-    container_id: &str,
-    args: &[String],
-    env: &[String],
-) -> Result<Spec, SpecError> {
-    let pod = cri::PodSandboxConfig {
-        hostname: container_id.chars().take(63).collect(),
-        ..Default::default()
-    };
-    let container = cri::ContainerConfig {
-        command: args.to_vec(),
-        envs: env
-            .iter()
-            .map(|e| {
-                let (key, value) = e.split_once('=').unwrap_or((e, ""));
-                cri::KeyValue {
-                    key: key.to_owned(),
-                    value: value.to_owned(),
-                }
-            })
-            .collect(),
-        linux: Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                no_new_privs: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    build_container_spec(&ContainerSpecInput {
-        container_id,
-        pod: &pod,
-        container: &container,
-        image: &ImageDefaults::default(),
-        rootfs_host: Path::new(""),
-        rootfs_guest: guest_rootfs(container_id),
-        mounts: Vec::new(),
-        etc_hosts: None,
-        resolv_conf: None,
-        hostname_file: None,
-        pod_pid_namespace: None,
-    })
-}
-
 /// The spec as the agent API carries it.
 pub fn to_json(spec: &Spec) -> Result<Vec<u8>, SpecError> {
     Ok(serde_json::to_vec(spec)?)
@@ -271,8 +223,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn legacy_spec_has_own_namespaces_but_not_network() {
-        let spec = container_spec("c1", &["sh".into(), "-c".into(), "true".into()], &[]).unwrap();
+    fn a_bare_spec_has_own_namespaces_but_not_network() {
+        let (pod, ctr, image) = (
+            pod(),
+            container(&["sh", "-c", "true"]),
+            ImageDefaults::default(),
+        );
+        let spec = build_container_spec(&input("c1", &pod, &ctr, &image, Path::new(""))).unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let types: Vec<_> = linux
             .namespaces()
@@ -288,17 +245,26 @@ mod tests {
             spec.root().as_ref().unwrap().path().to_str(),
             Some("/run/vessel/shared/c1/rootfs")
         );
-        assert_eq!(spec.hostname().as_deref(), Some("c1"));
+        assert_eq!(spec.hostname().as_deref(), Some("web-0"));
         let process = spec.process().as_ref().unwrap();
-        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.no_new_privileges(), None, "set only when asked");
         assert_eq!(process.args().as_ref().unwrap()[0], "sh");
         let json = String::from_utf8(to_json(&spec).unwrap()).unwrap();
         assert!(json.contains("\"cgroupsPath\":\"/vessel/c1\""), "{json}");
     }
 
     #[test]
-    fn legacy_spec_keeps_given_env() {
-        let spec = container_spec("c1", &["true".into()], &["A=1".into(), "B=x=y".into()]).unwrap();
+    fn the_spec_keeps_given_env() {
+        let pod = pod();
+        let mut ctr = container(&["true"]);
+        ctr.envs = [("A", "1"), ("B", "x=y")]
+            .map(|(key, value)| cri::KeyValue {
+                key: key.into(),
+                value: value.into(),
+            })
+            .into();
+        let image = ImageDefaults::default();
+        let spec = build_container_spec(&input("c1", &pod, &ctr, &image, Path::new(""))).unwrap();
         let env = spec.process().as_ref().unwrap().env().clone().unwrap();
         assert!(env.contains(&DEFAULT_PATH.to_string()), "{env:?}");
         assert!(env.contains(&"A=1".to_string()), "{env:?}");

@@ -460,10 +460,7 @@ mod tests {
         assert_eq!(negotiate(&mut t, 1 << 3, 0) & FEATURES_OK, 0);
         wr(&mut t, 0x70, 0);
         assert_eq!(negotiate(&mut t, 1 << 3, 1) & FEATURES_OK, FEATURES_OK);
-        assert_eq!(
-            seen.lock().acked,
-            Some((1 << 3) | VIRTIO_F_VERSION_1)
-        );
+        assert_eq!(seen.lock().acked, Some((1 << 3) | VIRTIO_F_VERSION_1));
         // Features are frozen after FEATURES_OK.
         wr(&mut t, 0x24, 0);
         wr(&mut t, 0x20, 0);
