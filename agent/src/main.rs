@@ -21,8 +21,8 @@ use vessel_protocols::AGENT_VSOCK_PORT;
 const LISTEN_ENV: &str = "VESSEL_AGENT_LISTEN";
 
 fn main() -> ExitCode {
-    if container::helper::is_helper_invocation() {
-        return container::helper::main();
+    if container::libcontainer::helper::is_helper_invocation() {
+        return container::libcontainer::helper::main();
     }
     if pause::is_pause_invocation() {
         return pause::main();

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use flate2::write::GzEncoder;
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 
 use crate::registry::{push_blobs, put_manifest, reference, registry_client};
+pub use crate::registry::{sha256_digest, MANIFEST_ACCEPT};
 use crate::rootfs::{APPLETS, BUSYBOX};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -25,12 +25,6 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
 pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// An `Accept` header value naming all four manifest media types.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// `len` bytes that no compressor shrinks (xorshift64), different for each `seed`.
 pub fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -518,11 +512,6 @@ pub async fn push_index(
 
 fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
     json!({"mediaType": media_type, "digest": digest, "size": size})
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// This machine's architecture as image platforms (GOARCH) name it.

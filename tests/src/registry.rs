@@ -35,9 +35,20 @@ use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
 
-use crate::images::{sha256_digest, MANIFEST_ACCEPT};
 use crate::token_auth::{TokenServer, OPENSSL_BIN};
+
+/// An `Accept` header value naming all four manifest media types.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
 
 /// Debian's docker-registry package's binary.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";

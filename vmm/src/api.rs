@@ -3,13 +3,13 @@
 //! answering each with one JSON line (`{"ok":true,...}` or `{"ok":false,"error":"..."}`, built
 //! with serde). [`VmControl`] is the state the vCPU loop consults after every exit; a command that changes it kicks the vCPUs out of KVM_RUN with a signal.
 
-use parking_lot::{Condvar, Mutex};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::{json, Value};
 

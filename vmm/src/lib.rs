@@ -1,8 +1,10 @@
 //! vessel-vmm: the built-in KVM microVM monitor, on the rust-vmm crates.
 //!
-//! - [`vstate`]: the KVM side: guest memory (memfd-backed, shareable with vhost-user
-//!   backends), the VM (memory slots, in-kernel irqchip and PIT, ioeventfd/irqfd) and vCPUs
-//!   (CPUID and topology, their run loop dispatching port and MMIO exits to the buses).
+//! - [`memory`]: guest memory (memfd-backed, shareable with vhost-user backends), which
+//!   boot, the devices and KVM all use.
+//! - [`vstate`]: the KVM side: the VM (memory slots, in-kernel irqchip and PIT,
+//!   ioeventfd/irqfd) and vCPUs (CPUID and topology, their run loop dispatching port and
+//!   MMIO exits to the buses).
 //! - [`boot`]: the memory layout and e820 map; loading an ELF vmlinux or bzImage, initramfs
 //!   and command line; the PVH start info or the Linux zero page; ACPI tables; the CPU
 //!   state of the 32-bit PVH and 64-bit entries.
@@ -26,6 +28,10 @@ pub mod config;
 pub mod devices;
 pub mod event_loop;
 pub mod machine;
+pub mod memory;
 pub mod runner;
 pub mod seccomp;
 pub mod vstate;
+
+// Module dependencies run one way: config → builder → machine → runner; builder uses boot,
+// devices and vstate; boot uses vstate; vstate uses devices (the buses); all use memory.

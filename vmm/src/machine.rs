@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use crate::api::{self, MetricsSource, VmControl};
 use crate::event_loop::{EventLoop, EventLoopError};
+use crate::memory::GuestMemory;
 use crate::runner::{self, ExitCounts, RunnerError, Stops, VcpuThreads, VmEnd};
 use crate::seccomp::{self, Role, SeccompError};
-use crate::vstate::memory::GuestMemory;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 use crate::vstate::vm::Vm;
 

@@ -2,10 +2,10 @@
 //! interrupts their KVM_RUN for the control socket; counts of their exits by kind; and how
 //! the VM ended, which the first vCPU to stop reports.
 
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::SIGRTMIN;
 

@@ -6,18 +6,18 @@
 
 mod common;
 
-use parking_lot::Mutex;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvm_ioctls::{IoEventAddress, Kvm};
+use parking_lot::Mutex;
 use vessel_vmm::boot::entry;
 use vessel_vmm::boot::long_mode::PageSize;
 use vessel_vmm::devices::legacy::{SerialDevice, COM1_PORT};
 use vessel_vmm::devices::{Bus, BusDevice};
-use vessel_vmm::vstate::memory::{self, GuestMemory};
+use vessel_vmm::memory::{self, GuestMemory};
 use vessel_vmm::vstate::open_kvm;
 use vessel_vmm::vstate::vcpu::{Exit, Vcpu};
 use vessel_vmm::vstate::vm::Vm;

@@ -18,7 +18,7 @@ use common::{MmioDriver, Ring};
 use vessel_vmm::builder::virtio::{VirtioDevices, VIRTIO_MMIO_BASE};
 use vessel_vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vessel_vmm::devices::Bus;
-use vessel_vmm::vstate::memory::GuestMemory;
+use vessel_vmm::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
 const BASE: u64 = VIRTIO_MMIO_BASE;

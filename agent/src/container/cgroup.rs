@@ -112,7 +112,7 @@ impl Cgroup {
             return Ok(());
         }
         for pid in self.pids() {
-            super::process::send_signal(pid, signal)?;
+            super::signal::send_signal(pid, signal)?;
         }
         Ok(())
     }

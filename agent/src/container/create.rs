@@ -8,12 +8,12 @@ use std::sync::Arc;
 use oci_spec::runtime::Process as OciProcess;
 
 use super::cgroup::Cgroup;
-use super::process::{Process, ProcessIo};
+use super::libcontainer::Request;
+use super::process::Process;
 use super::resolve::find_executable;
-use super::runtime::Request;
 use super::spec::{self, DEFAULT_PATH};
 use super::state::{Container, State};
-use super::stdio;
+use super::stdio::{self, ProcessIo};
 use super::tty::{self, ConsoleSocket};
 use super::Containers;
 use crate::error::{AgentError, Result};

@@ -1,33 +1,33 @@
 //! Containers of the pod: the table of live containers, their lifecycle (create, start,
 //! remove), their processes' I/O, signals and exits, and cgroup stats and updates.
 //! libcontainer does the OS work (namespaces, cgroups, pivot_root, capabilities, rlimits,
-//! user) in a helper process (see [`runtime`]).
+//! user) in a helper process (see [`libcontainer`]).
 
 mod cgroup;
 mod create;
-mod exec_filter;
 mod guest_devices;
-pub mod helper;
+pub mod libcontainer;
 mod process;
 mod resolve;
-pub mod runtime;
+mod signal;
 mod spec;
 mod state;
 mod stdio;
 mod tty;
 
-use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 pub use cgroup::Stats;
 pub use create::{CreateParams, ExecParams};
 pub use process::{ExitInfo, Stream};
 pub use spec::validate_id;
 
-use self::runtime::{Request, Runtime};
+use self::libcontainer::{Request, Runtime};
 use self::state::{Container, State};
 use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;

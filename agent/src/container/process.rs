@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Mutex};
 
 use super::cgroup::Cgroup;
-use super::stdio::{spawn_pump, StreamBuffer, STREAM_CAPACITY};
+use super::signal::send_signal;
+use super::stdio::{ProcessIo, StdinWriter, StreamBuffer};
 use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;
 
@@ -24,40 +25,11 @@ pub struct ExitInfo {
     pub oom_killed: bool,
 }
 
-/// Where the process's stdin goes.
-pub type StdinWriter = Box<dyn AsyncWrite + Send + Unpin>;
-
 /// Which output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
     Stdout,
     Stderr,
-}
-
-/// The agent's ends of a process's I/O.
-pub struct ProcessIo {
-    /// `None` when the process was created without stdin.
-    pub stdin: Option<StdinWriter>,
-    pub stdout: Arc<StreamBuffer>,
-    pub stderr: Arc<StreamBuffer>,
-    /// The terminal's master side, for window resizes.
-    pub tty: Option<OwnedFd>,
-}
-
-impl ProcessIo {
-    /// I/O over pipes (non-terminal processes); starts the output pumps.
-    pub fn from_pipes(agent: super::stdio::AgentStdio) -> Self {
-        let stdout = StreamBuffer::new(STREAM_CAPACITY);
-        let stderr = StreamBuffer::new(STREAM_CAPACITY);
-        spawn_pump(agent.stdout, Arc::clone(&stdout));
-        spawn_pump(agent.stderr, Arc::clone(&stderr));
-        ProcessIo {
-            stdin: agent.stdin.map(|s| Box::new(s) as StdinWriter),
-            stdout,
-            stderr,
-            tty: None,
-        }
-    }
 }
 
 /// The program a process runs: its executable's device and inode.
@@ -307,32 +279,6 @@ impl Process {
             && self.stdout_ended.load(Ordering::SeqCst)
             && self.stderr_ended.load(Ordering::SeqCst)
     }
-}
-
-/// kill(2) with a raw signal number (real-time signals included).
-pub fn send_signal(pid: i32, signal: i32) -> Result<()> {
-    if pid <= 0 {
-        // kill(0) or kill(-1) would hit the agent's own group or every process.
-        return Err(AgentError::Internal(format!(
-            "refusing to signal pid {pid}"
-        )));
-    }
-    if !(1..=libc::SIGRTMAX()).contains(&signal) {
-        return Err(AgentError::InvalidArgument(format!(
-            "signal {signal} is not valid"
-        )));
-    }
-    // SAFETY: kill(2) takes two integers and accesses no memory of ours.
-    let rc = unsafe { libc::kill(pid, signal) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ESRCH) {
-        // Gone between our check and the signal: as good as delivered.
-        return Ok(());
-    }
-    Err(AgentError::internal(format!("kill({pid}, {signal})"), err))
 }
 
 #[cfg(test)]

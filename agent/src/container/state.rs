@@ -1,12 +1,13 @@
 //! One container: its lifecycle state machine (Created → Running → Stopped), its init
 //! process and execs, and what was set up for it (bundle, storages, cgroup).
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::cgroup::Cgroup;
 use super::process::Process;

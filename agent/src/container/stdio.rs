@@ -7,7 +7,6 @@
 //! Buffered bytes outlive the process until they are read; end of stream is reported once
 //! the pipe has closed and the buffer is drained.
 
-use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
@@ -15,7 +14,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use nix::fcntl::OFlag;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::unix::pipe;
 use tokio::sync::Notify;
 
@@ -189,6 +189,35 @@ pub fn pipes(with_stdin: bool) -> io::Result<(ContainerStdio, AgentStdio)> {
 
 fn pipe2() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+/// Where the process's stdin goes.
+pub type StdinWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The agent's ends of a process's I/O.
+pub struct ProcessIo {
+    /// `None` when the process was created without stdin.
+    pub stdin: Option<StdinWriter>,
+    pub stdout: Arc<StreamBuffer>,
+    pub stderr: Arc<StreamBuffer>,
+    /// The terminal's master side, for window resizes.
+    pub tty: Option<OwnedFd>,
+}
+
+impl ProcessIo {
+    /// I/O over pipes (non-terminal processes); starts the output pumps.
+    pub fn from_pipes(agent: AgentStdio) -> Self {
+        let stdout = StreamBuffer::new(STREAM_CAPACITY);
+        let stderr = StreamBuffer::new(STREAM_CAPACITY);
+        spawn_pump(agent.stdout, Arc::clone(&stdout));
+        spawn_pump(agent.stderr, Arc::clone(&stderr));
+        ProcessIo {
+            stdin: agent.stdin.map(|s| Box::new(s) as StdinWriter),
+            stdout,
+            stderr,
+            tty: None,
+        }
+    }
 }
 
 #[cfg(test)]

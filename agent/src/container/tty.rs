@@ -15,8 +15,7 @@ use tokio::net::unix::pipe;
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
-use super::process::{ProcessIo, StdinWriter};
-use super::stdio::{spawn_pump, StreamBuffer, STREAM_CAPACITY};
+use super::stdio::{spawn_pump, ProcessIo, StdinWriter, StreamBuffer, STREAM_CAPACITY};
 use crate::error::{AgentError, Result};
 
 /// Directory of the console sockets.

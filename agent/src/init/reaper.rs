@@ -5,7 +5,7 @@
 //!
 //! Only the reaper waits for children. libcontainer, which `waitpid()`s its intermediate
 //! process during create, runs in a short-lived helper process (see
-//! `container::runtime`), so its waits are on the helper's children, never ours. The one
+//! `container::libcontainer`), so its waits are on the helper's children, never ours. The one
 //! other waiter in this process would be `std::process::Command::spawn`, which reaps a
 //! child whose `exec` failed: [`Reaper::spawn_gate`] is held around every spawn and by every
 //! sweep, so the two never race.
@@ -13,7 +13,6 @@
 //! A status that arrives before anyone watches its pid (a container that dies before its
 //! creator registered it) is kept for [`UNCLAIMED_TTL`].
 
-use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 

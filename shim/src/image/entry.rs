@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use tar::EntryType;
 
-use super::unpack::LayerError;
+use super::LayerError;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_OPAQUE: &str = ".wh..wh..opq";

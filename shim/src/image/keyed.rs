@@ -1,10 +1,10 @@
 //! Async locks by key (a blob digest, a layer chain id), so concurrent pulls that need the
 //! same content download or unpack it once: the second waits, then finds it present.
 
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
+use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
 
 /// A lock per key, dropped when no one holds or waits for it.

@@ -2,10 +2,11 @@
 //! may be mounted, and garbage collection never deletes a leased dir, whatever happened to the
 //! image meanwhile.
 
-use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Lease counts by layer dir, shared by the store and every lease.
 #[derive(Debug, Default, Clone)]

@@ -32,10 +32,31 @@ pub use name::ImageName;
 pub use registry::{Credentials, PullAuth, RegistryConfig};
 pub use rootfs::{mount_rootfs, unmount_rootfs};
 pub use store::{ImageRecord, ImageStore};
-pub use unpack::{unpack_layer, Compression, LayerError};
+pub use unpack::{unpack_layer, Compression};
 
 /// The defaults an image gives its containers (from the image config's `config` object).
 pub use crate::oci::ImageDefaults;
+
+/// Why a layer could not be unpacked. Messages name the tar entry or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("read tar stream: {0}")]
+    Read(std::io::Error),
+    #[error("entry {entry:?}: {reason}")]
+    Rejected { entry: PathBuf, reason: String },
+    #[error("entry {entry:?}: {source}")]
+    Entry {
+        entry: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("uncompressed content hashes to sha256:{actual}, the config's diff_id is {expected}")]
+    DiffId { expected: String, actual: String },
+}
 
 /// Why an image could not be pulled, found, removed or mounted. Messages name the image, the
 /// digest, the registry endpoint or the file at fault.

@@ -6,12 +6,12 @@
 //! Layout under the image root: `content/` (the [`ContentStore`]) and `layers/<chain-id hex>/`
 //! (one unpacked layer per chain id, an overlayfs lower dir).
 
-use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::content::{sha256_hex, ContentStore};

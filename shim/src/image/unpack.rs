@@ -19,21 +19,7 @@ use oci_spec::image::MediaType;
 use sha2::{Digest as _, Sha256};
 
 use super::entry::unpack_entry;
-
-/// Why a layer could not be unpacked. Messages name the tar entry or file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum LayerError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("read tar stream: {0}")]
-    Read(io::Error),
-    #[error("entry {entry:?}: {reason}")]
-    Rejected { entry: PathBuf, reason: String },
-    #[error("entry {entry:?}: {source}")]
-    Entry { entry: PathBuf, source: io::Error },
-    #[error("uncompressed content hashes to sha256:{actual}, the config's diff_id is {expected}")]
-    DiffId { expected: String, actual: String },
-}
+use super::LayerError;
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,11 @@
 //! A container's CRI log file: appended to by both stream pumps (whole lines at a time, so
 //! lines never interleave), reopened on ReopenContainerLog after kubelet rotated it.
 
-use parking_lot::Mutex;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
 
 #[derive(Debug)]
 pub struct LogFile {

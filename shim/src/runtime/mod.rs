@@ -17,10 +17,11 @@ mod restore;
 mod stats;
 mod watch;
 
-use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 pub use container::Container;
 pub use error::{Code, RuntimeError};

@@ -1,9 +1,10 @@
 //! Guest vsock context ids: each running pod VM gets its own, so no two VMs can be confused
 //! even by a backend whose CIDs are host-global (vhost-vsock).
 
-use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 /// The first CID a guest may have (0-2 are reserved: hypervisor, local, host).
 const FIRST_GUEST_CID: u32 = 3;

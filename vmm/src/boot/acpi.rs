@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::acpi::SLEEP_CONTROL_PORT;
 use crate::devices::legacy::{COM1_IRQ, COM1_PORT, PVPANIC_HID, PVPANIC_PORT};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the RSDP goes (the BIOS read-only area a kernel scans) and the tables after it.
 pub const RSDP_ADDR: u64 = 0xe_0000;
@@ -197,7 +197,7 @@ pub fn write_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory;
+    use crate::memory;
 
     fn read(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0u8; len];

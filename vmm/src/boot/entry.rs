@@ -8,7 +8,7 @@ use super::linux::ZERO_PAGE_ADDR;
 use super::loader::Entry;
 use super::long_mode::{self, LongModeError, PageSize};
 use super::pvh::{self, PvhError, START_INFO_ADDR};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 use crate::vstate::vcpu::{Vcpu, VcpuError};
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use kvm_bindings::kvm_segment;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the GDT goes in guest RAM (below the real-mode IVT's end is free after boot).
 pub const GDT_ADDR: u64 = 0x500;

@@ -4,7 +4,7 @@
 
 use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion};
 
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the 32-bit MMIO hole starts and ends: RAM is never mapped there.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
@@ -74,7 +74,7 @@ pub fn e820(memory: &GuestMemory) -> Vec<E820Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory;
+    use crate::memory;
 
     #[test]
     fn ram_above_the_hole_starts_at_4_gib() {

@@ -8,7 +8,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout;
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the zero page goes.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
@@ -84,7 +84,7 @@ pub fn write_boot_params(memory: &GuestMemory, info: &BootInfo) -> Result<(), Li
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory;
+    use crate::memory;
 
     #[test]
     fn the_zero_page_carries_header_cmdline_initrd_map_and_rsdp() {

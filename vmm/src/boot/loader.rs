@@ -15,7 +15,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{self, HIMEM_START};
 use super::linux::{BZIMAGE_ENTRY_64, XLF_KERNEL_64};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the command line goes, and its longest accepted length.
 pub const CMDLINE_ADDR: u64 = 0x2_0000;

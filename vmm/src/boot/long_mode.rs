@@ -6,7 +6,7 @@ use kvm_bindings::kvm_sregs;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::gdt;
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// The boot stack's top for a 64-bit kernel entry, below the page tables.
 pub const BOOT_STACK: u64 = 0x8ff0;
@@ -115,7 +115,7 @@ pub fn setup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory;
+    use crate::memory;
 
     #[test]
     fn identity_maps_and_enters_long_mode() {

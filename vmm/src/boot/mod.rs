@@ -15,7 +15,7 @@ pub mod pvh;
 
 use vm_memory::GuestAddress;
 
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 use loader::{Entry, Loaded, CMDLINE_ADDR};
 
 #[derive(Debug, thiserror::Error)]

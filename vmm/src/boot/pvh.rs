@@ -12,7 +12,7 @@ use vm_memory::GuestAddress;
 
 use super::gdt;
 use super::layout::{self, HIMEM_START};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the start info, its memory map and module list go.
 pub const START_INFO_ADDR: u64 = 0x6000;
@@ -92,7 +92,7 @@ mod tests {
     use vm_memory::Bytes;
 
     use super::*;
-    use crate::vstate::memory;
+    use crate::memory;
 
     #[test]
     fn start_info_describes_memory_cmdline_and_initrd() {

@@ -2,12 +2,12 @@
 //! sleep control register (power-off) and the pvpanic port. The last three end the VM, so
 //! their eventfds are what the vCPU loop checks after a port write.
 
-use parking_lot::Mutex;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BuilderError;

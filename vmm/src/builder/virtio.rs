@@ -2,10 +2,10 @@
 //! DSDT then describes), an irqfd for that line, an ioeventfd on its QueueNotify register, and
 //! handlers on the device event loop.
 
-use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BuilderError;
@@ -20,7 +20,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use crate::devices::Bus;
 use crate::event_loop::{EventLoop, Handler, Trigger};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 use crate::vstate::vm::Vm;
 
 /// The first virtio-mmio window and its interrupt line; each further device takes the next

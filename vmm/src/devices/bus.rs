@@ -2,9 +2,10 @@
 //! range, and an access is handed to the device with its offset in that range. Accesses that
 //! hit no device read as all ones and are otherwise dropped, as on real hardware.
 
-use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 /// A device on a bus. `offset` is relative to the start of the device's range.
 pub trait BusDevice: Send {

@@ -1,7 +1,6 @@
-//! The KVM state of one microVM: guest memory, the VM and its vCPUs. Every KVM ioctl that
+//! The KVM state of one microVM: the VM (with the guest memory registered) and its vCPUs. Every KVM ioctl that
 //! needs `unsafe` lives here.
 
-pub mod memory;
 pub mod msr;
 pub mod topology;
 pub mod vcpu;

@@ -6,7 +6,7 @@ use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Where the TSS goes: three pages below the 4 GiB boundary's last 16 MiB, outside RAM, as
 /// Firecracker and Cloud Hypervisor place it.

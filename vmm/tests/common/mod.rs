@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vessel_vmm::devices::virtio::mmio::{ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK};
 use vessel_vmm::devices::Bus;
-use vessel_vmm::vstate::memory::{self, GuestMemory};
+use vessel_vmm::memory::{self, GuestMemory};
 use vessel_vmm::vstate::vm::Vm;
 use vm_memory::{Bytes, GuestAddress};
 

@@ -5,15 +5,15 @@
 //! unknown registers, queue setup after activation) are ignored; a driver that breaks the
 //! protocol gets DEVICE_NEEDS_RESET.
 
-use parking_lot::{Mutex, MutexGuard};
 use std::sync::Arc;
 
+use parking_lot::{Mutex, MutexGuard};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// "virt", little endian.
 const MAGIC: u32 = 0x7472_6976;
@@ -328,7 +328,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::interrupt;
     use crate::devices::virtio::ActivateError;
-    use crate::vstate::memory;
+    use crate::memory;
 
     /// What the dummy device saw.
     #[derive(Default)]

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// VIRTIO_F_VERSION_1: every device here is a modern (1.x) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;

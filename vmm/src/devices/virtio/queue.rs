@@ -8,7 +8,7 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::{ActivateError, VirtioInterrupt, INTERRUPT_USED_RING};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

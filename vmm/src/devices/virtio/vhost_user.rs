@@ -14,7 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend as _, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`: a vhost-user bit among the virtio features, never
 /// offered to the guest.

@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::TYPE_BLOCK;
 use crate::devices::virtio::queue::{ActiveQueue, QueueError};
 use crate::devices::virtio::{read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 const QUEUE_SIZE: u16 = 256;
 const SECTOR: u64 = 512;
@@ -251,7 +251,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::test_utils::{desc, interrupt};
-    use crate::vstate::memory;
+    use crate::memory;
 
     const HEADER: u64 = 0x10_0000;
     const DATA: u64 = 0x11_0000;

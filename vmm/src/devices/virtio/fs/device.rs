@@ -14,7 +14,7 @@ use crate::devices::virtio::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING,
     VIRTIO_F_VERSION_1,
 };
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// The longest tag the config space holds.
 pub const TAG_LEN: usize = 36;

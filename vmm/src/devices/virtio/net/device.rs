@@ -26,7 +26,7 @@ use crate::devices::virtio::queue::{ActiveQueue, QueueError};
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING,
 };
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// The size of both queues.
 pub(crate) const QUEUE_SIZE: u16 = 256;

@@ -19,7 +19,7 @@ use super::tap::open_raw_tap;
 use super::*;
 use crate::devices::virtio::test_utils::{desc, interrupt};
 use crate::devices::virtio::VirtioDevice;
-use crate::vstate::memory;
+use crate::memory;
 
 /// Reports the real-tap test as not run, on the real stderr (the harness hides what a
 /// passing test prints).

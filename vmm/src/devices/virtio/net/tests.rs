@@ -18,7 +18,7 @@ use super::device::{F_MAC, F_STATUS, QUEUE_SIZE};
 use super::*;
 use crate::devices::virtio::test_utils::{desc, interrupt};
 use crate::devices::virtio::{VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
-use crate::vstate::memory::{self, GuestMemory};
+use crate::memory::{self, GuestMemory};
 
 const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x53, 0x01];
 const MEM_SIZE: u64 = 0x40_0000;

@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::TYPE_RNG;
 use crate::devices::virtio::queue::{ActiveQueue, QueueError};
 use crate::devices::virtio::{ActivateError, VirtioDevice, VirtioInterrupt};
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// The request queue's size.
 const QUEUE_SIZE: u16 = 256;
@@ -147,7 +147,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{desc, interrupt};
     use crate::devices::virtio::INTERRUPT_USED_RING;
-    use crate::vstate::memory;
+    use crate::memory;
 
     /// An active device on a mock queue holding `descs` as one available chain.
     fn device_with<'a>(

@@ -22,7 +22,7 @@ use super::TYPE_VSOCK;
 use crate::devices::virtio::{
     read_config_bytes, ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING,
 };
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 const QUEUE_SIZE: u16 = 256;
 
@@ -262,7 +262,7 @@ mod tests {
     use super::super::packet::{guest_header, Header, OP_REQUEST, OP_RESPONSE, OP_RW};
     use super::*;
     use crate::devices::virtio::test_utils::{desc, interrupt};
-    use crate::vstate::memory;
+    use crate::memory;
 
     const GUEST_CID: u64 = 3;
     const RX_BUFFERS: u64 = 0x10_0000;

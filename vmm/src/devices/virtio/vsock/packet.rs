@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use virtio_queue::{DescriptorChain, Reader, Writer};
 use vm_memory::ByteValued;
 
-use crate::vstate::memory::GuestMemory;
+use crate::memory::GuestMemory;
 
 /// Operations (`op`).
 pub const OP_REQUEST: u16 = 1;
@@ -149,7 +149,7 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::test_utils::desc;
-    use crate::vstate::memory;
+    use crate::memory;
 
     fn header(op: u16, len: u32) -> Header {
         guest_header(op, 5000, len)

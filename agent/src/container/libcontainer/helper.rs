@@ -1,6 +1,6 @@
 //! The libcontainer helper process (`vessel-agent __vessel-libcontainer`): reads one
 //! [`Request`] and its descriptors from stdin (a seqpacket socket), performs it with
-//! libcontainer, writes one [`Reply`] and exits. See [`super::runtime`] for why this is a
+//! libcontainer, writes one [`Reply`] and exits. See [`super::client`] for why this is a
 //! separate process.
 
 use std::fs::File;
@@ -18,8 +18,8 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags};
 
+use super::client::{Reply, Request, HELPER_ARG, LIBCONTAINER_ROOT, MAX_MESSAGE};
 use super::exec_filter::FilteredExec;
-use super::runtime::{Reply, Request, HELPER_ARG, LIBCONTAINER_ROOT, MAX_MESSAGE};
 use crate::error::chain;
 use crate::init::{console, LOG_ENV};
 

@@ -12,7 +12,6 @@
 //! ours: the intermediate exits and its children are reparented to PID 1 (or to us as
 //! subreaper), where the reaper collects them.
 
-use parking_lot::Mutex;
 use std::io::{BufRead, BufReader, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -26,6 +25,7 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 use nix::sys::time::TimeVal;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
