@@ -5,12 +5,12 @@
 //! trait) → [`sandbox`] (a pod VM with its agent client).
 
 pub mod config;
+pub mod host_mounts;
 pub mod hypervisor;
 pub mod image;
 pub mod logs;
-pub mod mounts;
+pub mod metadata;
 pub mod oci;
+pub mod pod_vm;
 pub mod runtime;
-pub mod sandbox;
 pub mod server;
-pub mod store;

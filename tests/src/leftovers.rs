@@ -33,7 +33,7 @@ pub fn kill_and_unmount(dir: &Path) {
     while !processes_naming(dir).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let _ = vessel_shim::mounts::unmount_all_under(dir);
+    let _ = vessel_shim::host_mounts::unmount_all_under(dir);
 }
 
 /// Every leftover of the pod whose runtime dir is `run_dir`, as readable lines.

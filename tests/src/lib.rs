@@ -18,7 +18,7 @@ use vessel_protocols::agent as api;
 use vessel_shim::config::{HypervisorConfig, HypervisorKind};
 use vessel_shim::hypervisor::{self, probe_kvm, select, Backend};
 use vessel_shim::oci;
-use vessel_shim::sandbox::{AgentClient, AgentError, PodVm, PodVmSpec};
+use vessel_shim::pod_vm::{AgentClient, AgentError, PodVm, PodVmSpec};
 
 /// Reports that `test` did not run and why, as a `SKIPPED` line on the real stderr: the test
 /// harness captures `println!` of passing tests, and a skip must show in every run's output.
@@ -156,7 +156,7 @@ impl Drop for TestEnv {
         if std::thread::panicking() {
             print_pod_logs(&self.state.path().join("pods"));
         }
-        let _ = vessel_shim::mounts::unmount_all_under(self.state.path());
+        let _ = vessel_shim::host_mounts::unmount_all_under(self.state.path());
     }
 }
 

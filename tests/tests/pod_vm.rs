@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use vessel_protocols::ttrpc::Code;
-use vessel_shim::mounts::Propagation;
-use vessel_shim::sandbox::PodVm;
+use vessel_shim::host_mounts::Propagation;
+use vessel_shim::pod_vm::PodVm;
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::*;
 
@@ -27,7 +27,7 @@ async fn container_lifecycle_in_a_pod_vm() {
     let source = env.state_dir().join("c1-rootfs");
     vessel_tests::rootfs::busybox_rootfs(&source).expect("busybox rootfs");
     let target = vm.shared_dir().join("c1/rootfs");
-    vessel_shim::mounts::bind(&source, &target, false, true, Propagation::FromHost)
+    vessel_shim::host_mounts::bind(&source, &target, false, true, Propagation::FromHost)
         .expect("bind rootfs into the shared dir");
     let args: Vec<String> = ["sh", "-c", "echo hello; exit 3"].map(String::from).into();
     let spec = vessel_tests::spec::bare_spec("c1", &args, &[]).expect("spec");

@@ -102,7 +102,7 @@ pub enum ImageError {
         detail: String,
     },
     #[error("image store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::metadata::StoreError),
     #[error("{0}")]
     Task(String),
     #[error("mount overlay rootfs at {target}: {reason}")]

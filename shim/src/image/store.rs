@@ -20,7 +20,7 @@ use super::lease::{LayerLease, Leases};
 use super::name::ImageName;
 use super::registry::RegistryConfig;
 use super::{ImageDefaults, ImageError};
-use crate::store::{Kind, Store};
+use crate::metadata::{Kind, Store};
 
 /// Shortest image id prefix accepted as a reference.
 const MIN_ID_PREFIX: usize = 12;

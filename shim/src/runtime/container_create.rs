@@ -13,9 +13,9 @@ use super::names::container_key;
 use super::pod_files;
 use super::watch::start_pumps;
 use super::{new_id, now_ns, Container, ContainerRecord, ContainerState, Runtime, RuntimeError};
+use crate::host_mounts;
 use crate::image;
 use crate::logs::LogFile;
-use crate::mounts;
 use crate::oci::{self, ContainerSpecInput, GuestMount, GUEST_SHARED_DIR};
 
 /// The absolute CRI log path: `log_directory/log_path`, which must not escape the directory.
@@ -50,7 +50,7 @@ struct NewContainer<'a> {
     pod_config: &'a cri::PodSandboxConfig,
     config: &'a cri::ContainerConfig,
     image_name: &'a str,
-    agent: &'a crate::sandbox::AgentClient,
+    agent: &'a crate::pod_vm::AgentClient,
 }
 
 /// Host-side files of a container being created, removed again if creation fails.
@@ -64,8 +64,8 @@ struct Staged {
 impl Staged {
     fn undo(&self) {
         let _ = image::unmount_rootfs(&self.rootfs);
-        let _ = mounts::remove_dir_unmounted(&self.dir);
-        let _ = mounts::remove_dir_unmounted(&self.scratch);
+        let _ = host_mounts::remove_dir_unmounted(&self.dir);
+        let _ = host_mounts::remove_dir_unmounted(&self.scratch);
     }
 }
 
@@ -253,7 +253,7 @@ impl Runtime {
     pub(super) fn release_container_files(&self, record: &ContainerRecord) {
         let _ = image::unmount_rootfs(&record.rootfs);
         for dir in [&record.mount_dir, &record.scratch] {
-            if let Err(e) = mounts::remove_dir_unmounted(dir) {
+            if let Err(e) = host_mounts::remove_dir_unmounted(dir) {
                 tracing::warn!(container_id = %record.id, error = %e, "remove container files");
             }
         }
@@ -325,12 +325,12 @@ fn bind_cri_mounts(
         let target = mount_dir.join(i.to_string());
         let staging = staging_dir.join(i.to_string());
         let propagation = if m.propagation == cri::MountPropagation::PropagationPrivate as i32 {
-            mounts::Propagation::Private { staging: &staging }
+            host_mounts::Propagation::Private { staging: &staging }
         } else {
             // HostToContainer; Bidirectional is refused with the spec.
-            mounts::Propagation::FromHost
+            host_mounts::Propagation::FromHost
         };
-        mounts::bind(source, &target, is_file, m.readonly, propagation)
+        host_mounts::bind(source, &target, is_file, m.readonly, propagation)
             .map_err(|e| RuntimeError::invalid(field, e.to_string()))?;
         out.push(GuestMount {
             container_path: m.container_path.clone(),
@@ -349,7 +349,7 @@ fn memory_empty_dir(source: &Path) -> Result<Option<api::Storage>, RuntimeError>
         return Ok(None);
     }
     let Some(tmpfs) =
-        mounts::tmpfs_at(source).map_err(|e| RuntimeError::Internal(e.to_string()))?
+        host_mounts::tmpfs_at(source).map_err(|e| RuntimeError::Internal(e.to_string()))?
     else {
         return Ok(None);
     };

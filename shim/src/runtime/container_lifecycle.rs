@@ -10,8 +10,8 @@ use vessel_protocols::cri;
 use super::names::container_key;
 use super::watch::watch_exit;
 use super::{now_ns, ContainerState, Runtime, RuntimeError};
+use crate::metadata::Kind;
 use crate::oci;
-use crate::store::Kind;
 
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
@@ -175,7 +175,7 @@ impl Runtime {
 }
 
 async fn signal(
-    agent: &crate::sandbox::AgentClient,
+    agent: &crate::pod_vm::AgentClient,
     id: &str,
     signal: u32,
     all: bool,

@@ -5,8 +5,8 @@
 use vessel_protocols::ttrpc;
 
 use crate::image::ImageError;
-use crate::sandbox::{AgentError, VmError};
-use crate::store::StoreError;
+use crate::metadata::StoreError;
+use crate::pod_vm::{AgentError, VmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use vessel_protocols::agent as api;
 
 use super::{new_id, ContainerState, Runtime, RuntimeError};
-use crate::sandbox::{AgentClient, AgentError};
+use crate::pod_vm::{AgentClient, AgentError};
 
 /// Output kept per stream; the rest is read and dropped (kubelet's gRPC message limit is
 /// 16 MiB, so a larger answer would not reach it anyway).

@@ -33,7 +33,7 @@ pub use stats::{disk_usage, ContainerUsage};
 use crate::config::Config;
 use crate::hypervisor::Selection;
 use crate::image::ImageStore;
-use crate::store::{Kind, Store};
+use crate::metadata::{Kind, Store};
 use names::Names;
 
 /// Runtime handler names this runtime serves; the empty handler is the default (microVM).

@@ -3,7 +3,7 @@
 
 use parking_lot::Mutex;
 
-use crate::sandbox::{AgentClient, PodVm};
+use crate::pod_vm::{AgentClient, PodVm};
 
 use super::{PodState, RuntimeError, SandboxRecord};
 

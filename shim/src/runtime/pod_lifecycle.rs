@@ -11,9 +11,9 @@ use super::names::{container_key, pod_key};
 use super::pod_files;
 use super::watch::{mark_lost, monitor_vm};
 use super::{new_id, now_ns, Pod, PodState, Runtime, RuntimeError, SandboxRecord, HANDLERS};
+use crate::metadata::Kind;
 use crate::oci::pod_hostname;
-use crate::sandbox::{PodVm, PodVmSpec};
-use crate::store::Kind;
+use crate::pod_vm::{PodVm, PodVmSpec};
 
 /// Whether the pod asks for one pid namespace for all its containers.
 fn shares_pid_namespace(config: &cri::PodSandboxConfig) -> bool {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use vessel_protocols::cri;
 
-use crate::sandbox::PodVmRecord;
+use crate::pod_vm::PodVmRecord;
 
 /// Nanoseconds since the Unix epoch, as CRI timestamps are.
 pub fn now_ns() -> i64 {

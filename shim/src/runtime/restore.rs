@@ -9,8 +9,8 @@ use super::{
     Container, ContainerRecord, ContainerState, Pod, PodState, Runtime, RuntimeError, SandboxRecord,
 };
 use crate::logs::LogFile;
-use crate::sandbox::PodVm;
-use crate::store::Kind;
+use crate::metadata::Kind;
+use crate::pod_vm::PodVm;
 
 pub(super) async fn restore(runtime: &Arc<Runtime>) -> Result<(), RuntimeError> {
     let pods: Vec<SandboxRecord> = runtime.store.all(Kind::Sandbox)?;

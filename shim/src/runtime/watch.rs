@@ -10,7 +10,7 @@ use vessel_protocols::agent as api;
 use super::{Container, ContainerState, Pod, PodState, Runtime};
 use crate::hypervisor::{tail_file, VmExit};
 use crate::logs::{LineSplitter, LogFile, Stream};
-use crate::sandbox::{AgentClient, PodVm};
+use crate::pod_vm::{AgentClient, PodVm};
 
 /// How often a pod's VMM process is checked.
 const VM_POLL: Duration = Duration::from_millis(250);

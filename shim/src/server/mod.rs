@@ -2,9 +2,9 @@
 //! older gRPC clients.
 
 pub mod authority;
-pub mod image;
+pub mod image_service;
 pub mod instrument;
-pub mod runtime;
+pub mod runtime_service;
 
 use std::path::Path;
 use std::pin::Pin;
@@ -124,41 +124,41 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse,
 
 cri_service! {
     ImageService for CriImageService:
-        list_images: ListImagesRequest -> ListImagesResponse = image::status::list;
-        image_status: ImageStatusRequest -> ImageStatusResponse = image::status::status;
-        pull_image: PullImageRequest -> PullImageResponse = image::pull::pull;
-        remove_image: RemoveImageRequest -> RemoveImageResponse = image::remove::remove;
-        image_fs_info: ImageFsInfoRequest -> ImageFsInfoResponse = image::fs_info::fs_info;
+        list_images: ListImagesRequest -> ListImagesResponse = image_service::status::list;
+        image_status: ImageStatusRequest -> ImageStatusResponse = image_service::status::status;
+        pull_image: PullImageRequest -> PullImageResponse = image_service::pull::pull;
+        remove_image: RemoveImageRequest -> RemoveImageResponse = image_service::remove::remove;
+        image_fs_info: ImageFsInfoRequest -> ImageFsInfoResponse = image_service::fs_info::fs_info;
     {}
 }
 
 cri_service! {
     RuntimeService for CriService:
-        version: VersionRequest -> VersionResponse = runtime::version::version;
-        status: StatusRequest -> StatusResponse = runtime::version::status;
-        update_runtime_config: UpdateRuntimeConfigRequest -> UpdateRuntimeConfigResponse = runtime::version::update_runtime_config;
-        runtime_config: RuntimeConfigRequest -> RuntimeConfigResponse = runtime::version::runtime_config;
-        run_pod_sandbox: RunPodSandboxRequest -> RunPodSandboxResponse = runtime::sandbox::run;
-        stop_pod_sandbox: StopPodSandboxRequest -> StopPodSandboxResponse = runtime::sandbox::stop;
-        remove_pod_sandbox: RemovePodSandboxRequest -> RemovePodSandboxResponse = runtime::sandbox::remove;
-        pod_sandbox_status: PodSandboxStatusRequest -> PodSandboxStatusResponse = runtime::sandbox::status;
-        list_pod_sandbox: ListPodSandboxRequest -> ListPodSandboxResponse = runtime::sandbox::list;
-        create_container: CreateContainerRequest -> CreateContainerResponse = runtime::container::create;
-        start_container: StartContainerRequest -> StartContainerResponse = runtime::container::start;
-        stop_container: StopContainerRequest -> StopContainerResponse = runtime::container::stop;
-        remove_container: RemoveContainerRequest -> RemoveContainerResponse = runtime::container::remove;
-        list_containers: ListContainersRequest -> ListContainersResponse = runtime::container::list;
-        container_status: ContainerStatusRequest -> ContainerStatusResponse = runtime::container::status;
-        update_container_resources: UpdateContainerResourcesRequest -> UpdateContainerResourcesResponse = runtime::container::update_resources;
-        reopen_container_log: ReopenContainerLogRequest -> ReopenContainerLogResponse = runtime::container::reopen_log;
-        exec_sync: ExecSyncRequest -> ExecSyncResponse = runtime::exec::exec_sync;
-        exec: ExecRequest -> ExecResponse = runtime::exec::exec;
-        attach: AttachRequest -> AttachResponse = runtime::exec::attach;
-        port_forward: PortForwardRequest -> PortForwardResponse = runtime::exec::port_forward;
-        container_stats: ContainerStatsRequest -> ContainerStatsResponse = runtime::stats::container;
-        list_container_stats: ListContainerStatsRequest -> ListContainerStatsResponse = runtime::stats::list_containers;
-        pod_sandbox_stats: PodSandboxStatsRequest -> PodSandboxStatsResponse = runtime::stats::pod;
-        list_pod_sandbox_stats: ListPodSandboxStatsRequest -> ListPodSandboxStatsResponse = runtime::stats::list_pods;
+        version: VersionRequest -> VersionResponse = runtime_service::version::version;
+        status: StatusRequest -> StatusResponse = runtime_service::status::status;
+        update_runtime_config: UpdateRuntimeConfigRequest -> UpdateRuntimeConfigResponse = runtime_service::version::update_runtime_config;
+        runtime_config: RuntimeConfigRequest -> RuntimeConfigResponse = runtime_service::version::runtime_config;
+        run_pod_sandbox: RunPodSandboxRequest -> RunPodSandboxResponse = runtime_service::pod_sandbox::run;
+        stop_pod_sandbox: StopPodSandboxRequest -> StopPodSandboxResponse = runtime_service::pod_sandbox::stop;
+        remove_pod_sandbox: RemovePodSandboxRequest -> RemovePodSandboxResponse = runtime_service::pod_sandbox::remove;
+        pod_sandbox_status: PodSandboxStatusRequest -> PodSandboxStatusResponse = runtime_service::pod_sandbox::status;
+        list_pod_sandbox: ListPodSandboxRequest -> ListPodSandboxResponse = runtime_service::pod_sandbox::list;
+        create_container: CreateContainerRequest -> CreateContainerResponse = runtime_service::container::create;
+        start_container: StartContainerRequest -> StartContainerResponse = runtime_service::container::start;
+        stop_container: StopContainerRequest -> StopContainerResponse = runtime_service::container::stop;
+        remove_container: RemoveContainerRequest -> RemoveContainerResponse = runtime_service::container::remove;
+        list_containers: ListContainersRequest -> ListContainersResponse = runtime_service::container::list;
+        container_status: ContainerStatusRequest -> ContainerStatusResponse = runtime_service::container::status;
+        update_container_resources: UpdateContainerResourcesRequest -> UpdateContainerResourcesResponse = runtime_service::container::update_resources;
+        reopen_container_log: ReopenContainerLogRequest -> ReopenContainerLogResponse = runtime_service::container::reopen_log;
+        exec_sync: ExecSyncRequest -> ExecSyncResponse = runtime_service::exec::exec_sync;
+        exec: ExecRequest -> ExecResponse = runtime_service::exec::exec;
+        attach: AttachRequest -> AttachResponse = runtime_service::exec::attach;
+        port_forward: PortForwardRequest -> PortForwardResponse = runtime_service::exec::port_forward;
+        container_stats: ContainerStatsRequest -> ContainerStatsResponse = runtime_service::stats::container;
+        list_container_stats: ListContainerStatsRequest -> ListContainerStatsResponse = runtime_service::stats::list_containers;
+        pod_sandbox_stats: PodSandboxStatsRequest -> PodSandboxStatsResponse = runtime_service::stats::pod;
+        list_pod_sandbox_stats: ListPodSandboxStatsRequest -> ListPodSandboxStatsResponse = runtime_service::stats::list_pods;
     {
 
     type GetContainerEventsStream = EventStream;

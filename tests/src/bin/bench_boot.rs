@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use vessel_shim::hypervisor::qemu::{boot_args, kernel_params, machine_args};
 use vessel_shim::hypervisor::{probe_kvm, Backend, KvmSupport, VmConfig};
-use vessel_shim::sandbox::PodVm;
+use vessel_shim::pod_vm::PodVm;
 use vessel_tests::leftovers::processes_naming;
 use vessel_tests::TestEnv;
 

@@ -4,6 +4,7 @@
 pub mod container;
 pub mod convert;
 pub mod exec;
-pub mod sandbox;
+pub mod pod_sandbox;
 pub mod stats;
+pub mod status;
 pub mod version;

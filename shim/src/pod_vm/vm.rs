@@ -11,11 +11,11 @@ use vessel_protocols::agent as api;
 use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
 use crate::config::HypervisorConfig;
+use crate::host_mounts::{self, MountError};
 use crate::hypervisor::{
     adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmRecord,
     SHARED_FS_TAG,
 };
-use crate::mounts::{self, MountError};
 use crate::oci::GUEST_SHARED_DIR;
 
 /// Console lines quoted in a start failure.
@@ -110,8 +110,8 @@ impl PodVm {
             path: shared_dir.clone(),
             source,
         })?;
-        if let Err(e) = mounts::make_shared_mountpoint(&shared_dir) {
-            let _ = mounts::remove_dir_unmounted(&run_dir);
+        if let Err(e) = host_mounts::make_shared_mountpoint(&shared_dir) {
+            let _ = host_mounts::remove_dir_unmounted(&run_dir);
             return Err(e.into());
         }
         let cid = CidAllocator::global().allocate();
@@ -129,7 +129,7 @@ impl PodVm {
         let mut hypervisor = match new_vm(config, spec.backend, &spec.hypervisor) {
             Ok(h) => h,
             Err(e) => {
-                let _ = mounts::remove_dir_unmounted(&run_dir);
+                let _ = host_mounts::remove_dir_unmounted(&run_dir);
                 return Err(e.into());
             }
         };
@@ -156,7 +156,7 @@ impl PodVm {
             Err(err) => {
                 tracing::warn!(pod_id = %spec.id, error = %err, "pod VM start failed; rolling back");
                 let _ = hypervisor.stop().await;
-                if let Err(e) = mounts::remove_dir_unmounted(&run_dir) {
+                if let Err(e) = host_mounts::remove_dir_unmounted(&run_dir) {
                     tracing::error!(pod_id = %spec.id, error = %e, "rollback left files behind");
                 }
                 Err(err)
@@ -312,7 +312,7 @@ impl VmRemains {
         if let Some(mut hv) = self.hypervisor {
             hv.stop().await?;
         }
-        mounts::remove_dir_unmounted(&self.run_dir)?;
+        host_mounts::remove_dir_unmounted(&self.run_dir)?;
         tracing::info!(pod_id = %self.id, "pod VM destroyed");
         Ok(())
     }

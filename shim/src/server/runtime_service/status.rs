@@ -1,4 +1,6 @@
-//! Version, Status, UpdateRuntimeConfig, RuntimeConfig.
+//! Status: whether the node can run pods (RuntimeReady: the backend's parts are there;
+//! NetworkReady), the handlers served, and in verbose mode the config and the chosen
+//! hypervisor with why, each a JSON document.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,21 +9,6 @@ use vessel_protocols::cri;
 
 use crate::hypervisor;
 use crate::runtime::{Runtime, RuntimeError, HANDLERS};
-
-/// The CRI version this runtime implements.
-const CRI_API_VERSION: &str = "v1";
-
-pub async fn version(
-    _: &Arc<Runtime>,
-    _: cri::VersionRequest,
-) -> Result<cri::VersionResponse, RuntimeError> {
-    Ok(cri::VersionResponse {
-        version: "0.1.0".into(),
-        runtime_name: "vessel".into(),
-        runtime_version: env!("CARGO_PKG_VERSION").into(),
-        runtime_api_version: CRI_API_VERSION.into(),
-    })
-}
 
 fn condition(kind: &str, ok: bool, reason: &str, message: String) -> cri::RuntimeCondition {
     cri::RuntimeCondition {
@@ -80,29 +67,5 @@ pub async fn status(
             })
             .collect(),
         features: Some(cri::RuntimeFeatures::default()),
-    })
-}
-
-pub async fn update_runtime_config(
-    _: &Arc<Runtime>,
-    req: cri::UpdateRuntimeConfigRequest,
-) -> Result<cri::UpdateRuntimeConfigResponse, RuntimeError> {
-    let cidr = req
-        .runtime_config
-        .and_then(|c| c.network_config)
-        .map(|n| n.pod_cidr)
-        .unwrap_or_default();
-    tracing::info!(pod_cidr = %cidr, "runtime config updated");
-    Ok(cri::UpdateRuntimeConfigResponse {})
-}
-
-pub async fn runtime_config(
-    _: &Arc<Runtime>,
-    _: cri::RuntimeConfigRequest,
-) -> Result<cri::RuntimeConfigResponse, RuntimeError> {
-    Ok(cri::RuntimeConfigResponse {
-        linux: Some(cri::LinuxRuntimeConfiguration {
-            cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
-        }),
     })
 }
