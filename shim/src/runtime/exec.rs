@@ -1,12 +1,13 @@
-//! ExecSync: run a command in a running container and collect its output and exit code, with
-//! an optional timeout after which the process is killed and DeadlineExceeded returned.
+//! Processes run in running containers: ExecSync runs a command and collects its output and
+//! exit code, with an optional timeout after which the process is killed and
+//! DeadlineExceeded returned.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use vessel_protocols::agent as api;
 
-use super::{new_id, ContainerState, Runtime, RuntimeError};
+use super::{new_id, ContainerState, Containers, RuntimeError};
 use crate::pod_vm::{AgentClient, AgentError};
 
 /// Output kept per stream; the rest is read and dropped (kubelet's gRPC message limit is
@@ -61,9 +62,18 @@ async fn collect(agent: &AgentClient, id: &str, exec_id: &str) -> Result<ExecOut
     })
 }
 
-impl Runtime {
+/// Processes started in containers.
+pub struct Exec {
+    containers: Arc<Containers>,
+}
+
+impl Exec {
+    pub(super) fn new(containers: Arc<Containers>) -> Self {
+        Self { containers }
+    }
+
     pub async fn exec_sync(
-        self: &Arc<Self>,
+        &self,
         id: &str,
         cmd: Vec<String>,
         timeout: i64,
@@ -71,13 +81,13 @@ impl Runtime {
         if cmd.is_empty() {
             return Err(RuntimeError::invalid("cmd", "empty"));
         }
-        let container = self.container(id)?;
+        let container = self.containers.get(id)?;
         if container.state() != ContainerState::Running {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {id} is not running"
             )));
         }
-        let agent = self.pod(&container.sandbox_id)?.agent()?;
+        let agent = self.containers.agent(&container)?;
         let mut process = container.record().process;
         process.set_args(Some(cmd));
         process.set_terminal(Some(false));

@@ -1,40 +1,36 @@
 //! The runtime core: pods and containers, their persisted records, and the pod VMs that run
-//! them. CRI handlers (`server::runtime`) are thin adapters over this; this module knows
-//! domain types and the agent API, not gRPC.
+//! them. CRI handlers (`server::runtime_service`) are thin adapters over this; this module
+//! knows domain types and the agent API, not gRPC.
+//!
+//! [`Runtime`] puts the parts together, one type per concept, each owning its state and
+//! locks: [`Pods`] (RunPodSandbox, StopPodSandbox, the pod VMs), [`Containers`] (create,
+//! start, stop, remove, their logs and exits), [`Exec`] (ExecSync), [`Stats`] (usage
+//! figures), and the [`ImageStore`], which the image service uses directly. Only what spans
+//! pods and containers (RemovePodSandbox, the restore at start) is done here.
 
-mod container;
-mod container_create;
-mod container_lifecycle;
+mod containers;
 mod error;
 mod exec;
-mod images;
 mod names;
-mod pod;
 mod pod_files;
-mod pod_lifecycle;
+mod pods;
 mod records;
-mod restore;
 mod stats;
-mod watch;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
-
-pub use container::Container;
+pub use containers::{Container, Containers};
 pub use error::{Code, RuntimeError};
-pub use exec::ExecOutput;
-pub use pod::Pod;
+pub use exec::{Exec, ExecOutput};
+pub use pods::{Pod, Pods, VmSettings};
 pub use records::{new_id, now_ns, ContainerRecord, ContainerState, PodState, SandboxRecord};
-pub use stats::{disk_usage, ContainerUsage};
+pub use stats::{disk_usage, ContainerUsage, Stats};
 
 use crate::config::Config;
 use crate::hypervisor::Selection;
 use crate::image::ImageStore;
-use crate::metadata::{Kind, Store};
-use names::Names;
+use crate::metadata::Store;
 
 /// Runtime handler names this runtime serves; the empty handler is the default (microVM).
 pub const HANDLERS: &[&str] = &["kata", ""];
@@ -48,17 +44,17 @@ pub struct Dirs {
     pub state: PathBuf,
 }
 
-/// The pods and containers of this host.
+/// The pods, containers and images of this host.
 pub struct Runtime {
     pub config: Config,
     pub dirs: Dirs,
     pub selection: Selection,
-    store: Arc<Store>,
-    pods: RwLock<BTreeMap<String, Arc<Pod>>>,
-    containers: RwLock<BTreeMap<String, Arc<Container>>>,
-    names: Mutex<Names>,
+    pub pods: Arc<Pods>,
+    pub containers: Arc<Containers>,
+    pub exec: Exec,
+    pub stats: Stats,
     /// Pulled images, their blobs and unpacked layers.
-    images: ImageStore,
+    pub images: Arc<ImageStore>,
 }
 
 impl Runtime {
@@ -73,22 +69,41 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Internal(format!("create {}: {e}", dir.display())))?;
         }
         let store = Arc::new(Store::open(&dirs.root.join("vessel.redb"))?);
-        let images = ImageStore::open(
+        let images = Arc::new(ImageStore::open(
             &dirs.root.join("images"),
             store.clone(),
             config.registry.clone(),
-        )?;
+        )?);
+        let vm = VmSettings {
+            state_dir: dirs.state.clone(),
+            hypervisor: config.hypervisor.clone(),
+            backend: selection.backend,
+        };
+        let pods = Arc::new(Pods::new(store.clone(), vm));
+        let containers = Arc::new(Containers::new(
+            store,
+            images.clone(),
+            pods.clone(),
+            dirs.state.clone(),
+        ));
+        // A pod's VM gone (stopped, or ended unasked): its containers are recorded exited.
+        let weak = Arc::downgrade(&containers);
+        pods.on_vm_gone(Box::new(move |pod_id, reason| {
+            if let Some(containers) = weak.upgrade() {
+                containers.mark_pod_lost(pod_id, reason);
+            }
+        }));
         let runtime = Arc::new(Self {
             config,
             dirs,
             selection,
-            store,
-            pods: RwLock::default(),
-            containers: RwLock::default(),
-            names: Mutex::default(),
+            exec: Exec::new(containers.clone()),
+            stats: Stats::new(containers.clone()),
+            pods,
+            containers,
             images,
         });
-        restore::restore(&runtime).await?;
+        runtime.restore().await?;
         // Drops what an interrupted pull or removal left; layers of restored containers stay.
         if let Err(e) = runtime.images.collect_garbage().await {
             tracing::warn!(error = %e, "image garbage collection at start");
@@ -96,66 +111,37 @@ impl Runtime {
         Ok(runtime)
     }
 
-    /// The pod with this id.
-    pub fn pod(&self, id: &str) -> Result<Arc<Pod>, RuntimeError> {
-        if id.is_empty() {
-            return Err(RuntimeError::invalid("pod_sandbox_id", "empty"));
+    /// Daemon start: rebuilds pods and containers from the store, adopts the VMs that still
+    /// run, and records what happened while the daemon was down (containers that exited,
+    /// VMs that died). Pods first: a container follows its pod's agent.
+    async fn restore(&self) -> Result<(), RuntimeError> {
+        let pods = self.pods.stored()?;
+        let containers = self.containers.stored()?;
+        for record in pods {
+            self.pods.restore(record).await;
         }
-        self.pods
-            .read()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "pod sandbox",
-                id: id.to_owned(),
-            })
-    }
-
-    /// The container with this id.
-    pub fn container(&self, id: &str) -> Result<Arc<Container>, RuntimeError> {
-        if id.is_empty() {
-            return Err(RuntimeError::invalid("container_id", "empty"));
+        for record in containers {
+            self.containers.restore(record);
         }
-        self.containers
-            .read()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| RuntimeError::NotFound {
-                what: "container",
-                id: id.to_owned(),
-            })
+        tracing::info!(
+            pods = self.pods.list().len(),
+            containers = self.containers.list().len(),
+            "state restored"
+        );
+        Ok(())
     }
 
-    pub fn pods(&self) -> Vec<Arc<Pod>> {
-        self.pods.read().values().cloned().collect()
-    }
-
-    pub fn containers(&self) -> Vec<Arc<Container>> {
-        self.containers.read().values().cloned().collect()
-    }
-
-    /// Containers of one pod.
-    pub fn pod_containers(&self, pod_id: &str) -> Vec<Arc<Container>> {
-        self.containers
-            .read()
-            .values()
-            .filter(|c| c.sandbox_id == pod_id)
-            .cloned()
-            .collect()
-    }
-
-    fn persist_pod(&self, record: &SandboxRecord) -> Result<(), RuntimeError> {
-        Ok(self.store.put(Kind::Sandbox, &record.id, record)?)
-    }
-
-    fn persist_container(&self, record: &ContainerRecord) -> Result<(), RuntimeError> {
-        Ok(self.store.put(Kind::Container, &record.id, record)?)
-    }
-
-    /// Persists several container records in one transaction.
-    fn persist_containers(&self, records: &[ContainerRecord]) -> Result<(), RuntimeError> {
-        let items: Vec<(&str, &ContainerRecord)> =
-            records.iter().map(|r| (r.id.as_str(), r)).collect();
-        Ok(self.store.put_many(Kind::Container, &items)?)
+    /// RemovePodSandbox: stops the pod if needed, then forgets its containers and the pod.
+    /// Removing a missing pod succeeds.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pod) = self.pods.find(id)? else {
+            return Ok(());
+        };
+        self.pods.stop(id).await?;
+        let _guard = pod.lifecycle.lock().await;
+        self.containers.forget_pod(id)?;
+        self.pods.forget(&pod)?;
+        tracing::info!(pod_id = id, "pod sandbox removed");
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vessel_protocols::agent as api;
 
-use super::{Container, ContainerRecord, ContainerState, Runtime, RuntimeError};
+use super::{Container, ContainerRecord, ContainerState, Containers, RuntimeError};
 
 /// One container's figures.
 #[derive(Debug, Clone)]
@@ -42,14 +42,25 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
-impl Runtime {
+/// Usage figures of containers.
+pub struct Stats {
+    containers: Arc<Containers>,
+}
+
+impl Stats {
+    pub(super) fn new(containers: Arc<Containers>) -> Self {
+        Self { containers }
+    }
+
+    /// One container's figures: the guest's cgroup stats while it runs, and its writable
+    /// layer on the host.
     pub async fn container_usage(
         &self,
         container: &Arc<Container>,
     ) -> Result<ContainerUsage, RuntimeError> {
         let record = container.record();
         let guest = if record.state == ContainerState::Running {
-            let agent = self.pod(&record.sandbox_id)?.agent()?;
+            let agent = self.containers.agent(container)?;
             let mut req = api::StatsContainerRequest::new();
             req.container_id = record.id.clone();
             Some(agent.stats_container(req).await?)

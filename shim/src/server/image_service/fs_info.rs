@@ -10,7 +10,7 @@ pub async fn fs_info(
     rt: &Arc<Runtime>,
     _: cri::ImageFsInfoRequest,
 ) -> Result<cri::ImageFsInfoResponse, RuntimeError> {
-    let root = rt.image_root().to_owned();
+    let root = rt.images.root().to_owned();
     let (used, inodes) = tokio::task::spawn_blocking({
         let root = root.clone();
         move || disk_usage(&root)

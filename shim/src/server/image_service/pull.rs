@@ -15,7 +15,7 @@ pub async fn pull(
 ) -> Result<cri::PullImageResponse, RuntimeError> {
     let reference = reference(req.image)?;
     let auth = pull_auth(req.auth)?;
-    let image = rt.pull_image(&reference, auth).await?;
+    let image = rt.images.pull(&reference, auth).await?;
     Ok(cri::PullImageResponse {
         image_ref: image.id,
     })

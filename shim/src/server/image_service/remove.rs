@@ -1,5 +1,5 @@
-//! RemoveImage: a tag untags, an id or digest removes the image; then garbage collection.
-//! An unknown image is no error.
+//! RemoveImage: a tag untags, an id or digest removes the image; then garbage collection of
+//! what no image or container uses any more. An unknown image is no error.
 
 use std::sync::Arc;
 
@@ -12,6 +12,12 @@ pub async fn remove(
     rt: &Arc<Runtime>,
     req: cri::RemoveImageRequest,
 ) -> Result<cri::RemoveImageResponse, RuntimeError> {
-    rt.remove_image(&reference(req.image)?).await?;
+    let reference = reference(req.image)?;
+    // A failed collection is logged (the next one retries); the removal stands.
+    if rt.images.remove(&reference)? {
+        if let Err(e) = rt.images.collect_garbage().await {
+            tracing::warn!(image = %reference, error = %e, "image garbage collection");
+        }
+    }
     Ok(cri::RemoveImageResponse {})
 }

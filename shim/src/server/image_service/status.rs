@@ -15,7 +15,7 @@ pub async fn status(
     req: cri::ImageStatusRequest,
 ) -> Result<cri::ImageStatusResponse, RuntimeError> {
     let reference = reference(req.image)?;
-    let Some(image) = rt.image_status(&reference)? else {
+    let Some(image) = rt.images.resolve(&reference) else {
         return Ok(cri::ImageStatusResponse::default());
     };
     let mut info = HashMap::new();
@@ -23,7 +23,7 @@ pub async fn status(
         let verbose = serde_json::json!({
             "chainID": image.chain_ids.last(),
             "manifestDigest": image.manifest_digest,
-            "imageSpec": rt.image_config(&image)?,
+            "imageSpec": rt.images.config_json(&image)?,
         });
         info.insert("info".to_owned(), verbose.to_string());
     }
@@ -38,11 +38,11 @@ pub async fn list(
     req: cri::ListImagesRequest,
 ) -> Result<cri::ListImagesResponse, RuntimeError> {
     let filter = req.filter.and_then(|f| f.image).map(|s| s.image);
-    let images = rt
-        .list_images(filter.as_deref())
-        .iter()
-        .map(to_cri)
-        .collect();
+    let images = match filter.as_deref() {
+        Some(reference) if !reference.is_empty() => rt.images.matching(reference),
+        _ => rt.images.list(),
+    };
+    let images = images.iter().map(to_cri).collect();
     Ok(cri::ListImagesResponse { images })
 }
 

@@ -15,7 +15,7 @@ pub async fn create(
     let config = req
         .config
         .ok_or_else(|| RuntimeError::invalid("config", "missing"))?;
-    let container_id = rt.create_container(&req.pod_sandbox_id, config).await?;
+    let container_id = rt.containers.create(&req.pod_sandbox_id, config).await?;
     Ok(cri::CreateContainerResponse { container_id })
 }
 
@@ -23,7 +23,7 @@ pub async fn start(
     rt: &Arc<Runtime>,
     req: cri::StartContainerRequest,
 ) -> Result<cri::StartContainerResponse, RuntimeError> {
-    rt.start_container(&req.container_id).await?;
+    rt.containers.start(&req.container_id).await?;
     Ok(cri::StartContainerResponse {})
 }
 
@@ -31,7 +31,7 @@ pub async fn stop(
     rt: &Arc<Runtime>,
     req: cri::StopContainerRequest,
 ) -> Result<cri::StopContainerResponse, RuntimeError> {
-    rt.stop_container(&req.container_id, req.timeout).await?;
+    rt.containers.stop(&req.container_id, req.timeout).await?;
     Ok(cri::StopContainerResponse {})
 }
 
@@ -39,7 +39,7 @@ pub async fn remove(
     rt: &Arc<Runtime>,
     req: cri::RemoveContainerRequest,
 ) -> Result<cri::RemoveContainerResponse, RuntimeError> {
-    rt.remove_container(&req.container_id).await?;
+    rt.containers.remove(&req.container_id).await?;
     Ok(cri::RemoveContainerResponse {})
 }
 
@@ -49,7 +49,8 @@ pub async fn list(
 ) -> Result<cri::ListContainersResponse, RuntimeError> {
     let filter = req.filter.unwrap_or_default();
     let containers = rt
-        .containers()
+        .containers
+        .list()
         .iter()
         .map(|c| c.record())
         .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
@@ -72,7 +73,7 @@ pub async fn status(
     rt: &Arc<Runtime>,
     req: cri::ContainerStatusRequest,
 ) -> Result<cri::ContainerStatusResponse, RuntimeError> {
-    let record = rt.container(&req.container_id)?.record();
+    let record = rt.containers.get(&req.container_id)?.record();
     Ok(cri::ContainerStatusResponse {
         status: Some(container_status(&record)),
         info: Default::default(),
@@ -86,7 +87,8 @@ pub async fn update_resources(
     let linux = req
         .linux
         .ok_or_else(|| RuntimeError::invalid("linux", "missing"))?;
-    rt.update_container_resources(&req.container_id, &linux)
+    rt.containers
+        .update_resources(&req.container_id, &linux)
         .await?;
     Ok(cri::UpdateContainerResourcesResponse {})
 }
@@ -95,6 +97,6 @@ pub async fn reopen_log(
     rt: &Arc<Runtime>,
     req: cri::ReopenContainerLogRequest,
 ) -> Result<cri::ReopenContainerLogResponse, RuntimeError> {
-    rt.reopen_container_log(&req.container_id)?;
+    rt.containers.reopen_log(&req.container_id)?;
     Ok(cri::ReopenContainerLogResponse {})
 }

@@ -12,6 +12,7 @@ pub async fn exec_sync(
     req: cri::ExecSyncRequest,
 ) -> Result<cri::ExecSyncResponse, RuntimeError> {
     let out = rt
+        .exec
         .exec_sync(&req.container_id, req.cmd, req.timeout)
         .await?;
     Ok(cri::ExecSyncResponse {

@@ -14,7 +14,7 @@ pub async fn run(
     let config = req
         .config
         .ok_or_else(|| RuntimeError::invalid("config", "missing"))?;
-    let pod_sandbox_id = rt.run_pod_sandbox(config, &req.runtime_handler).await?;
+    let pod_sandbox_id = rt.pods.run(config, &req.runtime_handler).await?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
 }
 
@@ -22,7 +22,7 @@ pub async fn stop(
     rt: &Arc<Runtime>,
     req: cri::StopPodSandboxRequest,
 ) -> Result<cri::StopPodSandboxResponse, RuntimeError> {
-    rt.stop_pod_sandbox(&req.pod_sandbox_id).await?;
+    rt.pods.stop(&req.pod_sandbox_id).await?;
     Ok(cri::StopPodSandboxResponse {})
 }
 
@@ -38,7 +38,7 @@ pub async fn status(
     rt: &Arc<Runtime>,
     req: cri::PodSandboxStatusRequest,
 ) -> Result<cri::PodSandboxStatusResponse, RuntimeError> {
-    let pod = rt.pod(&req.pod_sandbox_id)?;
+    let pod = rt.pods.get(&req.pod_sandbox_id)?;
     let record = pod.record();
     let mut info = std::collections::HashMap::new();
     if req.verbose {
@@ -52,7 +52,8 @@ pub async fn status(
         info.insert("info".to_string(), doc.to_string());
     }
     let containers_statuses = rt
-        .pod_containers(&record.id)
+        .containers
+        .of_pod(&record.id)
         .iter()
         .map(|c| super::convert::container_status(&c.record()))
         .collect();
@@ -70,7 +71,8 @@ pub async fn list(
 ) -> Result<cri::ListPodSandboxResponse, RuntimeError> {
     let filter = req.filter.unwrap_or_default();
     let items = rt
-        .pods()
+        .pods
+        .list()
         .iter()
         .map(|p| p.record())
         .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))

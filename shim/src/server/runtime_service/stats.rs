@@ -11,8 +11,8 @@ pub async fn container(
     rt: &Arc<Runtime>,
     req: cri::ContainerStatsRequest,
 ) -> Result<cri::ContainerStatsResponse, RuntimeError> {
-    let c = rt.container(&req.container_id)?;
-    let usage = rt.container_usage(&c).await?;
+    let c = rt.containers.get(&req.container_id)?;
+    let usage = rt.stats.container_usage(&c).await?;
     Ok(cri::ContainerStatsResponse {
         stats: Some(container_stats(&usage)),
     })
@@ -24,7 +24,7 @@ pub async fn list_containers(
 ) -> Result<cri::ListContainerStatsResponse, RuntimeError> {
     let filter = req.filter.unwrap_or_default();
     let mut stats = Vec::new();
-    for c in rt.containers() {
+    for c in rt.containers.list() {
         let r = c.record();
         let keep = (filter.id.is_empty() || r.id.starts_with(&filter.id))
             && (filter.pod_sandbox_id.is_empty()
@@ -33,7 +33,7 @@ pub async fn list_containers(
             && r.state == ContainerState::Running;
         if keep {
             // A container that exits meanwhile is skipped, not an error of the whole list.
-            if let Ok(usage) = rt.container_usage(&c).await {
+            if let Ok(usage) = rt.stats.container_usage(&c).await {
                 stats.push(container_stats(&usage));
             }
         }
@@ -42,11 +42,11 @@ pub async fn list_containers(
 }
 
 async fn pod_stats(rt: &Arc<Runtime>, pod_id: &str) -> Result<cri::PodSandboxStats, RuntimeError> {
-    let record = rt.pod(pod_id)?.record();
+    let record = rt.pods.get(pod_id)?.record();
     let mut containers = Vec::new();
-    for c in rt.pod_containers(pod_id) {
+    for c in rt.containers.of_pod(pod_id) {
         if c.state() == ContainerState::Running {
-            if let Ok(usage) = rt.container_usage(&c).await {
+            if let Ok(usage) = rt.stats.container_usage(&c).await {
                 containers.push(container_stats(&usage));
             }
         }
@@ -122,7 +122,7 @@ pub async fn list_pods(
 ) -> Result<cri::ListPodSandboxStatsResponse, RuntimeError> {
     let filter = req.filter.unwrap_or_default();
     let mut stats = Vec::new();
-    for p in rt.pods() {
+    for p in rt.pods.list() {
         let r = p.record();
         if (filter.id.is_empty() || r.id.starts_with(&filter.id))
             && labels_match(&filter.label_selector, &r.config.labels)

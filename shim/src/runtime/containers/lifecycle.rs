@@ -7,20 +7,21 @@ use std::time::Duration;
 use vessel_protocols::agent as api;
 use vessel_protocols::cri;
 
-use super::names::container_key;
-use super::watch::watch_exit;
-use super::{now_ns, ContainerState, Runtime, RuntimeError};
+use super::output::watch_exit;
+use super::Containers;
 use crate::metadata::Kind;
 use crate::oci;
+use crate::runtime::names::container_key;
+use crate::runtime::{now_ns, ContainerState, RuntimeError};
 
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 /// How long a SIGKILLed container gets to be seen exiting.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-impl Runtime {
-    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
-        let container = self.container(id)?;
+impl Containers {
+    pub async fn start(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let container = self.get(id)?;
         let _guard = container.lifecycle.lock().await;
         let state = container.state();
         if state != ContainerState::Created {
@@ -28,12 +29,12 @@ impl Runtime {
                 "container {id} is {state:?}, not Created"
             )));
         }
-        let agent = self.pod(&container.sandbox_id)?.agent()?;
+        let agent = self.agent(&container)?;
         let mut req = api::StartContainerRequest::new();
         req.container_id = id.to_owned();
         if let Err(e) = agent.start_container(req).await {
             let record = container.update(|r| r.set_exited(128, false, e.to_string(), now_ns()));
-            self.persist_container(&record)?;
+            self.persist(&record)?;
             container.exited.send_replace(true);
             return Err(e.into());
         }
@@ -41,28 +42,22 @@ impl Runtime {
             r.state = ContainerState::Running;
             r.started_at_ns = now_ns();
         });
-        self.persist_container(&record)?;
+        self.persist(&record)?;
         let pumps = container.take_pumps();
         watch_exit(self, &container, agent, pumps);
         Ok(())
     }
 
     /// SIGTERM, then SIGKILL once `timeout` passes; returns when the container has exited.
-    pub async fn stop_container(
-        self: &Arc<Self>,
-        id: &str,
-        timeout: i64,
-    ) -> Result<(), RuntimeError> {
-        let container = match self.container(id) {
-            Ok(c) => c,
-            Err(RuntimeError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e),
+    pub async fn stop(self: &Arc<Self>, id: &str, timeout: i64) -> Result<(), RuntimeError> {
+        let Some(container) = self.find(id)? else {
+            return Ok(());
         };
         let _guard = container.lifecycle.lock().await;
         if container.state() != ContainerState::Running {
             return Ok(());
         }
-        let Ok(agent) = self.pod(&container.sandbox_id)?.agent() else {
+        let Ok(agent) = self.agent(&container) else {
             return Ok(()); // the pod's VM is gone; the monitor records the exit
         };
         let grace = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
@@ -89,17 +84,15 @@ impl Runtime {
     }
 
     /// Stops the container if running, then forgets it.
-    pub async fn remove_container(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
-        let container = match self.container(id) {
-            Ok(c) => c,
-            Err(RuntimeError::NotFound { .. }) => return Ok(()),
-            Err(e) => return Err(e),
+    pub async fn remove(self: &Arc<Self>, id: &str) -> Result<(), RuntimeError> {
+        let Some(container) = self.find(id)? else {
+            return Ok(());
         };
         if container.state() == ContainerState::Running {
-            self.stop_container(id, 0).await?;
+            self.stop(id, 0).await?;
         }
         let _guard = container.lifecycle.lock().await;
-        if let Ok(agent) = self.pod(&container.sandbox_id).and_then(|p| p.agent()) {
+        if let Ok(agent) = self.agent(&container) {
             let mut req = api::RemoveContainerRequest::new();
             req.container_id = id.to_owned();
             match agent.remove_container(req).await {
@@ -109,23 +102,23 @@ impl Runtime {
             }
         }
         let record = container.record();
-        self.release_container_files(&record);
+        self.release_files(&record);
         self.store.delete(&[(Kind::Container, id)])?;
         let meta = record.config.metadata.unwrap_or_default();
         self.names
             .lock()
             .release(&container_key(&record.sandbox_id, &meta.name, meta.attempt));
-        self.containers.write().remove(id);
+        self.table.write().remove(id);
         tracing::info!(container_id = id, "container removed");
         Ok(())
     }
 
-    pub async fn update_container_resources(
+    pub async fn update_resources(
         self: &Arc<Self>,
         id: &str,
         resources: &cri::LinuxContainerResources,
     ) -> Result<(), RuntimeError> {
-        let container = self.container(id)?;
+        let container = self.get(id)?;
         let oci = oci::cri_to_oci_resources(resources).map_err(|e| match e {
             oci::SpecError::Invalid { field, reason } => RuntimeError::InvalidArgument {
                 field: format!("linux.{field}"),
@@ -142,7 +135,7 @@ impl Runtime {
                 container.state()
             )));
         }
-        let agent = self.pod(&container.sandbox_id)?.agent()?;
+        let agent = self.agent(&container)?;
         let mut req = api::UpdateContainerRequest::new();
         req.container_id = id.to_owned();
         req.resources_json = serde_json::to_vec(&oci)
@@ -154,12 +147,12 @@ impl Runtime {
                 .get_or_insert_with(Default::default)
                 .resources = Some(resources.clone());
         });
-        self.persist_container(&record)
+        self.persist(&record)
     }
 
     /// Reopens the CRI log (kubelet rotated it); the new file exists when this returns.
-    pub fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
-        let container = self.container(id)?;
+    pub fn reopen_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let container = self.get(id)?;
         if container.state() != ContainerState::Running {
             return Err(RuntimeError::FailedPrecondition(format!(
                 "container {id} is not running"

@@ -6,7 +6,7 @@ use parking_lot::Mutex;
 use crate::image::LayerLease;
 use crate::logs::LogFile;
 
-use super::{ContainerRecord, ContainerState};
+use crate::runtime::{ContainerRecord, ContainerState};
 
 pub struct Container {
     pub id: String,

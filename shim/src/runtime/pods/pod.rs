@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 
 use crate::pod_vm::{AgentClient, PodVm};
 
-use super::{PodState, RuntimeError, SandboxRecord};
+use crate::runtime::{PodState, RuntimeError, SandboxRecord};
 
 pub struct Pod {
     pub id: String,

@@ -9,14 +9,14 @@ use sha2::Digest as _;
 use vessel_protocols::agent as api;
 use vessel_protocols::cri;
 
-use super::names::container_key;
-use super::pod_files;
-use super::watch::start_pumps;
-use super::{new_id, now_ns, Container, ContainerRecord, ContainerState, Runtime, RuntimeError};
+use super::output::start_pumps;
+use super::{Container, Containers};
 use crate::host_mounts;
 use crate::image;
 use crate::logs::LogFile;
 use crate::oci::{self, ContainerSpecInput, GuestMount, GUEST_SHARED_DIR};
+use crate::runtime::names::container_key;
+use crate::runtime::{new_id, now_ns, pod_files, ContainerRecord, ContainerState, RuntimeError};
 
 /// The absolute CRI log path: `log_directory/log_path`, which must not escape the directory.
 pub(super) fn log_path(
@@ -69,14 +69,14 @@ impl Staged {
     }
 }
 
-impl Runtime {
+impl Containers {
     /// Creates a container in a ready pod; returns its id.
-    pub async fn create_container(
+    pub async fn create(
         self: &Arc<Self>,
         pod_id: &str,
         config: cri::ContainerConfig,
     ) -> Result<String, RuntimeError> {
-        let pod = self.pod(pod_id)?;
+        let pod = self.pods.get(pod_id)?;
         let agent = pod.agent()?;
         // The pod's config as RunPodSandbox recorded it (with the hostname it filled in), not
         // the copy the request carries: the pod's VM was built from this one.
@@ -119,7 +119,7 @@ impl Runtime {
             Ok(container) => {
                 let container = Arc::new(container);
                 container.set_pumps(start_pumps(&container, &agent));
-                self.containers.write().insert(id.clone(), container);
+                self.table.write().insert(id.clone(), container);
                 Ok(id)
             }
             Err(e) => {
@@ -149,7 +149,7 @@ impl Runtime {
                     id: format!("{image_name} (config.image.image; pull it first)"),
                 })?;
         let layers = lease.dirs().to_vec();
-        let pod_dir = self.dirs.state.join("pods").join(pod_id);
+        let pod_dir = self.state_dir.join("pods").join(pod_id);
         let shared = pod_dir.join("shared");
         let dir = shared.join(id);
         let staged = Staged {
@@ -190,7 +190,7 @@ impl Runtime {
                     message: String::new(),
                     state: ContainerState::Created,
                 };
-                self.persist_container(&record)?;
+                self.persist(&record)?;
                 Ok(Container::new(record, log, Some(lease)))
             }
             Err(e) => {
@@ -247,16 +247,6 @@ impl Runtime {
         req.storages = storages;
         agent.create_container(req).await?;
         Ok(spec.process().clone().unwrap_or_default())
-    }
-
-    /// Unmounts and deletes a container's host files (rootfs, scratch, CRI mount points).
-    pub(super) fn release_container_files(&self, record: &ContainerRecord) {
-        let _ = image::unmount_rootfs(&record.rootfs);
-        for dir in [&record.mount_dir, &record.scratch] {
-            if let Err(e) = host_mounts::remove_dir_unmounted(dir) {
-                tracing::warn!(container_id = %record.id, error = %e, "remove container files");
-            }
-        }
     }
 }
 

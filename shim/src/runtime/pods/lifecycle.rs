@@ -1,0 +1,179 @@
+//! RunPodSandbox and StopPodSandbox, and the adoption of a running pod VM after a daemon
+//! restart.
+//!
+//! Run is idempotent on (name, namespace, uid, attempt) and all-or-nothing: a failed start
+//! leaves no VM, dir, record or name behind. Stop of a missing pod succeeds.
+
+use std::sync::Arc;
+
+use vessel_protocols::cri;
+
+use super::config::{node_hostname, shares_pid_namespace, validate};
+use super::monitor::monitor_vm;
+use super::{Pod, Pods};
+use crate::metadata::Kind;
+use crate::oci::pod_hostname;
+use crate::pod_vm::{PodVm, PodVmSpec};
+use crate::runtime::names::pod_key;
+use crate::runtime::{new_id, now_ns, pod_files, PodState, RuntimeError, SandboxRecord};
+
+impl Pods {
+    /// Starts a pod VM for `config`; returns the pod id (the existing one for a repeat).
+    pub async fn run(
+        self: &Arc<Self>,
+        mut config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, RuntimeError> {
+        validate(&config, handler)?;
+        if config.hostname.is_empty() {
+            // Recorded with the pod, so its containers keep the name it started with.
+            config.hostname = node_hostname()?;
+        }
+        let meta = config.metadata.clone().unwrap_or_default();
+        let key = pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
+        let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
+        let reserved = self.names.lock().reserve(key.clone(), &id);
+        if let Err(existing) = reserved {
+            // A repeat: once any creation in flight has finished, answer with the same pod.
+            if let Ok(pod) = self.get(&existing) {
+                let _ = pod.lifecycle.lock().await;
+            }
+            return match self.get(&existing) {
+                Ok(_) => Ok(existing),
+                Err(_) => Err(RuntimeError::FailedPrecondition(format!(
+                    "pod {}/{} attempt {} failed to start; retry",
+                    meta.namespace, meta.name, meta.attempt
+                ))),
+            };
+        }
+        let record = SandboxRecord {
+            id: id.clone(),
+            runtime_handler: handler.to_owned(),
+            created_at_ns: now_ns(),
+            state: PodState::NotReady,
+            reason: "starting".into(),
+            vm: None,
+            config,
+        };
+        let pod = Arc::new(Pod::new(record));
+        let guard = pod.lifecycle.lock().await;
+        self.table.write().insert(id.clone(), pod.clone());
+        let result = self.boot(&pod).await;
+        drop(guard);
+        if let Err(e) = result {
+            self.table.write().remove(&id);
+            self.names.lock().release(&key);
+            let _ = self.store.delete(&[(Kind::Sandbox, &id)]);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    async fn boot(self: &Arc<Self>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
+        let record = pod.record();
+        let meta = record.config.metadata.clone().unwrap_or_default();
+        let spec = PodVmSpec {
+            id: pod.id.clone(),
+            state_dir: self.vm.state_dir.clone(),
+            hypervisor: self.vm.hypervisor.clone(),
+            backend: self.vm.backend,
+            hostname: pod_hostname(&record.config),
+            dns: pod_files::dns_lines(&record.config),
+            share_pid_namespace: shares_pid_namespace(&record.config),
+        };
+        tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
+        let vm = PodVm::start(spec).await?;
+        if let Err(e) = pod_files::write(vm.shared_dir(), &record.config) {
+            let _ = vm.destroy().await;
+            return Err(e);
+        }
+        let vm_record = vm.record();
+        let record = pod.update(|r| {
+            r.state = PodState::Ready;
+            r.reason.clear();
+            r.vm = Some(vm_record);
+        });
+        pod.set_agent(Some(vm.agent().clone()));
+        *pod.vm.lock().await = Some(vm);
+        if let Err(e) = self.persist(&record) {
+            // Not recorded means not started: undo the VM.
+            if let Some(vm) = pod.vm.lock().await.take() {
+                let _ = vm.destroy().await;
+            }
+            return Err(e);
+        }
+        monitor_vm(self, pod);
+        Ok(())
+    }
+
+    /// Stops the pod's VM (its containers are recorded as exited); the pod stays listed as
+    /// NOTREADY.
+    pub async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let Some(pod) = self.find(id)? else {
+            return Ok(());
+        };
+        let _guard = pod.lifecycle.lock().await;
+        let record = pod.update(|r| {
+            if r.state == PodState::Ready {
+                r.state = PodState::NotReady;
+                r.reason = "stopped".into();
+            }
+        });
+        pod.set_agent(None);
+        self.persist(&record)?;
+        self.vm_gone(id, "pod sandbox stopped");
+        let vm = pod.vm.lock().await.take();
+        if let Some(vm) = vm {
+            if let Err(e) = vm.destroy().await {
+                let record = pod.update(|r| r.reason = format!("cleanup failed: {e}"));
+                self.persist(&record)?;
+                return Err(e.into());
+            }
+        } else if let Some(vm_record) = record.vm.as_ref() {
+            // Adopted VM that could not be reconnected, or a failed earlier stop.
+            match PodVm::adopt(vm_record, &self.vm.hypervisor).await {
+                Ok(vm) => vm.destroy().await?,
+                Err(failure) => failure.remains.destroy().await?,
+            }
+        }
+        let record = pod.update(|r| r.vm = None);
+        self.persist(&record)?;
+        Ok(())
+    }
+
+    /// Lists a pod from its record at daemon start and adopts its VM if it was running; a
+    /// VM that died meanwhile leaves the pod NOTREADY with the reason.
+    pub(in crate::runtime) async fn restore(self: &Arc<Self>, record: SandboxRecord) {
+        let meta = record.config.metadata.clone().unwrap_or_default();
+        let key = pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
+        let _ = self.names.lock().reserve(key, &record.id);
+        let pod = Arc::new(Pod::new(record.clone()));
+        self.table.write().insert(pod.id.clone(), pod.clone());
+        let (PodState::Ready, Some(vm_record)) = (record.state, record.vm.as_ref()) else {
+            return;
+        };
+        match PodVm::adopt(vm_record, &self.vm.hypervisor).await {
+            Ok(vm) => {
+                pod.set_agent(Some(vm.agent().clone()));
+                *pod.vm.lock().await = Some(vm);
+                monitor_vm(self, &pod);
+                tracing::info!(pod_id = %pod.id, "pod VM adopted");
+            }
+            Err(failure) => {
+                let reason = format!("pod VM lost while vessel-shim was down: {}", failure.reason);
+                tracing::warn!(pod_id = %pod.id, %reason);
+                if let Err(e) = failure.remains.destroy().await {
+                    tracing::error!(pod_id = %pod.id, error = %e, "clean up lost pod VM");
+                }
+                let record = pod.update(|r| {
+                    r.state = PodState::NotReady;
+                    r.reason = reason;
+                    r.vm = None;
+                });
+                if let Err(e) = self.persist(&record) {
+                    tracing::error!(pod_id = %pod.id, error = %e, "persist pod state");
+                }
+            }
+        }
+    }
+}
