@@ -1,8 +1,27 @@
 //! vessel-shim: the host daemon of vessel. It serves CRI to kubelet/crictl and runs one
 //! microVM per pod, driving the guest agent over hybrid vsock + ttrpc.
 //!
-//! Layers: [`config`] (TOML with embedded defaults) → [`hypervisor`] (VMM backends behind one
-//! trait) → [`sandbox`] (a pod VM with its agent client).
+//! Module map (each arrow: "uses"):
+//!
+//! - [`server`]: the CRI socket; `runtime_service/` and `image_service/` hold one thin
+//!   handler file per RPC family, `authority.rs` the HTTP/2 fix for old clients,
+//!   `instrument.rs` the per-call log line and gRPC status. → `runtime`, `image`
+//! - [`runtime`]: the core: `pods/` (RunPodSandbox, StopPodSandbox, VM adoption and
+//!   monitor), `containers/` (create, lifecycle, log pumps and exits), `exec.rs`,
+//!   `stats.rs`, the persisted records and name reservations. → `pod_vm`, `oci`, `image`,
+//!   `metadata`, `logs`, `host_mounts`
+//! - [`pod_vm`]: a pod's VM (boot, adoption, teardown) and the agent client. →
+//!   `hypervisor`
+//! - [`hypervisor`]: the VMM backends (the built-in vessel-vmm, QEMU) behind one trait,
+//!   the helper processes (virtiofsd, vhost-device-vsock) and the backend choice.
+//! - [`oci`]: the OCI spec of a container from its CRI config (security context, mounts,
+//!   resources, seccomp, devices, users).
+//! - [`image`]: pulls from registries, the content store, layer unpacking, the image
+//!   records and the container rootfs overlay.
+//! - [`metadata`]: the crash-safe database (redb) of pod, container and image records.
+//! - [`logs`]: CRI log files (the kubelet line format, reopen).
+//! - [`host_mounts`]: bind mounts on the host and their removal before a dir is deleted.
+//! - [`config`]: the TOML config with embedded defaults.
 
 pub mod config;
 pub mod host_mounts;

@@ -65,17 +65,7 @@ pub(super) fn unpack_entry<R: Read>(
     let gid = header.gid().map_err(failed)?;
     let mode = header.mode().map_err(failed)? & 0o7777;
     match kind {
-        EntryType::Directory => {
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    fs::remove_file(&full).map_err(failed)?;
-                    fs::create_dir(&full).map_err(failed)?;
-                }
-                Err(_) => fs::create_dir(&full).map_err(failed)?,
-            }
-            set_owner_mode(&full, uid, gid, mode).map_err(failed)?;
-        }
+        EntryType::Directory => make_dir(&full, uid, gid, mode).map_err(failed)?,
         EntryType::Link => {
             let target = entry
                 .link_name()
@@ -88,15 +78,7 @@ pub(super) fn unpack_entry<R: Read>(
             fs::hard_link(&source, &full).map_err(failed)?;
         }
         EntryType::Char | EntryType::Block | EntryType::Fifo => {
-            remove_existing(&full).map_err(failed)?;
-            let (flag, dev) = match kind {
-                EntryType::Char => (SFlag::S_IFCHR, device(header).map_err(failed)?),
-                EntryType::Block => (SFlag::S_IFBLK, device(header).map_err(failed)?),
-                _ => (SFlag::S_IFIFO, 0),
-            };
-            mknod(&full, flag, Mode::from_bits_truncate(mode), dev)
-                .map_err(|e| failed(e.into()))?;
-            set_owner_mode(&full, uid, gid, mode).map_err(failed)?;
+            make_node(&full, header, (uid, gid, mode)).map_err(failed)?
         }
         // Regular files, symlinks, and (as POSIX asks) any unknown type as a regular file.
         _ => {
@@ -106,6 +88,35 @@ pub(super) fn unpack_entry<R: Read>(
     }
     set_xattrs(&full, &xattrs);
     Ok(())
+}
+
+/// A directory at `full` (replacing a non-directory there) with its owner and mode.
+fn make_dir(full: &Path, uid: u64, gid: u64, mode: u32) -> io::Result<()> {
+    match fs::symlink_metadata(full) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            fs::remove_file(full)?;
+            fs::create_dir(full)?;
+        }
+        Err(_) => fs::create_dir(full)?,
+    }
+    set_owner_mode(full, uid, gid, mode)
+}
+
+/// A device node or FIFO at `full` as `header` describes it, with `(uid, gid, mode)`.
+fn make_node(
+    full: &Path,
+    header: &tar::Header,
+    (uid, gid, mode): (u64, u64, u32),
+) -> io::Result<()> {
+    remove_existing(full)?;
+    let (flag, dev) = match header.entry_type() {
+        EntryType::Char => (SFlag::S_IFCHR, device(header)?),
+        EntryType::Block => (SFlag::S_IFBLK, device(header)?),
+        _ => (SFlag::S_IFIFO, 0),
+    };
+    mknod(full, flag, Mode::from_bits_truncate(mode), dev)?;
+    set_owner_mode(full, uid, gid, mode)
 }
 
 /// Applies an OCI whiteout entry `.wh.<hidden>` in directory `parent`.

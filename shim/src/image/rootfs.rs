@@ -24,36 +24,7 @@ pub fn mount_rootfs(layers: &[PathBuf], scratch: &Path, target: &Path) -> Result
         target: target.to_owned(),
         reason,
     };
-    if layers.is_empty() {
-        return Err(options_error("an image has at least one layer".into()));
-    }
-    let upper = scratch.join("upper");
-    let work = scratch.join("work");
-    for (what, dir) in [
-        ("create upper dir", &upper),
-        ("create work dir", &work),
-        ("create rootfs mount point", &target.to_owned()),
-    ] {
-        fs::create_dir_all(dir).map_err(|source| ImageError::MountIo {
-            what,
-            path: dir.clone(),
-            source,
-        })?;
-    }
-    for path in layers.iter().chain([&upper, &work]) {
-        if let Some(bad) = path
-            .to_str()
-            .and_then(|p| p.chars().find(|c| ",:\\".contains(*c)))
-        {
-            return Err(options_error(format!(
-                "{} has {bad:?}, which overlay options cannot hold",
-                path.display()
-            )));
-        }
-        if path.to_str().is_none() {
-            return Err(options_error(format!("{} is not UTF-8", path.display())));
-        }
-    }
+    let (upper, work) = prepare(layers, scratch, target)?;
     let tail = format!(",upperdir={},workdir={}", upper.display(), work.display());
     let limit = page_size();
 
@@ -87,6 +58,56 @@ pub fn mount_rootfs(layers: &[PathBuf], scratch: &Path, target: &Path) -> Result
             options.len()
         )));
     }
+    overlay_from(parent, target, &options)
+}
+
+/// Checks that `layers` and the scratch dirs can be overlay options, and creates the upper
+/// and work dirs and the mount point; returns the upper and work dirs.
+fn prepare(
+    layers: &[PathBuf],
+    scratch: &Path,
+    target: &Path,
+) -> Result<(PathBuf, PathBuf), ImageError> {
+    let options_error = |reason: String| ImageError::MountOptions {
+        target: target.to_owned(),
+        reason,
+    };
+    if layers.is_empty() {
+        return Err(options_error("an image has at least one layer".into()));
+    }
+    let upper = scratch.join("upper");
+    let work = scratch.join("work");
+    for (what, dir) in [
+        ("create upper dir", &upper),
+        ("create work dir", &work),
+        ("create rootfs mount point", &target.to_owned()),
+    ] {
+        fs::create_dir_all(dir).map_err(|source| ImageError::MountIo {
+            what,
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    for path in layers.iter().chain([&upper, &work]) {
+        if let Some(bad) = path
+            .to_str()
+            .and_then(|p| p.chars().find(|c| ",:\\".contains(*c)))
+        {
+            return Err(options_error(format!(
+                "{} has {bad:?}, which overlay options cannot hold",
+                path.display()
+            )));
+        }
+        if path.to_str().is_none() {
+            return Err(options_error(format!("{} is not UTF-8", path.display())));
+        }
+    }
+    Ok((upper, work))
+}
+
+/// Mounts overlayfs at `target` with `options` naming layers relative to `parent`: from a
+/// thread whose working directory is `parent`.
+fn overlay_from(parent: &Path, target: &Path, options: &str) -> Result<(), ImageError> {
     let (parent, target_owned) = (parent.to_owned(), target.to_owned());
     let result = std::thread::scope(|s| {
         s.spawn(move || {
@@ -99,11 +120,16 @@ pub fn mount_rootfs(layers: &[PathBuf], scratch: &Path, target: &Path) -> Result
                 target: target_owned.clone(),
                 source,
             })?;
-            overlay(&target_owned, &options)
+            overlay(&target_owned, options)
         })
         .join()
     });
-    result.unwrap_or_else(|_| Err(options_error("the mount thread panicked".into())))
+    result.unwrap_or_else(|_| {
+        Err(ImageError::MountOptions {
+            target: target.to_owned(),
+            reason: "the mount thread panicked".into(),
+        })
+    })
 }
 
 /// Detaches the rootfs mount at `target`; a target that is missing or not mounted is fine.
