@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -12,7 +11,7 @@ use super::qemu::kernel_params;
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
     require_guest_image, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
-    VmProcesses, VmRecord, SHARED_FS_TAG,
+    VmProcesses, SHARED_FS_TAG,
 };
 use crate::config::HypervisorConfig;
 
@@ -106,7 +105,7 @@ impl BuiltinVm {
     }
 }
 
-/// What vessel-vmm's exit says of the guest.
+/// What vessel-vmm's exit status says of the guest (see its `--help`).
 fn classify(exited: Exited) -> VmExit {
     match exited {
         Exited::Code(0) => VmExit::PowerOff,
@@ -137,37 +136,24 @@ impl Hypervisor for BuiltinVm {
         Ok(())
     }
 
-    fn exit_status(&mut self) -> Option<VmExit> {
-        let exited = self.processes.vmm_exit()?;
-        Some(super::vm_exit(classify(exited), &self.config))
+    fn config(&self) -> &VmConfig {
+        &self.config
     }
 
-    fn agent_socket(&self) -> PathBuf {
-        self.config.agent_socket()
+    fn processes(&self) -> &VmProcesses {
+        &self.processes
     }
 
-    fn console_log(&self) -> PathBuf {
-        self.config.console_log()
+    fn processes_mut(&mut self) -> &mut VmProcesses {
+        &mut self.processes
     }
 
-    fn vmm_log(&self) -> PathBuf {
-        self.processes.log(VMM)
+    fn backend(&self) -> Backend {
+        Backend::Builtin
     }
 
-    fn pid(&self) -> Option<u32> {
-        self.processes.vmm_pid()
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        self.processes.wait_vmm_exit(timeout).await
-    }
-
-    fn record(&self) -> VmRecord {
-        VmRecord {
-            config: self.config.clone(),
-            backend: Backend::Builtin,
-            processes: self.processes.record(),
-        }
+    fn classify(&self, exited: Exited) -> VmExit {
+        classify(exited)
     }
 }
 

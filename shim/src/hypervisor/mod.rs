@@ -150,35 +150,73 @@ pub fn adopt_vm(
     }
 }
 
-/// A running (or startable) pod VM.
+/// A running (or startable) pod VM. A backend says how it starts and what its VMM's exit
+/// status means; the rest (the processes, their logs and records, the VM's sockets) is the
+/// same for every backend and provided here over [`VmProcesses`].
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     /// Spawns the VMM and its device helpers; returns once the VM is executing.
     async fn start(&mut self) -> Result<(), HypervisorError>;
 
+    /// The VM's configuration.
+    fn config(&self) -> &VmConfig;
+
+    /// The VM's processes (the VMM and its helpers).
+    fn processes(&self) -> &VmProcesses;
+
+    fn processes_mut(&mut self) -> &mut VmProcesses;
+
+    /// Which backend this is, as recorded for adoption.
+    fn backend(&self) -> Backend;
+
+    /// What the VMM's exit says of the guest.
+    fn classify(&self, exited: Exited) -> VmExit;
+
     /// Stops the VM and every helper process; idempotent.
-    async fn stop(&mut self) -> Result<(), HypervisorError>;
+    async fn stop(&mut self) -> Result<(), HypervisorError> {
+        self.processes_mut().stop().await;
+        Ok(())
+    }
 
     /// `None` while the VMM runs; how the VM ended once it exited.
-    fn exit_status(&mut self) -> Option<VmExit>;
+    fn exit_status(&mut self) -> Option<VmExit> {
+        let exited = self.processes_mut().vmm_exit()?;
+        Some(vm_exit(self.classify(exited), self.config()))
+    }
 
     /// The hybrid-vsock Unix socket of the guest.
-    fn agent_socket(&self) -> PathBuf;
+    fn agent_socket(&self) -> PathBuf {
+        self.config().agent_socket()
+    }
 
     /// The guest console log.
-    fn console_log(&self) -> PathBuf;
+    fn console_log(&self) -> PathBuf {
+        self.config().console_log()
+    }
 
     /// The VMM's own output (errors about devices, sockets, the command line).
-    fn vmm_log(&self) -> PathBuf;
+    fn vmm_log(&self) -> PathBuf {
+        self.processes().vmm_log()
+    }
 
     /// The VMM's process id, while it runs.
-    fn pid(&self) -> Option<u32>;
+    fn pid(&self) -> Option<u32> {
+        self.processes().vmm_pid()
+    }
 
     /// Waits up to `timeout` for the VMM to exit by itself (after the guest powered off).
-    async fn wait_exit(&mut self, timeout: std::time::Duration) -> bool;
+    async fn wait_exit(&mut self, timeout: std::time::Duration) -> bool {
+        self.processes_mut().wait_vmm_exit(timeout).await
+    }
 
     /// What to persist to adopt this VM after a daemon restart.
-    fn record(&self) -> VmRecord;
+    fn record(&self) -> VmRecord {
+        VmRecord {
+            config: self.config().clone(),
+            backend: self.backend(),
+            processes: self.processes().record(),
+        }
+    }
 }
 
 /// Fails with [`HypervisorError::MissingAsset`] unless the guest kernel and initramfs exist.

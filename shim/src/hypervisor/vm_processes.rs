@@ -102,6 +102,11 @@ impl VmProcesses {
         self.vmm_mut().and_then(ChildProcess::exit_status)
     }
 
+    /// The VMM's own output.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.log(self.vmm)
+    }
+
     /// The VMM's pid while it runs.
     pub fn vmm_pid(&self) -> Option<u32> {
         self.find(self.vmm).and_then(ChildProcess::pid)

@@ -5,7 +5,6 @@ mod cmdline;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -16,7 +15,7 @@ pub use cmdline::{
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
     require_guest_image, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
-    VmProcesses, VmRecord,
+    VmProcesses,
 };
 use crate::config::HypervisorConfig;
 
@@ -135,42 +134,24 @@ impl Hypervisor for QemuVm {
         Ok(())
     }
 
-    async fn stop(&mut self) -> Result<(), HypervisorError> {
-        self.processes.stop().await;
-        Ok(())
+    fn config(&self) -> &VmConfig {
+        &self.config
     }
 
-    fn exit_status(&mut self) -> Option<VmExit> {
-        let exited = self.processes.vmm_exit()?;
-        Some(super::vm_exit(classify(exited), &self.config))
+    fn processes(&self) -> &VmProcesses {
+        &self.processes
     }
 
-    fn agent_socket(&self) -> PathBuf {
-        self.config.agent_socket()
+    fn processes_mut(&mut self) -> &mut VmProcesses {
+        &mut self.processes
     }
 
-    fn console_log(&self) -> PathBuf {
-        self.config.console_log()
+    fn backend(&self) -> Backend {
+        Backend::Qemu { kvm: self.kvm }
     }
 
-    fn vmm_log(&self) -> PathBuf {
-        self.processes.log(QEMU)
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.processes.vmm_pid()
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> bool {
-        self.processes.wait_vmm_exit(timeout).await
-    }
-
-    fn record(&self) -> VmRecord {
-        VmRecord {
-            config: self.config.clone(),
-            backend: Backend::Qemu { kvm: self.kvm },
-            processes: self.processes.record(),
-        }
+    fn classify(&self, exited: Exited) -> VmExit {
+        classify(exited)
     }
 }
 
