@@ -8,29 +8,35 @@ use super::{convert, AgentService};
 use crate::container::{CreateParams, DEFAULT_REMOVE_TIMEOUT};
 use crate::error::Result;
 
-pub async fn create(svc: &AgentService, req: api::CreateContainerRequest) -> Result<()> {
+pub async fn create(svc: &AgentService, req: api::CreateContainerRequest) -> Result<api::Empty> {
     let params = CreateParams {
         id: req.container_id,
         spec_json: req.spec_json,
         storages: convert::storages(&req.storages)?,
         stdin: req.stdin,
     };
-    svc.containers.create(params).await
+    svc.containers.create(params).await?;
+    Ok(api::Empty::new())
 }
 
-pub async fn start(svc: &AgentService, req: &api::StartContainerRequest) -> Result<()> {
-    svc.containers.start(&req.container_id).await
+pub async fn start(svc: &AgentService, req: api::StartContainerRequest) -> Result<api::Empty> {
+    svc.containers.start(&req.container_id).await?;
+    Ok(api::Empty::new())
 }
 
-pub async fn remove(svc: &AgentService, req: &api::RemoveContainerRequest) -> Result<()> {
+pub async fn remove(svc: &AgentService, req: api::RemoveContainerRequest) -> Result<api::Empty> {
     let timeout = match req.timeout_secs {
         0 => DEFAULT_REMOVE_TIMEOUT,
         s => Duration::from_secs(u64::from(s)),
     };
-    svc.containers.remove(&req.container_id, timeout).await
+    svc.containers.remove(&req.container_id, timeout).await?;
+    Ok(api::Empty::new())
 }
 
-pub fn stats(svc: &AgentService, req: &api::StatsContainerRequest) -> Result<api::ContainerStats> {
+pub async fn stats(
+    svc: &AgentService,
+    req: api::StatsContainerRequest,
+) -> Result<api::ContainerStats> {
     let stats = svc.containers.stats(&req.container_id)?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -39,7 +45,8 @@ pub fn stats(svc: &AgentService, req: &api::StatsContainerRequest) -> Result<api
     Ok(convert::stats(stats, now))
 }
 
-pub fn update(svc: &AgentService, req: &api::UpdateContainerRequest) -> Result<()> {
+pub async fn update(svc: &AgentService, req: api::UpdateContainerRequest) -> Result<api::Empty> {
     svc.containers
-        .update(&req.container_id, &req.resources_json)
+        .update(&req.container_id, &req.resources_json)?;
+    Ok(api::Empty::new())
 }

@@ -4,15 +4,19 @@ use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use vessel_protocols::agent as api;
 
+use super::AgentService;
 use crate::error::{AgentError, Result};
 
-pub fn check() -> api::CheckResponse {
+pub async fn check(_: &AgentService, _: api::CheckRequest) -> Result<api::CheckResponse> {
     let mut r = api::CheckResponse::new();
     r.status = api::check_response::ServingStatus::SERVING.into();
-    r
+    Ok(r)
 }
 
-pub fn guest_details() -> Result<api::GuestDetails> {
+pub async fn guest_details(
+    _: &AgentService,
+    _: api::GetGuestDetailsRequest,
+) -> Result<api::GuestDetails> {
     let read =
         |path: &str| std::fs::read_to_string(path).map_err(|e| AgentError::internal(path, e));
     let mut d = api::GuestDetails::new();
@@ -24,7 +28,10 @@ pub fn guest_details() -> Result<api::GuestDetails> {
     Ok(d)
 }
 
-pub fn set_date_time(req: &api::SetGuestDateTimeRequest) -> Result<()> {
+pub async fn set_date_time(
+    _: &AgentService,
+    req: api::SetGuestDateTimeRequest,
+) -> Result<api::Empty> {
     if !(0..1_000_000_000).contains(&req.nsec) || req.sec < 0 {
         return Err(AgentError::InvalidArgument(format!(
             "time {}s {}ns is not valid",
@@ -35,7 +42,7 @@ pub fn set_date_time(req: &api::SetGuestDateTimeRequest) -> Result<()> {
     clock_settime(ClockId::CLOCK_REALTIME, ts)
         .map_err(|e| AgentError::internal("clock_settime", e))?;
     tracing::info!(sec = req.sec, "guest clock set");
-    Ok(())
+    Ok(api::Empty::new())
 }
 
 /// `MemTotal:  123 kB` of /proc/meminfo, in bytes.
@@ -89,21 +96,26 @@ mod tests {
         assert_eq!(uptime_seconds("12.34 40.00\n"), 12.34);
     }
 
-    #[test]
-    fn rejects_bad_time() {
+    fn service() -> AgentService {
+        AgentService::new(false, crate::init::reaper::Reaper::new())
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_time() {
         let mut req = api::SetGuestDateTimeRequest::new();
         req.sec = 1;
         req.nsec = 1_000_000_000;
         assert!(matches!(
-            set_date_time(&req),
+            set_date_time(&service(), req).await,
             Err(AgentError::InvalidArgument(_))
         ));
     }
 
-    #[test]
-    fn check_says_serving() {
+    #[tokio::test]
+    async fn check_says_serving() {
+        let reply = check(&service(), api::CheckRequest::new()).await.unwrap();
         assert_eq!(
-            check().status.enum_value(),
+            reply.status.enum_value(),
             Ok(api::check_response::ServingStatus::SERVING)
         );
     }

@@ -1,6 +1,7 @@
-//! The ttrpc service: one thin handler per RPC (split by family into the files of this
-//! module). Every handler runs in a span with its method and ids, converts the request at
-//! the edge, calls the core, and maps errors through [`AgentError::into_ttrpc`].
+//! The ttrpc service: one thin handler per RPC, split by family into the files of this
+//! module, each `async fn(&AgentService, Request) -> Result<Reply>`: it converts the request
+//! at the edge and calls the core. [`agent_service!`] wires them all the same way: a span
+//! with the method and the request's ids, errors mapped through [`AgentError::into_ttrpc`].
 
 mod container;
 mod convert;
@@ -13,11 +14,12 @@ use std::future::Future;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use protobuf::MessageDyn;
 use tracing::Instrument;
 use vessel_protocols::agent::{self as api, Agent};
 use vessel_protocols::ttrpc::{self, r#async::TtrpcContext};
 
-use crate::container::{Containers, Stream};
+use crate::container::Containers;
 use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;
 use crate::sandbox::Sandbox;
@@ -63,11 +65,24 @@ pub async fn serve(listen: &str, pid1: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one handler in its span and maps its error.
+/// The container and exec ids a request names (empty where it has no such field), read
+/// through the message's descriptor so every request gets them alike.
+fn ids(req: &dyn MessageDyn) -> (String, String) {
+    let descriptor = req.descriptor_dyn();
+    let field = |name: &str| {
+        descriptor
+            .field_by_name(name)
+            .and_then(|f| f.get_singular(req))
+            .and_then(|v| v.to_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    (field("container_id"), field("exec_id"))
+}
+
+/// Runs one handler in a span with its method and the request's ids, and maps its error.
 async fn handle<T>(
     method: &'static str,
-    container_id: &str,
-    exec_id: &str,
+    (container_id, exec_id): (String, String),
     fut: impl Future<Output = Result<T>>,
 ) -> ttrpc::Result<T> {
     let span = tracing::info_span!("rpc", method, container_id, exec_id);
@@ -85,237 +100,65 @@ async fn handle<T>(
     .await
 }
 
-fn empty(r: Result<()>) -> Result<api::Empty> {
-    r.map(|()| api::Empty::new())
+/// Implements the agent API: every RPC is `async fn(&AgentService, Request) -> Result<Reply>`
+/// in the file of its family, run through [`handle`]. (`async_trait` must see the expanded
+/// methods, so the whole impl block is generated here.)
+macro_rules! agent_service {
+    ($($name:ident($method:literal): $req:ident -> $resp:ident = $handler:path;)*) => {
+        #[async_trait]
+        impl Agent for AgentService {
+            $(
+                async fn $name(
+                    &self,
+                    _: &TtrpcContext,
+                    req: api::$req,
+                ) -> ttrpc::Result<api::$resp> {
+                    handle($method, ids(&req), $handler(self, req)).await
+                }
+            )*
+        }
+    };
 }
 
-#[async_trait]
-impl Agent for AgentService {
-    async fn check(
-        &self,
-        _: &TtrpcContext,
-        _: api::CheckRequest,
-    ) -> ttrpc::Result<api::CheckResponse> {
-        Ok(guest::check())
-    }
+agent_service! {
+    check("Check"): CheckRequest -> CheckResponse = guest::check;
+    get_guest_details("GetGuestDetails"): GetGuestDetailsRequest -> GuestDetails = guest::guest_details;
+    set_guest_date_time("SetGuestDateTime"): SetGuestDateTimeRequest -> Empty = guest::set_date_time;
+    create_sandbox("CreateSandbox"): CreateSandboxRequest -> Empty = sandbox::create;
+    destroy_sandbox("DestroySandbox"): DestroySandboxRequest -> Empty = sandbox::destroy;
+    create_container("CreateContainer"): CreateContainerRequest -> Empty = container::create;
+    start_container("StartContainer"): StartContainerRequest -> Empty = container::start;
+    remove_container("RemoveContainer"): RemoveContainerRequest -> Empty = container::remove;
+    stats_container("StatsContainer"): StatsContainerRequest -> ContainerStats = container::stats;
+    update_container("UpdateContainer"): UpdateContainerRequest -> Empty = container::update;
+    exec_process("ExecProcess"): ExecProcessRequest -> Empty = process::exec;
+    signal_process("SignalProcess"): SignalProcessRequest -> Empty = process::signal;
+    wait_process("WaitProcess"): WaitProcessRequest -> WaitProcessResponse = process::wait;
+    write_stdin("WriteStdin"): WriteStdinRequest -> WriteStdinResponse = process::write_stdin;
+    close_stdin("CloseStdin"): CloseStdinRequest -> Empty = process::close_stdin;
+    read_stdout("ReadStdout"): ReadStreamRequest -> ReadStreamResponse = process::read_stdout;
+    read_stderr("ReadStderr"): ReadStreamRequest -> ReadStreamResponse = process::read_stderr;
+    tty_win_resize("TtyWinResize"): TtyWinResizeRequest -> Empty = process::resize;
+    update_interface("UpdateInterface"): UpdateInterfaceRequest -> Interface = network::update_interface;
+    update_routes("UpdateRoutes"): UpdateRoutesRequest -> Routes = network::update_routes;
+}
 
-    async fn get_guest_details(
-        &self,
-        _: &TtrpcContext,
-        _: api::GetGuestDetailsRequest,
-    ) -> ttrpc::Result<api::GuestDetails> {
-        handle("GetGuestDetails", "", "", async { guest::guest_details() }).await
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    async fn set_guest_date_time(
-        &self,
-        _: &TtrpcContext,
-        req: api::SetGuestDateTimeRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("SetGuestDateTime", "", "", async {
-            empty(guest::set_date_time(&req))
-        })
-        .await
-    }
-
-    async fn create_sandbox(
-        &self,
-        _: &TtrpcContext,
-        req: api::CreateSandboxRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("CreateSandbox", "", "", async {
-            empty(sandbox::create(self, req).await)
-        })
-        .await
-    }
-
-    async fn destroy_sandbox(
-        &self,
-        _: &TtrpcContext,
-        req: api::DestroySandboxRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("DestroySandbox", "", "", async {
-            empty(sandbox::destroy(self, req).await)
-        })
-        .await
-    }
-
-    async fn create_container(
-        &self,
-        _: &TtrpcContext,
-        req: api::CreateContainerRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        let id = req.container_id.clone();
-        handle("CreateContainer", &id, "", async {
-            empty(container::create(self, req).await)
-        })
-        .await
-    }
-
-    async fn start_container(
-        &self,
-        _: &TtrpcContext,
-        req: api::StartContainerRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("StartContainer", &req.container_id, "", async {
-            empty(container::start(self, &req).await)
-        })
-        .await
-    }
-
-    async fn remove_container(
-        &self,
-        _: &TtrpcContext,
-        req: api::RemoveContainerRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("RemoveContainer", &req.container_id, "", async {
-            empty(container::remove(self, &req).await)
-        })
-        .await
-    }
-
-    async fn stats_container(
-        &self,
-        _: &TtrpcContext,
-        req: api::StatsContainerRequest,
-    ) -> ttrpc::Result<api::ContainerStats> {
-        handle("StatsContainer", &req.container_id, "", async {
-            container::stats(self, &req)
-        })
-        .await
-    }
-
-    async fn update_container(
-        &self,
-        _: &TtrpcContext,
-        req: api::UpdateContainerRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("UpdateContainer", &req.container_id, "", async {
-            empty(container::update(self, &req))
-        })
-        .await
-    }
-
-    async fn exec_process(
-        &self,
-        _: &TtrpcContext,
-        req: api::ExecProcessRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        let (cid, eid) = (req.container_id.clone(), req.exec_id.clone());
-        handle("ExecProcess", &cid, &eid, async {
-            empty(process::exec(self, req).await)
-        })
-        .await
-    }
-
-    async fn signal_process(
-        &self,
-        _: &TtrpcContext,
-        req: api::SignalProcessRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("SignalProcess", &req.container_id, &req.exec_id, async {
-            empty(process::signal(self, &req))
-        })
-        .await
-    }
-
-    async fn wait_process(
-        &self,
-        _: &TtrpcContext,
-        req: api::WaitProcessRequest,
-    ) -> ttrpc::Result<api::WaitProcessResponse> {
-        handle(
-            "WaitProcess",
-            &req.container_id,
-            &req.exec_id,
-            process::wait(self, &req),
-        )
-        .await
-    }
-
-    async fn write_stdin(
-        &self,
-        _: &TtrpcContext,
-        req: api::WriteStdinRequest,
-    ) -> ttrpc::Result<api::WriteStdinResponse> {
-        handle(
-            "WriteStdin",
-            &req.container_id,
-            &req.exec_id,
-            process::write_stdin(self, &req),
-        )
-        .await
-    }
-
-    async fn close_stdin(
-        &self,
-        _: &TtrpcContext,
-        req: api::CloseStdinRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("CloseStdin", &req.container_id, &req.exec_id, async {
-            empty(process::close_stdin(self, &req).await)
-        })
-        .await
-    }
-
-    async fn read_stdout(
-        &self,
-        _: &TtrpcContext,
-        req: api::ReadStreamRequest,
-    ) -> ttrpc::Result<api::ReadStreamResponse> {
-        handle(
-            "ReadStdout",
-            &req.container_id,
-            &req.exec_id,
-            process::read(self, &req, Stream::Stdout),
-        )
-        .await
-    }
-
-    async fn read_stderr(
-        &self,
-        _: &TtrpcContext,
-        req: api::ReadStreamRequest,
-    ) -> ttrpc::Result<api::ReadStreamResponse> {
-        handle(
-            "ReadStderr",
-            &req.container_id,
-            &req.exec_id,
-            process::read(self, &req, Stream::Stderr),
-        )
-        .await
-    }
-
-    async fn tty_win_resize(
-        &self,
-        _: &TtrpcContext,
-        req: api::TtyWinResizeRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        handle("TtyWinResize", &req.container_id, &req.exec_id, async {
-            empty(process::resize(self, &req))
-        })
-        .await
-    }
-
-    async fn update_interface(
-        &self,
-        _: &TtrpcContext,
-        req: api::UpdateInterfaceRequest,
-    ) -> ttrpc::Result<api::Interface> {
-        handle("UpdateInterface", "", "", async {
-            network::update_interface(&req)
-        })
-        .await
-    }
-
-    async fn update_routes(
-        &self,
-        _: &TtrpcContext,
-        req: api::UpdateRoutesRequest,
-    ) -> ttrpc::Result<api::Routes> {
-        handle("UpdateRoutes", "", "", async {
-            network::update_routes(&req)
-        })
-        .await
+    #[test]
+    fn ids_come_from_the_request_fields() {
+        let mut exec = api::SignalProcessRequest::new();
+        exec.container_id = "c1".into();
+        exec.exec_id = "e1".into();
+        assert_eq!(ids(&exec), ("c1".into(), "e1".into()));
+        let mut start = api::StartContainerRequest::new();
+        start.container_id = "c2".into();
+        assert_eq!(ids(&start), ("c2".into(), String::new()));
+        assert_eq!(
+            ids(&api::CheckRequest::new()),
+            (String::new(), String::new())
+        );
     }
 }

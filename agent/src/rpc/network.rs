@@ -2,15 +2,19 @@
 
 use vessel_protocols::agent as api;
 
+use super::AgentService;
 use crate::error::{AgentError, Result};
 
-pub fn update_interface(_req: &api::UpdateInterfaceRequest) -> Result<api::Interface> {
+pub async fn update_interface(
+    _: &AgentService,
+    _: api::UpdateInterfaceRequest,
+) -> Result<api::Interface> {
     Err(AgentError::Unimplemented(
         "UpdateInterface: guest NIC configuration (rtnetlink) lands with pod networking".into(),
     ))
 }
 
-pub fn update_routes(_req: &api::UpdateRoutesRequest) -> Result<api::Routes> {
+pub async fn update_routes(_: &AgentService, _: api::UpdateRoutesRequest) -> Result<api::Routes> {
     Err(AgentError::Unimplemented(
         "UpdateRoutes: guest routes (rtnetlink) land with pod networking".into(),
     ))

@@ -7,24 +7,26 @@ use super::{convert, AgentService};
 use crate::container::{ExecParams, Stream};
 use crate::error::Result;
 
-pub async fn exec(svc: &AgentService, req: api::ExecProcessRequest) -> Result<()> {
+pub async fn exec(svc: &AgentService, req: api::ExecProcessRequest) -> Result<api::Empty> {
     let params = ExecParams {
         container_id: req.container_id,
         exec_id: req.exec_id,
         process_json: req.process_json,
         stdin: req.stdin,
     };
-    svc.containers.exec(params).await
+    svc.containers.exec(params).await?;
+    Ok(api::Empty::new())
 }
 
-pub fn signal(svc: &AgentService, req: &api::SignalProcessRequest) -> Result<()> {
+pub async fn signal(svc: &AgentService, req: api::SignalProcessRequest) -> Result<api::Empty> {
     svc.containers
-        .signal(&req.container_id, &req.exec_id, req.signal, req.all)
+        .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+    Ok(api::Empty::new())
 }
 
 pub async fn wait(
     svc: &AgentService,
-    req: &api::WaitProcessRequest,
+    req: api::WaitProcessRequest,
 ) -> Result<api::WaitProcessResponse> {
     let exit = svc.containers.wait(&req.container_id, &req.exec_id).await?;
     Ok(convert::wait_response(exit))
@@ -32,7 +34,7 @@ pub async fn wait(
 
 pub async fn write_stdin(
     svc: &AgentService,
-    req: &api::WriteStdinRequest,
+    req: api::WriteStdinRequest,
 ) -> Result<api::WriteStdinResponse> {
     let n = svc
         .containers
@@ -43,15 +45,30 @@ pub async fn write_stdin(
     Ok(r)
 }
 
-pub async fn close_stdin(svc: &AgentService, req: &api::CloseStdinRequest) -> Result<()> {
+pub async fn close_stdin(svc: &AgentService, req: api::CloseStdinRequest) -> Result<api::Empty> {
     svc.containers
         .close_stdin(&req.container_id, &req.exec_id)
-        .await
+        .await?;
+    Ok(api::Empty::new())
 }
 
-pub async fn read(
+pub async fn read_stdout(
     svc: &AgentService,
-    req: &api::ReadStreamRequest,
+    req: api::ReadStreamRequest,
+) -> Result<api::ReadStreamResponse> {
+    read(svc, req, Stream::Stdout).await
+}
+
+pub async fn read_stderr(
+    svc: &AgentService,
+    req: api::ReadStreamRequest,
+) -> Result<api::ReadStreamResponse> {
+    read(svc, req, Stream::Stderr).await
+}
+
+async fn read(
+    svc: &AgentService,
+    req: api::ReadStreamRequest,
     stream: Stream,
 ) -> Result<api::ReadStreamResponse> {
     let data = svc
@@ -63,7 +80,8 @@ pub async fn read(
     Ok(r)
 }
 
-pub fn resize(svc: &AgentService, req: &api::TtyWinResizeRequest) -> Result<()> {
+pub async fn resize(svc: &AgentService, req: api::TtyWinResizeRequest) -> Result<api::Empty> {
     svc.containers
-        .resize(&req.container_id, &req.exec_id, req.rows, req.cols)
+        .resize(&req.container_id, &req.exec_id, req.rows, req.cols)?;
+    Ok(api::Empty::new())
 }

@@ -12,7 +12,7 @@ use crate::sandbox::SandboxParams;
 /// Delay between the DestroySandbox reply and power-off, so the reply gets out.
 const POWER_OFF_DELAY: Duration = Duration::from_millis(50);
 
-pub async fn create(svc: &AgentService, req: api::CreateSandboxRequest) -> Result<()> {
+pub async fn create(svc: &AgentService, req: api::CreateSandboxRequest) -> Result<api::Empty> {
     let shared_fs = match req.shared_fs.as_ref() {
         Some(s) if !s.driver.is_empty() || !s.mount_point.is_empty() => Some(convert::storage(s)?),
         _ => None,
@@ -25,10 +25,11 @@ pub async fn create(svc: &AgentService, req: api::CreateSandboxRequest) -> Resul
         dns: req.dns,
         share_pid_namespace: req.share_pid_namespace,
     };
-    svc.sandbox.create(params, &svc.containers).await
+    svc.sandbox.create(params, &svc.containers).await?;
+    Ok(api::Empty::new())
 }
 
-pub async fn destroy(svc: &AgentService, req: api::DestroySandboxRequest) -> Result<()> {
+pub async fn destroy(svc: &AgentService, req: api::DestroySandboxRequest) -> Result<api::Empty> {
     svc.sandbox.destroy(&svc.containers).await;
     if req.power_off {
         let pid1 = svc.pid1;
@@ -38,5 +39,5 @@ pub async fn destroy(svc: &AgentService, req: api::DestroySandboxRequest) -> Res
             power_off(pid1);
         });
     }
-    Ok(())
+    Ok(api::Empty::new())
 }
