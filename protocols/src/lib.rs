@@ -3,6 +3,7 @@
 //! - [`cri`]: Kubernetes CRI `runtime.v1` (messages + tonic client/server), from the `k8s-cri`
 //!   crate, which compiles k8s.io/cri-api's `api.proto` unchanged.
 //! - [`agent`]: the host ↔ guest agent API (`proto/agent.proto`), served over ttrpc.
+//! - [`guest`]: the rest of the guest contract: id rules and guest paths both sides use.
 
 /// Kubernetes CRI `runtime.v1`.
 pub use k8s_cri::v1 as cri;
@@ -19,6 +20,8 @@ pub mod agent {
     pub use crate::generated::agent::*;
     pub use crate::generated::agent_ttrpc::*;
 }
+
+pub mod guest;
 
 /// The vsock port the agent's ttrpc server listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -135,7 +135,6 @@ impl TestEnv {
             hypervisor: self.hypervisor.clone(),
             backend: self.backend,
             hostname: id.into(),
-            dns: vec!["nameserver 127.0.0.1".into()],
             share_pid_namespace: false,
         }
     }

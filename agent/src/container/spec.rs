@@ -6,16 +6,13 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec,
 };
+use vessel_protocols::guest::{check_id, container_cgroup};
 
 use super::guest_devices;
 use crate::error::{AgentError, Result};
 
-/// Longest container or exec id.
-pub const MAX_ID_LEN: usize = 128;
 /// `PATH` when the process environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Parent of every container cgroup the agent picks itself.
-pub const CGROUP_PARENT: &str = "/vessel";
 
 /// Namespaces every container gets (network never: containers share the pod's, which is
 /// the guest's).
@@ -26,30 +23,9 @@ const OWN_NAMESPACES: [LinuxNamespaceType; 4] = [
     LinuxNamespaceType::Uts,
 ];
 
-/// Checks an id: non-empty, at most [`MAX_ID_LEN`] of `[A-Za-z0-9_.-]`, not `.`/`..`.
-/// The error names `field`.
+/// Checks an id by the guest contract's rule; the error names `field`.
 pub fn validate_id(field: &str, id: &str) -> Result<()> {
-    let invalid = |why: &str| {
-        Err(AgentError::InvalidArgument(format!(
-            "{field} {id:?}: {why}"
-        )))
-    };
-    if id.is_empty() {
-        return Err(AgentError::InvalidArgument(format!("{field} is empty")));
-    }
-    if id.len() > MAX_ID_LEN {
-        return invalid(&format!("longer than {MAX_ID_LEN} characters"));
-    }
-    if id == "." || id == ".." {
-        return invalid("not a valid name");
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return invalid(&format!("character {c:?} not allowed (use [A-Za-z0-9_.-])"));
-    }
-    Ok(())
+    check_id(id).map_err(|reason| AgentError::InvalidArgument(format!("{field} {id:?} {reason}")))
 }
 
 /// Parses the OCI spec JSON.
@@ -144,7 +120,7 @@ pub fn cgroup_path(from_spec: Option<&Path>, id: &str) -> String {
                 format!("/{p}")
             }
         }
-        _ => format!("{CGROUP_PARENT}/{id}"),
+        _ => container_cgroup(id),
     }
 }
 

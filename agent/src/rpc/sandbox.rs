@@ -22,7 +22,6 @@ pub async fn create(svc: &AgentService, req: api::CreateSandboxRequest) -> Resul
         hostname: req.hostname,
         shared_fs,
         storages: convert::storages(&req.storages)?,
-        dns: req.dns,
         share_pid_namespace: req.share_pid_namespace,
     };
     svc.sandbox.create(params, &svc.containers).await?;

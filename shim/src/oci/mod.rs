@@ -33,8 +33,9 @@ use vessel_protocols::cri;
 pub use resources::{cri_to_oci_resources, oci_to_cri_resources};
 pub use sysctls::{pod_sysctls, PodSysctls};
 
+use vessel_protocols::guest::container_cgroup;
 /// Where the agent mounts the pod's shared dir (virtio-fs) in the guest.
-pub const GUEST_SHARED_DIR: &str = "/run/vessel/shared";
+pub use vessel_protocols::guest::GUEST_SHARED_DIR;
 
 /// The default `PATH` of a container process.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -179,10 +180,7 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
         hostname_file: input.hostname_file.as_deref(),
     })?;
     let mut linux = security.linux(input.pod_pid_namespace.as_deref())?;
-    linux.set_cgroups_path(Some(PathBuf::from(format!(
-        "/vessel/{}",
-        input.container_id
-    ))));
+    linux.set_cgroups_path(Some(PathBuf::from(container_cgroup(input.container_id))));
     linux.set_rootfs_propagation(rootfs_propagation);
     linux.set_seccomp(seccomp);
     let mut oci_resources = match resources {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vessel_protocols::agent as api;
+use vessel_protocols::guest::{check_id, IdError, GUEST_SHARED_DIR};
 
 use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
@@ -16,7 +17,6 @@ use crate::hypervisor::{
     adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmRecord,
     SHARED_FS_TAG,
 };
-use crate::oci::GUEST_SHARED_DIR;
 
 /// Console lines quoted in a start failure.
 const CONSOLE_TAIL_LINES: usize = 25;
@@ -27,8 +27,8 @@ const ADOPT_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("sandbox id {0:?} is invalid: use 1-128 characters of [A-Za-z0-9_.-]")]
-    InvalidId(String),
+    #[error("sandbox id {id:?} {reason}")]
+    InvalidId { id: String, reason: IdError },
     #[error("pod VM {0} already exists")]
     AlreadyExists(String),
     #[error("create {path}: {source}")]
@@ -64,8 +64,6 @@ pub struct PodVmSpec {
     pub backend: Backend,
     /// The guest's hostname (the pod's).
     pub hostname: String,
-    /// resolv.conf lines for the pod.
-    pub dns: Vec<String>,
     /// Containers of the pod share one pid namespace (CRI NamespaceMode POD).
     pub share_pid_namespace: bool,
 }
@@ -81,20 +79,12 @@ pub struct PodVm {
     _cid: CidLease,
 }
 
-/// Checks a sandbox id before it names files and processes.
+/// Checks a sandbox id before it names files and processes (the guest contract's rule).
 pub fn validate_id(id: &str) -> Result<(), VmError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        && id != "."
-        && id != "..";
-    if ok {
-        Ok(())
-    } else {
-        Err(VmError::InvalidId(id.to_owned()))
-    }
+    check_id(id).map_err(|reason| VmError::InvalidId {
+        id: id.to_owned(),
+        reason,
+    })
 }
 
 impl PodVm {
@@ -337,7 +327,6 @@ async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmEr
     req.sandbox_id = spec.id.clone();
     req.hostname = spec.hostname.clone();
     req.shared_fs = protobuf::MessageField::some(shared);
-    req.dns = spec.dns.clone();
     req.share_pid_namespace = spec.share_pid_namespace;
     agent.create_sandbox(req).await?;
     Ok(())

@@ -64,7 +64,7 @@ impl RuntimeError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unimplemented(_) => Code::Unimplemented,
-            Self::Vm(VmError::InvalidId(_)) => Code::InvalidArgument,
+            Self::Vm(VmError::InvalidId { .. }) => Code::InvalidArgument,
             Self::Vm(VmError::AlreadyExists(_)) => Code::AlreadyExists,
             Self::Vm(_) => Code::Internal,
             Self::Agent(e) => match e.code() {

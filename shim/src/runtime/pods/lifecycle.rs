@@ -78,7 +78,6 @@ impl Pods {
             hypervisor: self.vm.hypervisor.clone(),
             backend: self.vm.backend,
             hostname: pod_hostname(&record.config),
-            dns: pod_files::dns_lines(&record.config),
             share_pid_namespace: shares_pid_namespace(&record.config),
         };
         tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");

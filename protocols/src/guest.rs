@@ -1,0 +1,79 @@
+//! The guest contract: facts the shim and the agent must agree on, kept here once. The shim
+//! decides (ids, paths in the guest, the cgroup of each container); the agent applies what
+//! it is sent and checks it with the same rules.
+
+use std::fmt;
+
+/// Where the pod's shared dir (virtio-fs) is mounted in the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/vessel/shared";
+
+/// The cgroup (v2, relative to the guest's cgroup root) every container cgroup is under.
+pub const CGROUP_PARENT: &str = "/vessel";
+
+/// The cgroup of the container `id`.
+pub fn container_cgroup(id: &str) -> String {
+    format!("{CGROUP_PARENT}/{id}")
+}
+
+/// The longest sandbox, container or exec id.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Why an id is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdError {
+    Empty,
+    TooLong(usize),
+    Dots,
+    Character(char),
+}
+
+impl fmt::Display for IdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => write!(f, "is empty"),
+            Self::TooLong(len) => write!(f, "is {len} characters, longer than {MAX_ID_LEN}"),
+            Self::Dots => write!(f, "is not a valid name"),
+            Self::Character(c) => write!(f, "has {c:?}; use [A-Za-z0-9_.-]"),
+        }
+    }
+}
+
+impl std::error::Error for IdError {}
+
+/// Checks an id that names files, cgroups and processes on both sides: 1 to
+/// [`MAX_ID_LEN`] characters of `[A-Za-z0-9_.-]`, not `.` or `..`.
+pub fn check_id(id: &str) -> Result<(), IdError> {
+    if id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong(id.len()));
+    }
+    if id == "." || id == ".." {
+        return Err(IdError::Dots);
+    }
+    match id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        Some(c) => Err(IdError::Character(c)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_follow_one_rule() {
+        for ok in ["c1", "a.b-c_d", &"a".repeat(MAX_ID_LEN)] {
+            assert_eq!(check_id(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(check_id(""), Err(IdError::Empty));
+        assert_eq!(check_id(".."), Err(IdError::Dots));
+        assert_eq!(check_id("a/b"), Err(IdError::Character('/')));
+        assert_eq!(check_id(&"a".repeat(129)), Err(IdError::TooLong(129)));
+        assert_eq!(container_cgroup("c1"), "/vessel/c1");
+    }
+}
