@@ -7,6 +7,10 @@ use std::fmt;
 /// Where the pod's shared dir (virtio-fs) is mounted in the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/vessel/shared";
 
+/// The pod's shared pid namespace as a container spec names it (CRI NamespaceMode POD): the
+/// agent joins the container to its pause process's pid namespace.
+pub const POD_PID_NAMESPACE: &str = "/run/vessel/pod/ns/pid";
+
 /// The cgroup (v2, relative to the guest's cgroup root) every container cgroup is under.
 pub const CGROUP_PARENT: &str = "/vessel";
 

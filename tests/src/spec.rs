@@ -50,6 +50,5 @@ pub fn bare_spec(
         etc_hosts: None,
         resolv_conf: None,
         hostname_file: None,
-        pod_pid_namespace: None,
     })
 }

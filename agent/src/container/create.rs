@@ -83,8 +83,8 @@ impl Containers {
                 rootfs.display()
             )));
         }
-        let pid_ns = self.pid_namespace_to_join()?;
-        let cgroup = Cgroup::new(&spec::prepare(oci, &p.id, pid_ns.as_deref())?);
+        let pod_pid_ns = || self.pod_pid_namespace();
+        let cgroup = Cgroup::new(&spec::prepare(oci, &p.id, pod_pid_ns)?);
         let process = oci
             .process()
             .clone()

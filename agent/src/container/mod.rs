@@ -117,14 +117,18 @@ impl Containers {
             .insert(container.id.clone(), container);
     }
 
-    /// `/proc/<pid>/ns/pid` of the pod's infra process, when the pod shares one and it lives.
-    fn pid_namespace_to_join(&self) -> Result<Option<PathBuf>> {
+    /// `/proc/<pid>/ns/pid` of the pod's infra process, which a container spec asks for by
+    /// the contract's pod pid namespace path.
+    fn pod_pid_namespace(&self) -> Result<PathBuf> {
         let mut t = self.table.lock();
         let Some(init) = t.pod_init.as_mut() else {
-            return Ok(None);
+            return Err(AgentError::FailedPrecondition(
+                "the container asks for the pod's pid namespace, but the pod does not share one"
+                    .into(),
+            ));
         };
         let pid = init.pid;
-        init.pid_namespace().map(Some).ok_or_else(|| {
+        init.pid_namespace().ok_or_else(|| {
             AgentError::FailedPrecondition(format!(
                 "the pod's pause process (pid {pid}) has exited: its shared pid namespace is gone"
             ))

@@ -3,10 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Process, Spec,
-};
-use vessel_protocols::guest::{check_id, container_cgroup};
+use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Process, Spec};
+use vessel_protocols::guest::{check_id, container_cgroup, POD_PID_NAMESPACE};
 
 use super::guest_devices;
 use crate::error::{AgentError, Result};
@@ -14,14 +12,10 @@ use crate::error::{AgentError, Result};
 /// `PATH` when the process environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Namespaces every container gets (network never: containers share the pod's, which is
-/// the guest's).
-const OWN_NAMESPACES: [LinuxNamespaceType; 4] = [
-    LinuxNamespaceType::Pid,
-    LinuxNamespaceType::Mount,
-    LinuxNamespaceType::Ipc,
-    LinuxNamespaceType::Uts,
-];
+/// Namespaces a container spec must have its own (or, for pid, the pod's): without them a
+/// container would share the agent's.
+const REQUIRED_NAMESPACES: [LinuxNamespaceType; 2] =
+    [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount];
 
 /// Checks an id by the guest contract's rule; the error names `field`.
 pub fn validate_id(field: &str, id: &str) -> Result<()> {
@@ -74,11 +68,15 @@ pub fn ensure_path(process: &mut Process) {
     }
 }
 
-/// Adjusts a container spec for the guest and returns its cgroup path:
-/// the process must have args; `PATH` is defaulted; the cgroups path defaults to
-/// `/vessel/<id>`; the network namespace is dropped and pid, mount, ipc and uts are added;
-/// `pid_ns`, when given, is the pid namespace to join (a pod sharing one).
-pub fn prepare(spec: &mut Spec, id: &str, pid_ns: Option<&Path>) -> Result<String> {
+/// Readies a container spec the shim built for libcontainer and returns its cgroup path:
+/// the process must have args; `PATH` is defaulted; the cgroups path defaults to the
+/// contract's; the namespaces are the shim's, checked, with the contract's pod pid
+/// namespace resolved through `pod_pid_ns` (the pod's pause process).
+pub fn prepare(
+    spec: &mut Spec,
+    id: &str,
+    pod_pid_ns: impl FnOnce() -> Result<PathBuf>,
+) -> Result<String> {
     let mut process = spec
         .process()
         .clone()
@@ -99,13 +97,56 @@ pub fn prepare(spec: &mut Spec, id: &str, pid_ns: Option<&Path>) -> Result<Strin
     };
     let cgroup = cgroup_path(linux.cgroups_path().as_deref(), id);
     linux.set_cgroups_path(Some(PathBuf::from(&cgroup)));
-    let namespaces = namespaces(linux.namespaces().clone().unwrap_or_default(), pid_ns)?;
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    resolve_namespaces(&mut namespaces, pod_pid_ns)?;
     linux.set_namespaces(Some(namespaces));
     if guest_devices::allows_every_device(&linux) {
         guest_devices::add_all(&mut linux, Path::new("/dev"))?;
     }
     spec.set_linux(Some(linux));
     Ok(cgroup)
+}
+
+/// Checks the namespaces the shim chose: a pid and a mount namespace, never a network one
+/// (containers share the guest's, which is the pod's), and no path but the contract's
+/// [`POD_PID_NAMESPACE`] for pid, which becomes the pause process's namespace.
+fn resolve_namespaces(
+    list: &mut [LinuxNamespace],
+    pod_pid_ns: impl FnOnce() -> Result<PathBuf>,
+) -> Result<()> {
+    let invalid = |why: String| {
+        Err(AgentError::InvalidArgument(format!(
+            "spec_json: linux.namespaces: {why}"
+        )))
+    };
+    if list
+        .iter()
+        .any(|ns| ns.typ() == LinuxNamespaceType::Network)
+    {
+        return invalid("a container has the pod's network namespace, never its own".into());
+    }
+    for typ in REQUIRED_NAMESPACES {
+        if !list.iter().any(|ns| ns.typ() == typ) {
+            return invalid(format!("no {typ:?} namespace"));
+        }
+    }
+    let mut pod_pid_ns = Some(pod_pid_ns);
+    for ns in list.iter_mut() {
+        let Some(path) = ns.path().clone() else {
+            continue;
+        };
+        if ns.typ() != LinuxNamespaceType::Pid || path != Path::new(POD_PID_NAMESPACE) {
+            return invalid(format!(
+                "{:?} namespace path {}: only {POD_PID_NAMESPACE} may be joined",
+                ns.typ(),
+                path.display()
+            ));
+        }
+        if let Some(resolve) = pod_pid_ns.take() {
+            ns.set_path(Some(resolve()?));
+        }
+    }
+    Ok(())
 }
 
 /// The cgroup (v2, relative to `/sys/fs/cgroup`) of a container: the spec's when it is a
@@ -122,30 +163,6 @@ pub fn cgroup_path(from_spec: Option<&Path>, id: &str) -> String {
         }
         _ => container_cgroup(id),
     }
-}
-
-fn namespaces(mut list: Vec<LinuxNamespace>, pid_ns: Option<&Path>) -> Result<Vec<LinuxNamespace>> {
-    list.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
-    for typ in OWN_NAMESPACES {
-        if !list.iter().any(|ns| ns.typ() == typ) {
-            let ns = LinuxNamespaceBuilder::default()
-                .typ(typ)
-                .build()
-                .map_err(|e| AgentError::internal("namespace", e))?;
-            list.push(ns);
-        }
-    }
-    if let Some(path) = pid_ns {
-        for ns in list
-            .iter_mut()
-            .filter(|ns| ns.typ() == LinuxNamespaceType::Pid)
-        {
-            if ns.path().is_none() {
-                ns.set_path(Some(path.to_path_buf()));
-            }
-        }
-    }
-    Ok(list)
 }
 
 #[cfg(test)]
@@ -181,13 +198,17 @@ mod tests {
         assert!(matches!(&e, AgentError::InvalidArgument(m) if m.starts_with("spec_json: ")));
     }
 
+    fn own() -> Result<PathBuf> {
+        panic!("no pod pid namespace asked for")
+    }
+
     #[test]
-    fn prepare_fixes_namespaces_cgroup_and_path() {
-        let json = spec_json(
-            r#""namespaces":[{"type":"network","path":"/var/run/netns/x"},{"type":"pid"}]"#,
-        );
+    fn prepare_resolves_the_pod_pid_namespace_and_defaults_cgroup_and_path() {
+        let json = spec_json(&format!(
+            r#""namespaces":[{{"type":"pid","path":"{POD_PID_NAMESPACE}"}},{{"type":"mount"}}]"#
+        ));
         let mut spec = parse_spec(json.as_bytes()).unwrap();
-        let cg = prepare(&mut spec, "c1", Some(Path::new("/proc/7/ns/pid"))).unwrap();
+        let cg = prepare(&mut spec, "c1", || Ok("/proc/7/ns/pid".into())).unwrap();
         assert_eq!(cg, "/vessel/c1");
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(
@@ -195,11 +216,7 @@ mod tests {
             Some(Path::new("/vessel/c1"))
         );
         let ns = linux.namespaces().as_ref().unwrap();
-        let types: Vec<_> = ns.iter().map(|n| n.typ()).collect();
-        assert!(!types.contains(&LinuxNamespaceType::Network));
-        for t in OWN_NAMESPACES {
-            assert_eq!(types.iter().filter(|x| **x == t).count(), 1, "{t:?}");
-        }
+        assert_eq!(ns.len(), 2, "{ns:?}");
         let pid = ns
             .iter()
             .find(|n| n.typ() == LinuxNamespaceType::Pid)
@@ -210,11 +227,31 @@ mod tests {
     }
 
     #[test]
+    fn namespaces_outside_the_contract_are_refused() {
+        for namespaces in [
+            r#"{"type":"pid"},{"type":"mount"},{"type":"network"}"#,
+            r#"{"type":"mount"}"#,
+            r#"{"type":"pid","path":"/proc/1/ns/pid"},{"type":"mount"}"#,
+            r#"{"type":"pid"},{"type":"mount","path":"/proc/1/ns/mnt"}"#,
+        ] {
+            let json = spec_json(&format!(r#""namespaces":[{namespaces}]"#));
+            let mut spec = parse_spec(json.as_bytes()).unwrap();
+            let e = prepare(&mut spec, "c1", own).unwrap_err();
+            assert!(
+                matches!(&e, AgentError::InvalidArgument(m) if m.contains("linux.namespaces")),
+                "{namespaces}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn prepare_keeps_given_path_and_cgroup() {
-        let json =
-            spec_json(r#""cgroupsPath":"/kubepods/pod1/c1""#).replace("\"A=1\"", "\"PATH=/bin\"");
+        let json = spec_json(
+            r#""cgroupsPath":"/kubepods/pod1/c1","namespaces":[{"type":"pid"},{"type":"mount"}]"#,
+        )
+        .replace("\"A=1\"", "\"PATH=/bin\"");
         let mut spec = parse_spec(json.as_bytes()).unwrap();
-        assert_eq!(prepare(&mut spec, "c1", None).unwrap(), "/kubepods/pod1/c1");
+        assert_eq!(prepare(&mut spec, "c1", own).unwrap(), "/kubepods/pod1/c1");
         let env = spec.process().as_ref().unwrap().env().clone().unwrap();
         assert_eq!(path_env(&env), Some("/bin"));
     }

@@ -31,11 +31,12 @@ use oci_spec::runtime::{RootBuilder, Spec};
 use vessel_protocols::cri;
 
 pub use resources::{cri_to_oci_resources, oci_to_cri_resources};
+pub use security::shares_pid_namespace;
 pub use sysctls::{pod_sysctls, PodSysctls};
 
-use vessel_protocols::guest::container_cgroup;
 /// Where the agent mounts the pod's shared dir (virtio-fs) in the guest.
 pub use vessel_protocols::guest::GUEST_SHARED_DIR;
+use vessel_protocols::guest::{container_cgroup, POD_PID_NAMESPACE};
 
 /// The default `PATH` of a container process.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -123,9 +124,6 @@ pub struct ContainerSpecInput<'a> {
     pub etc_hosts: Option<String>,
     pub resolv_conf: Option<String>,
     pub hostname_file: Option<String>,
-    /// Guest path of the pid namespace to join (e.g. `/proc/<pid>/ns/pid`) when the pod
-    /// shares one; `None`: the container's own pid namespace.
-    pub pod_pid_namespace: Option<String>,
 }
 
 /// Guest path of a container's rootfs, below the shared dir.
@@ -179,7 +177,9 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
         resolv_conf: input.resolv_conf.as_deref(),
         hostname_file: input.hostname_file.as_deref(),
     })?;
-    let mut linux = security.linux(input.pod_pid_namespace.as_deref())?;
+    // The pod's pid namespace, by the contract's path, when the pod shares one.
+    let pid_ns = shares_pid_namespace(input.pod).then_some(POD_PID_NAMESPACE);
+    let mut linux = security.linux(pid_ns)?;
     linux.set_cgroups_path(Some(PathBuf::from(container_cgroup(input.container_id))));
     linux.set_rootfs_propagation(rootfs_propagation);
     linux.set_seccomp(seccomp);
@@ -249,6 +249,37 @@ mod tests {
         assert_eq!(process.args().as_ref().unwrap()[0], "sh");
         let json = String::from_utf8(to_json(&spec).unwrap()).unwrap();
         assert!(json.contains("\"cgroupsPath\":\"/vessel/c1\""), "{json}");
+    }
+
+    #[test]
+    fn a_pod_sharing_its_pid_namespace_names_it_by_the_contract_path() {
+        let ctr = container(&["true"]);
+        let image = ImageDefaults::default();
+        let pid_path = |pod: &cri::PodSandboxConfig| {
+            let spec =
+                build_container_spec(&input("c1", pod, &ctr, &image, Path::new(""))).unwrap();
+            let linux = spec.linux().clone().unwrap();
+            let namespaces = linux.namespaces().clone().unwrap();
+            let pid = namespaces
+                .iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Pid)
+                .cloned();
+            pid.unwrap().path().clone()
+        };
+        assert_eq!(pid_path(&pod()), None);
+        let mut shared = pod();
+        shared.linux = Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(shares_pid_namespace(&shared));
+        assert_eq!(pid_path(&shared), Some(POD_PID_NAMESPACE.into()));
     }
 
     #[test]

@@ -130,6 +130,18 @@ impl<'a> Security<'a> {
     }
 }
 
+/// Whether the pod asks for one pid namespace for all its containers (CRI NamespaceMode
+/// POD): the agent then runs a pause process as its init.
+pub fn shares_pid_namespace(pod: &cri::PodSandboxConfig) -> bool {
+    pod.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32)
+}
+
+/// A container's namespaces, all its own but network (the pod's, which is the guest's); pid
+/// is the pod's, by the contract's path, when `pid_ns` names it.
 fn namespaces(pid_ns: Option<&str>) -> Result<Vec<LinuxNamespace>, SpecError> {
     let mut pid = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Pid);
     if let Some(path) = pid_ns {
@@ -151,6 +163,7 @@ fn namespaces(pid_ns: Option<&str>) -> Result<Vec<LinuxNamespace>, SpecError> {
 mod tests {
     use super::super::testing::{container, pod, privileged_pod, security_context, with_security};
     use super::*;
+    use vessel_protocols::guest::POD_PID_NAMESPACE;
 
     fn privileged_ctr(privileged: bool) -> cri::ContainerConfig {
         with_security(
@@ -257,10 +270,10 @@ mod tests {
                 (LinuxNamespaceType::Cgroup, None),
             ]
         );
-        let shared = types(&s.linux(Some("/proc/7/ns/pid")).unwrap());
+        let shared = types(&s.linux(Some(POD_PID_NAMESPACE)).unwrap());
         assert_eq!(
             shared[0],
-            (LinuxNamespaceType::Pid, Some("/proc/7/ns/pid".into()))
+            (LinuxNamespaceType::Pid, Some(POD_PID_NAMESPACE.into()))
         );
         assert!(shared
             .iter()

@@ -117,6 +117,5 @@ pub fn input<'a>(
         etc_hosts: None,
         resolv_conf: None,
         hostname_file: None,
-        pod_pid_namespace: None,
     }
 }

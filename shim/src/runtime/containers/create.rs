@@ -237,7 +237,6 @@ impl Containers {
             etc_hosts: Some(pod_files.hosts),
             resolv_conf: Some(pod_files.resolv_conf),
             hostname_file: Some(pod_files.hostname),
-            pod_pid_namespace: None,
         })
         .map_err(spec_error)?;
         let mut req = api::CreateContainerRequest::new();

@@ -1,20 +1,10 @@
 //! What RunPodSandbox takes from a pod's CRI config: its checks (handler, metadata, hostname,
 //! namespaces a VM cannot give, log directory), each refusal an InvalidArgument naming the
-//! field; the hostname when none is given; whether the pod shares one pid namespace.
+//! field; the hostname when none is given.
 
 use vessel_protocols::cri;
 
 use crate::runtime::{RuntimeError, HANDLERS};
-
-/// Whether the pod asks for one pid namespace for all its containers.
-pub(super) fn shares_pid_namespace(config: &cri::PodSandboxConfig) -> bool {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32)
-}
 
 pub(super) fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<(), RuntimeError> {
     if !HANDLERS.contains(&handler) {

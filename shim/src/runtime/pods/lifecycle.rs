@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use vessel_protocols::cri;
 
-use super::config::{node_hostname, shares_pid_namespace, validate};
+use super::config::{node_hostname, validate};
 use super::monitor::monitor_vm;
 use super::{Pod, Pods};
 use crate::metadata::Kind;
-use crate::oci::pod_hostname;
+use crate::oci::{pod_hostname, shares_pid_namespace};
 use crate::pod_vm::{PodVm, PodVmSpec};
 use crate::runtime::names::pod_key;
 use crate::runtime::{new_id, now_ns, pod_files, PodState, RuntimeError, SandboxRecord};
