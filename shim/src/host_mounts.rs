@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use procfs::process::{MountInfo, MountInfos, Process};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("read /proc/self/mountinfo: {0}")]
-    MountInfo(std::io::Error),
+    MountInfo(procfs::ProcError),
     #[error("create mount point {path}: {source}")]
     Create {
         path: PathBuf,
@@ -25,17 +26,27 @@ pub enum MountError {
     },
 }
 
-/// Mount points at or below `dir`, deepest first.
-pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, MountError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
-    Ok(parse_mounts_under(&info, dir))
+/// This process's mounts, parsed by procfs.
+fn mountinfo() -> Result<MountInfos, MountError> {
+    Process::myself()
+        .and_then(|p| p.mountinfo())
+        .map_err(MountError::MountInfo)
 }
 
-fn parse_mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape(p)))
+/// A mount's mount point, with mountinfo's octal escapes undone (procfs keeps them).
+fn mount_point(mount: &MountInfo) -> PathBuf {
+    PathBuf::from(unescape(&mount.mount_point.to_string_lossy()))
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, MountError> {
+    Ok(select_mounts_under(&mountinfo()?, dir))
+}
+
+fn select_mounts_under(mounts: &MountInfos, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mounts
+        .iter()
+        .map(mount_point)
         .filter(|p| p.starts_with(dir))
         .collect();
     found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -52,32 +63,18 @@ pub struct Tmpfs {
 
 /// `Some` when `path` is the mount point of a tmpfs.
 pub fn tmpfs_at(path: &Path) -> Result<Option<Tmpfs>, MountError> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
-    Ok(parse_tmpfs_at(&info, path))
+    Ok(select_tmpfs_at(&mountinfo()?, path))
 }
 
-fn parse_tmpfs_at(mountinfo: &str, path: &Path) -> Option<Tmpfs> {
-    // "id parent dev root MOUNTPOINT options [tags] - FSTYPE source SUPEROPTIONS"; the last
-    // mount at a path is the one in view.
-    mountinfo
-        .lines()
-        .rfind(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|p| Path::new(&unescape(p)) == path)
-        })
-        .and_then(|l| {
-            let (_, after) = l.split_once(" - ")?;
-            let mut fields = after.split(' ');
-            let fstype = fields.next()?;
-            let options = fields.nth(1).unwrap_or("");
-            (fstype == "tmpfs").then(|| Tmpfs {
-                size: options
-                    .split(',')
-                    .find(|o| o.starts_with("size="))
-                    .map(str::to_owned),
-            })
-        })
+fn select_tmpfs_at(mounts: &MountInfos, path: &Path) -> Option<Tmpfs> {
+    // The last mount at a path is the one in view.
+    let mount = mounts.iter().rfind(|m| mount_point(m) == path)?;
+    (mount.fs_type == "tmpfs").then(|| Tmpfs {
+        size: mount
+            .super_options
+            .get("size")
+            .map(|size| format!("size={}", size.as_deref().unwrap_or_default())),
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -235,6 +232,10 @@ pub fn remove_dir_unmounted(dir: &Path) -> Result<(), MountError> {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> MountInfos {
+        procfs::FromBufRead::from_buf_read(text.as_bytes()).unwrap()
+    }
+
     const INFO: &str = "\
 22 1 8:1 / / rw shared:1 - ext4 /dev/vda rw
 30 22 0:5 / /run/vessel/pods/a/shared/c1/rootfs rw - overlay overlay rw
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn finds_nested_mounts_deepest_first_and_not_siblings() {
-        let found = parse_mounts_under(INFO, Path::new("/run/vessel/pods/a"));
+        let found = select_mounts_under(&parse(INFO), Path::new("/run/vessel/pods/a"));
         assert_eq!(
             found,
             vec![
@@ -259,13 +260,13 @@ mod tests {
     #[test]
     fn tmpfs_mount_points_and_their_size() {
         assert_eq!(
-            parse_tmpfs_at(INFO, Path::new("/run/vessel/pods/ab")),
+            select_tmpfs_at(&parse(INFO), Path::new("/run/vessel/pods/ab")),
             Some(Tmpfs { size: None })
         );
         let sized = "40 22 0:9 / /var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache rw - tmpfs tmpfs rw,size=16384k\n";
         assert_eq!(
-            parse_tmpfs_at(
-                sized,
+            select_tmpfs_at(
+                &parse(sized),
                 Path::new("/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/cache")
             ),
             Some(Tmpfs {
@@ -273,10 +274,13 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_tmpfs_at(INFO, Path::new("/run/vessel/pods/a/shared/c1/rootfs")),
+            select_tmpfs_at(
+                &parse(INFO),
+                Path::new("/run/vessel/pods/a/shared/c1/rootfs")
+            ),
             None
         );
-        assert_eq!(parse_tmpfs_at(INFO, Path::new("/nowhere")), None);
+        assert_eq!(select_tmpfs_at(&parse(INFO), Path::new("/nowhere")), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::{CgroupManager, ControllerOpt};
+use libcgroups::stats::parse_single_value;
 use libcgroups::v2::manager::Manager;
 use oci_spec::runtime::LinuxResources;
 
@@ -46,17 +47,28 @@ impl Cgroup {
         &self.dir
     }
 
-    fn read(&self, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(file)).ok()
+    /// A flat-keyed file (`cpu.stat`, `memory.stat`, `memory.events`); empty when the
+    /// kernel lacks it.
+    fn keyed(&self, file: &str) -> HashMap<String, u64> {
+        std::fs::read_to_string(self.dir.join(file))
+            .map(|content| flat_keyed(&content))
+            .unwrap_or_default()
+    }
+
+    /// A one-value file, parsed by libcgroups; `max` (no limit), a missing file and garbage
+    /// read as 0.
+    fn value(&self, file: &str) -> u64 {
+        parse_single_value(&self.dir.join(file))
+            .ok()
+            .filter(|&v| v != u64::MAX)
+            .unwrap_or(0)
     }
 
     /// Current statistics; files the kernel lacks count as zero.
     pub fn stats(&self) -> Stats {
-        let cpu_stat = self.read("cpu.stat").unwrap_or_default();
-        let memory_stat = self.read("memory.stat").unwrap_or_default();
-        let cpu = flat_keyed(&cpu_stat);
-        let mem = flat_keyed(&memory_stat);
-        let current = single_value(&self.read("memory.current").unwrap_or_default());
+        let cpu = self.keyed("cpu.stat");
+        let mem = self.keyed("memory.stat");
+        let current = self.value("memory.current");
         let inactive_file = mem.get("inactive_file").copied().unwrap_or(0);
         Stats {
             cpu_usage_ns: cpu.get("usage_usec").copied().unwrap_or(0) * 1000,
@@ -64,18 +76,20 @@ impl Cgroup {
             cpu_system_ns: cpu.get("system_usec").copied().unwrap_or(0) * 1000,
             memory_usage_bytes: current,
             memory_working_set_bytes: current.saturating_sub(inactive_file),
-            memory_limit_bytes: single_value(&self.read("memory.max").unwrap_or_default()),
+            memory_limit_bytes: self.value("memory.max"),
             memory_rss_bytes: mem.get("anon").copied().unwrap_or(0),
             page_faults: mem.get("pgfault").copied().unwrap_or(0),
             major_page_faults: mem.get("pgmajfault").copied().unwrap_or(0),
-            pids: single_value(&self.read("pids.current").unwrap_or_default()),
+            pids: self.value("pids.current"),
         }
     }
 
     /// The `oom_kill` count of `memory.events` (0 when unreadable).
     pub fn oom_kills(&self) -> u64 {
-        let content = self.read("memory.events").unwrap_or_default();
-        flat_keyed(&content).get("oom_kill").copied().unwrap_or(0)
+        self.keyed("memory.events")
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Applies OCI resources (cpu, memory, pids, cpuset, io…) with libcgroups' v2 manager.
@@ -99,7 +113,7 @@ impl Cgroup {
 
     /// Pids of the cgroup's members (this cgroup only).
     pub fn pids(&self) -> Vec<i32> {
-        self.read("cgroup.procs")
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())
@@ -118,22 +132,19 @@ impl Cgroup {
     }
 }
 
-/// Parses `key value` lines (`cpu.stat`, `memory.stat`, `memory.events`).
-pub fn flat_keyed(content: &str) -> HashMap<&str, u64> {
+/// Parses `key value` lines, skipping any that are not. (libcgroups 0.7 has this parser but
+/// keeps it crate-private, and its manager's `stats()` fails as a whole when one controller
+/// file is missing, such as `memory.swap.current` without swap accounting.)
+fn flat_keyed(content: &str) -> HashMap<String, u64> {
     content
         .lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
             let key = it.next()?;
             let value = it.next()?.parse().ok()?;
-            Some((key, value))
+            Some((key.to_owned(), value))
         })
         .collect()
-}
-
-/// Parses a one-value file; `max` (no limit) and garbage read as 0.
-pub fn single_value(content: &str) -> u64 {
-    content.trim().parse().unwrap_or(0)
 }
 
 /// Parses the `resources_json` of UpdateContainer.
@@ -149,18 +160,6 @@ mod tests {
     const CPU_STAT: &str = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 0\n";
     const MEMORY_STAT: &str =
         "anon 4096\nfile 8192\ninactive_file 2048\npgfault 33\npgmajfault 2\nbogus\n";
-
-    #[test]
-    fn parses_stat_files() {
-        let cpu = flat_keyed(CPU_STAT);
-        assert_eq!(cpu["usage_usec"], 1500);
-        assert_eq!(cpu["system_usec"], 500);
-        let mem = flat_keyed(MEMORY_STAT);
-        assert_eq!(mem["inactive_file"], 2048);
-        assert!(!mem.contains_key("bogus"));
-        assert_eq!(single_value("max\n"), 0);
-        assert_eq!(single_value("1048576\n"), 1 << 20);
-    }
 
     #[test]
     fn stats_from_a_fake_cgroup_dir() {

@@ -82,18 +82,13 @@ pub struct ProcessId {
     pub start_time: u64,
 }
 
-/// The start time (clock ticks since boot) of `pid`, from /proc/<pid>/stat; None if gone or a
-/// zombie.
+/// The start time (clock ticks since boot) of `pid`, from /proc/<pid>/stat (through procfs);
+/// None if gone or a zombie.
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    if fields.next()? == "Z" {
-        return None;
-    }
-    // Field 22 of stat; `fields` now starts at field 4.
-    fields.nth(18)?.parse().ok()
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+        .and_then(|p| p.stat())
+        .ok()?;
+    (stat.state != 'Z').then_some(stat.starttime)
 }
 
 impl ChildProcess {
