@@ -1,6 +1,7 @@
 //! What a VM is made of, as the builder takes it: kernel, initramfs and command line, memory
 //! and vCPUs, the console, and each optional device. `main.rs` fills it from the command
-//! line; [`VmConfig::validate`] checks the limits the builder relies on.
+//! line; [`VmConfig::validate`] checks the limits the builder relies on (once, in
+//! `VmBuilder::new`).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;

@@ -93,7 +93,7 @@ impl Args {
             (None, None) => None,
         };
         let mac = self.mac.unwrap_or_else(|| default_mac(self.guest_cid));
-        let config = VmConfig {
+        Ok(VmConfig {
             kernel: self.kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
@@ -115,14 +115,7 @@ impl Args {
             }),
             api_sock: self.api_sock,
             seccomp: !self.no_seccomp,
-        };
-        // Name the flag a limit came from.
-        config.validate().map_err(|e| match e {
-            ConfigError::Memory(_) => anyhow!("--memory-mib: {e}"),
-            ConfigError::Vcpus(_) => anyhow!("--vcpus: {e}"),
-            other => other.into(),
-        })?;
-        Ok(config)
+        })
     }
 }
 
@@ -156,7 +149,13 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<VmEnd> {
     let config = args.into_config()?;
-    Ok(VmBuilder::new(config).build()?.run()?)
+    // The builder checks the limits; the error names the flag a limit came from.
+    let builder = VmBuilder::new(config).map_err(|e| match e {
+        ConfigError::Memory(_) => anyhow!("--memory-mib: {e}"),
+        ConfigError::Vcpus(_) => anyhow!("--vcpus: {e}"),
+        other => other.into(),
+    })?;
+    Ok(builder.build()?.run()?)
 }
 
 /// The exit status for how the guest ended.

@@ -23,7 +23,7 @@ mod sysctls;
 mod user;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::path::{Path, PathBuf};
 
@@ -217,7 +217,7 @@ pub fn to_json(spec: &Spec) -> Result<Vec<u8>, SpecError> {
 mod tests {
     use oci_spec::runtime::LinuxNamespaceType;
 
-    use super::testing::{container, input, pod, Rootfs};
+    use super::testing::{container, input, pod, with_namespaces, Rootfs};
     use super::*;
 
     #[test]
@@ -267,17 +267,13 @@ mod tests {
             pid.unwrap().path().clone()
         };
         assert_eq!(pid_path(&pod()), None);
-        let mut shared = pod();
-        shared.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+        let shared = with_namespaces(
+            pod(),
+            cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            },
+        );
         assert!(shares_pid_namespace(&shared));
         assert_eq!(pid_path(&shared), Some(POD_PID_NAMESPACE.into()));
     }

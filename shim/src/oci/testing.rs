@@ -85,6 +85,19 @@ pub fn with_security(
     c
 }
 
+/// `pod` with `options` as its namespace options.
+pub fn with_namespaces(
+    mut pod: cri::PodSandboxConfig,
+    options: cri::NamespaceOption,
+) -> cri::PodSandboxConfig {
+    pod.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options = Some(options);
+    pod
+}
+
 /// `pod` with its privileged flag set to `privileged`.
 pub fn privileged_pod(privileged: bool) -> cri::PodSandboxConfig {
     let mut p = pod();

@@ -89,13 +89,14 @@ struct Base {
 }
 
 impl VmBuilder {
-    pub fn new(config: VmConfig) -> Self {
-        Self { config }
+    /// A builder for `config`, once its limits hold.
+    pub fn new(config: VmConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self { config })
     }
 
     /// Creates the VM, loads the guest, wires its devices and vCPUs; nothing runs yet.
     pub fn build(mut self) -> Result<Machine, BuilderError> {
-        self.config.validate()?;
         if self.config.seccomp {
             // Every thread started from here on installs its own filter.
             seccomp::enable()?;

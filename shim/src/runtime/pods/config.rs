@@ -106,6 +106,7 @@ pub(super) fn node_hostname() -> Result<String, RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::testing::with_namespaces;
 
     #[test]
     fn unknown_handler_is_named() {
@@ -180,14 +181,7 @@ mod tests {
                 "pid" => options.pid = node,
                 _ => options.ipc = node,
             }
-            let mut config = named_pod();
-            config.linux = Some(cri::LinuxPodSandboxConfig {
-                security_context: Some(cri::LinuxSandboxSecurityContext {
-                    namespace_options: Some(options),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
+            let config = with_namespaces(named_pod(), options);
             let err = validate(&config, "kata").unwrap_err();
             assert!(
                 err.to_string()
@@ -195,17 +189,13 @@ mod tests {
                 "{err}"
             );
         }
-        let mut config = named_pod();
-        config.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
+        let config = with_namespaces(
+            named_pod(),
+            cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            },
+        );
         validate(&config, "kata").unwrap();
     }
 }
