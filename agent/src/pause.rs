@@ -15,7 +15,6 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;
 
 /// The infra process's `argv[0]`, which containers see in `/proc/1/cmdline`.
@@ -26,6 +25,19 @@ const PAUSE_ROOT: &str = "/run/vessel/pause";
 
 /// How long teardown waits for the infra process to be reaped after SIGKILL.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// The pause process could not be started (answered as INTERNAL).
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("create {PAUSE_ROOT}: {0}")]
+    Root(#[source] std::io::Error),
+    #[error("start the pod's pause process: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("the pause spawner thread panicked")]
+    Panicked,
+    #[error("pause pid {0} out of range")]
+    Pid(u32),
+}
 
 /// Whether this process was started as the infra process.
 pub fn is_pause_invocation() -> bool {
@@ -81,8 +93,8 @@ pub struct PodInit {
 
 impl PodInit {
     /// Starts the infra process in a new pid namespace.
-    pub fn start(reaper: &Arc<Reaper>) -> Result<Self> {
-        std::fs::create_dir_all(PAUSE_ROOT).map_err(|e| AgentError::internal(PAUSE_ROOT, e))?;
+    pub fn start(reaper: &Arc<Reaper>) -> Result<Self, PauseError> {
+        std::fs::create_dir_all(PAUSE_ROOT).map_err(PauseError::Root)?;
         let _gate = reaper.spawn_gate();
         // unshare(CLONE_NEWPID) changes the namespace of the calling thread's later children:
         // a thread of its own, which ends after the spawn, keeps the agent's other spawns out.
@@ -99,10 +111,9 @@ impl PodInit {
             Ok(child.id())
         })
         .join()
-        .map_err(|_| AgentError::Internal("the pause spawner thread panicked".into()))?
-        .map_err(|e| AgentError::internal("start the pod's pause process", e))?;
-        let pid = i32::try_from(spawned)
-            .map_err(|_| AgentError::Internal(format!("pause pid {spawned} out of range")))?;
+        .map_err(|_| PauseError::Panicked)?
+        .map_err(PauseError::Spawn)?;
+        let pid = i32::try_from(spawned).map_err(|_| PauseError::Pid(spawned))?;
         let exited = reaper.watch(pid);
         tracing::info!(pid, "pod pause process started");
         Ok(PodInit { pid, exited })

@@ -3,9 +3,41 @@
 //! resolv.conf included, are the shim's: it writes them into the shared dir and binds them
 //! into each container.)
 
-use crate::container::{validate_id, Containers};
-use crate::error::{AgentError, Result};
-use crate::storage::{self, Mounted, StorageSpec};
+use vessel_protocols::ttrpc::Code;
+
+use crate::container::{validate_id, ContainerError, Containers, SpecError};
+use crate::storage::{self, Mounted, StorageError, StorageSpec};
+
+/// Why a pod could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("sandbox {0} already exists")]
+    Exists(String),
+    #[error("hostname {hostname:?}: {errno}")]
+    Hostname {
+        hostname: String,
+        errno: nix::errno::Errno,
+    },
+}
+
+impl SandboxError {
+    /// The ttrpc status code the shim sees.
+    pub fn code(&self) -> Code {
+        match self {
+            SandboxError::Spec(e) => e.code(),
+            SandboxError::Storage(e) => e.code(),
+            SandboxError::Container(e) => e.code(),
+            SandboxError::Exists(_) => Code::ALREADY_EXISTS,
+            SandboxError::Hostname { .. } => Code::INVALID_ARGUMENT,
+        }
+    }
+}
 
 /// What CreateSandbox asks for, in domain terms.
 pub struct SandboxParams {
@@ -31,18 +63,20 @@ pub struct Sandbox {
 impl Sandbox {
     /// Sets the pod up; a second call fails with ALREADY_EXISTS. On failure nothing stays
     /// mounted.
-    pub async fn create(&self, p: SandboxParams, containers: &Containers) -> Result<()> {
+    pub async fn create(
+        &self,
+        p: SandboxParams,
+        containers: &Containers,
+    ) -> Result<(), SandboxError> {
         validate_id("sandbox_id", &p.id)?;
         let mut active = self.active.lock().await;
         if let Some(a) = active.as_ref() {
-            return Err(AgentError::AlreadyExists(format!(
-                "sandbox {} already exists",
-                a.id
-            )));
+            return Err(SandboxError::Exists(a.id.clone()));
         }
         if !p.hostname.is_empty() {
-            nix::unistd::sethostname(&p.hostname).map_err(|e| {
-                AgentError::InvalidArgument(format!("hostname {:?}: {e}", p.hostname))
+            nix::unistd::sethostname(&p.hostname).map_err(|errno| SandboxError::Hostname {
+                hostname: p.hostname.clone(),
+                errno,
             })?;
         }
         let specs: Vec<StorageSpec> = p.shared_fs.into_iter().chain(p.storages).collect();
@@ -50,7 +84,7 @@ impl Sandbox {
         if p.share_pid_namespace {
             if let Err(e) = containers.share_pid_namespace() {
                 storage::unmount_all(&mounted);
-                return Err(e);
+                return Err(e.into());
             }
         }
         tracing::info!(sandbox_id = %p.id, hostname = %p.hostname, "sandbox created");

@@ -9,7 +9,8 @@ use libcgroups::stats::parse_single_value;
 use libcgroups::v2::manager::Manager;
 use oci_spec::runtime::LinuxResources;
 
-use crate::error::{AgentError, Result};
+use super::error::{ContainerError, Result};
+use super::spec::SpecError;
 use crate::init::mounts::CGROUP_ROOT;
 
 /// Resource usage of one cgroup, in the units of the agent API.
@@ -94,21 +95,19 @@ impl Cgroup {
 
     /// Applies OCI resources (cpu, memory, pids, cpuset, io…) with libcgroups' v2 manager.
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
-        let manager = Manager::new(PathBuf::from(CGROUP_ROOT), self.rel.clone())
-            .map_err(|e| AgentError::internal("cgroup manager", e))?;
+        let failed = |e: &dyn std::error::Error| ContainerError::CgroupUpdate {
+            path: self.rel.display().to_string(),
+            cause: crate::error::chain(e),
+        };
+        let manager =
+            Manager::new(PathBuf::from(CGROUP_ROOT), self.rel.clone()).map_err(|e| failed(&e))?;
         let opt = ControllerOpt {
             resources,
             disable_oom_killer: false,
             oom_score_adj: None,
             freezer_state: None,
         };
-        manager.apply(&opt).map_err(|e| {
-            AgentError::Internal(format!(
-                "update cgroup {}: {}",
-                self.rel.display(),
-                crate::error::chain(&e)
-            ))
-        })
+        manager.apply(&opt).map_err(|e| failed(&e))
     }
 
     /// Pids of the cgroup's members (this cgroup only).
@@ -148,9 +147,11 @@ fn flat_keyed(content: &str) -> HashMap<String, u64> {
 }
 
 /// Parses the `resources_json` of UpdateContainer.
-pub fn parse_resources(json: &[u8]) -> Result<LinuxResources> {
-    serde_json::from_slice(json)
-        .map_err(|e| AgentError::InvalidArgument(format!("resources_json: {e}")))
+pub fn parse_resources(json: &[u8]) -> Result<LinuxResources, SpecError> {
+    serde_json::from_slice(json).map_err(|source| SpecError::Json {
+        field: "resources_json",
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -203,7 +204,10 @@ mod tests {
     fn bad_resources_json_is_invalid_argument() {
         assert!(matches!(
             parse_resources(b"[1"),
-            Err(AgentError::InvalidArgument(_))
+            Err(SpecError::Json {
+                field: "resources_json",
+                ..
+            })
         ));
         let r = parse_resources(
             br#"{"memory":{"limit":1048576},"cpu":{"quota":50000,"period":100000}}"#,

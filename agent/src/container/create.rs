@@ -8,15 +8,15 @@ use std::sync::Arc;
 use oci_spec::runtime::Process as OciProcess;
 
 use super::cgroup::Cgroup;
+use super::error::{ContainerError, Result};
 use super::libcontainer::Request;
 use super::process::Process;
 use super::resolve::find_executable;
-use super::spec::{self, DEFAULT_PATH};
+use super::spec::{self, SpecError, DEFAULT_PATH};
 use super::state::{Container, State};
 use super::stdio::{self, ProcessIo};
 use super::tty::{self, ConsoleSocket};
 use super::Containers;
-use crate::error::{AgentError, Result};
 use crate::storage::{self, StorageSpec};
 
 /// Bundles (config.json, exec process files) live here, one directory per container.
@@ -46,7 +46,7 @@ impl Containers {
         let _reservation = self.reserve(&p.id)?;
         let bundle = Path::new(BUNDLE_ROOT).join(&p.id);
         let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(&bundle).map_err(|e| AgentError::internal(bundle.display(), e))?;
+        std::fs::create_dir_all(&bundle).map_err(|e| ContainerError::io(bundle.display(), e))?;
         let mounted = match storage::mount_all(&p.storages) {
             Ok(m) => m,
             Err(e) => {
@@ -78,25 +78,24 @@ impl Containers {
     ) -> Result<(i32, ProcessIo, Cgroup, PathBuf)> {
         let rootfs = spec::rootfs(oci, bundle)?;
         if !rootfs.is_dir() {
-            return Err(AgentError::NotFound(format!(
-                "rootfs {} does not exist",
-                rootfs.display()
-            )));
+            return Err(ContainerError::NoRootfs(rootfs));
         }
         let pod_pid_ns = || self.pod_pid_namespace();
         let cgroup = Cgroup::new(&spec::prepare(oci, &p.id, pod_pid_ns)?);
         let process = oci
             .process()
             .clone()
-            .ok_or_else(|| AgentError::InvalidArgument("spec_json: process is missing".into()))?;
+            .ok_or(SpecError::Missing("spec_json: process"))?;
         check_executable(&rootfs, &process)?;
         if may_admin_network(&process) {
             crate::init::modprobe::preload(&["ip_tables", "ip6_tables"]);
         }
         let config = bundle.join("config.json");
-        let json =
-            serde_json::to_vec_pretty(oci).map_err(|e| AgentError::internal("encode spec", e))?;
-        std::fs::write(&config, json).map_err(|e| AgentError::internal(config.display(), e))?;
+        let json = serde_json::to_vec_pretty(oci).map_err(|source| ContainerError::Encode {
+            what: "spec",
+            source,
+        })?;
+        std::fs::write(&config, json).map_err(|e| ContainerError::io(config.display(), e))?;
 
         let terminal = process.terminal().unwrap_or(false);
         let request = |console_socket| Request::CreateInit {
@@ -116,7 +115,6 @@ impl Containers {
         with_stdin: bool,
         name: &str,
     ) -> Result<(i32, ProcessIo)> {
-        let missing_pid = || AgentError::Internal("libcontainer reported no pid".into());
         if terminal {
             let console = ConsoleSocket::listen(name)?;
             let req = request(Some(console.path().to_path_buf()));
@@ -124,7 +122,7 @@ impl Containers {
                 Ok(pid) => {
                     let master = console.master().await?;
                     let io = tty::io_from_master(master, with_stdin)?;
-                    Ok((pid.ok_or_else(missing_pid)?, io))
+                    Ok((pid.ok_or(ContainerError::NoPid)?, io))
                 }
                 Err(e) => {
                     console.abandon();
@@ -133,9 +131,12 @@ impl Containers {
             }
         } else {
             let (theirs, ours) =
-                stdio::pipes(with_stdin).map_err(|e| AgentError::internal("stdio pipes", e))?;
+                stdio::pipes(with_stdin).map_err(|e| ContainerError::io("stdio pipes", e))?;
             let pid = self.runtime.call(request(None), theirs.into_fds()).await?;
-            Ok((pid.ok_or_else(missing_pid)?, ProcessIo::from_pipes(ours)))
+            Ok((
+                pid.ok_or(ContainerError::NoPid)?,
+                ProcessIo::from_pipes(ours),
+            ))
         }
     }
 
@@ -147,18 +148,20 @@ impl Containers {
         let _op = container.lifecycle.lock().await;
         container.require(&[State::Running], "exec")?;
         if container.has_exec(&p.exec_id) {
-            return Err(AgentError::AlreadyExists(format!(
-                "exec {:?} already exists in container {}",
-                p.exec_id, p.container_id
-            )));
+            return Err(ContainerError::ExecExists {
+                container_id: p.container_id.clone(),
+                exec_id: p.exec_id.clone(),
+            });
         }
         let mut process = spec::parse_process(&p.process_json)?;
         spec::ensure_path(&mut process);
         check_executable(&container.rootfs, &process)?;
         let file = container.bundle.join(format!("exec-{}.json", p.exec_id));
-        let json =
-            serde_json::to_vec(&process).map_err(|e| AgentError::internal("encode process", e))?;
-        std::fs::write(&file, json).map_err(|e| AgentError::internal(file.display(), e))?;
+        let json = serde_json::to_vec(&process).map_err(|source| ContainerError::Encode {
+            what: "process",
+            source,
+        })?;
+        std::fs::write(&file, json).map_err(|e| ContainerError::io(file.display(), e))?;
 
         let terminal = process.terminal().unwrap_or(false);
         let request = |console_socket| Request::CreateTenant {
@@ -183,7 +186,7 @@ fn check_executable(rootfs: &Path, process: &OciProcess) -> Result<()> {
         .args()
         .as_ref()
         .and_then(|a| a.first())
-        .ok_or_else(|| AgentError::InvalidArgument("process args are empty".into()))?;
+        .ok_or(SpecError::Empty("process.args"))?;
     let env = process.env().clone().unwrap_or_default();
     let path = spec::path_env(&env).unwrap_or(DEFAULT_PATH);
     find_executable(rootfs, process.cwd(), cmd, path).map(drop)

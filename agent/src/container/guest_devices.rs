@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Linux, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceType};
 
-use crate::error::{AgentError, Result};
+use super::error::Result;
+use super::spec::SpecError;
 
 /// Below /dev, what a container never gets from the guest: its own pts, shm and mqueue, the
 /// guest's console.
@@ -40,7 +41,10 @@ pub fn add_all(linux: &mut Linux, dev: &Path) -> Result<()> {
         if devices.iter().any(|d| d.path() == &path) {
             continue;
         }
-        devices.push(node.map_err(|e| AgentError::internal(path.display(), e))?);
+        devices.push(node.map_err(|source| SpecError::Build {
+            what: format!("device {}", path.display()),
+            source,
+        })?);
     }
     linux.set_devices(Some(devices));
     Ok(())

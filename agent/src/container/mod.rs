@@ -5,6 +5,7 @@
 
 mod cgroup;
 mod create;
+mod error;
 mod guest_devices;
 pub mod libcontainer;
 mod process;
@@ -24,12 +25,13 @@ use parking_lot::Mutex;
 
 pub use cgroup::Stats;
 pub use create::{CreateParams, ExecParams};
+pub use error::ContainerError;
 pub use process::{ExitInfo, Stream};
-pub use spec::validate_id;
+pub use spec::{validate_id, SpecError};
 
+use self::error::Result;
 use self::libcontainer::{Request, Runtime};
 use self::state::{Container, State};
-use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;
 use crate::pause::PodInit;
 use crate::storage;
@@ -99,9 +101,7 @@ impl Containers {
     fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
         let mut t = self.table.lock();
         if t.live.contains_key(id) || t.reserved.contains(id) {
-            return Err(AgentError::AlreadyExists(format!(
-                "container {id} already exists"
-            )));
+            return Err(ContainerError::Exists(id.to_string()));
         }
         t.reserved.insert(id.to_string());
         Ok(Reservation {
@@ -122,17 +122,11 @@ impl Containers {
     fn pod_pid_namespace(&self) -> Result<PathBuf> {
         let mut t = self.table.lock();
         let Some(init) = t.pod_init.as_mut() else {
-            return Err(AgentError::FailedPrecondition(
-                "the container asks for the pod's pid namespace, but the pod does not share one"
-                    .into(),
-            ));
+            return Err(ContainerError::NoPodPidNamespace);
         };
         let pid = init.pid;
-        init.pid_namespace().ok_or_else(|| {
-            AgentError::FailedPrecondition(format!(
-                "the pod's pause process (pid {pid}) has exited: its shared pid namespace is gone"
-            ))
-        })
+        init.pid_namespace()
+            .ok_or(ContainerError::PodPidNamespaceGone(pid))
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
@@ -141,7 +135,7 @@ impl Containers {
             .live
             .get(id)
             .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("container {id} not found")))
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))
     }
 
     /// Lets a created container's init exec its command.
@@ -171,10 +165,10 @@ impl Containers {
             }
             let _ = c.init.signal(libc::SIGKILL);
             if tokio::time::timeout(timeout, c.init.wait()).await.is_err() {
-                return Err(AgentError::DeadlineExceeded(format!(
-                    "container {id} did not stop within {}s of SIGKILL",
-                    timeout.as_secs()
-                )));
+                return Err(ContainerError::StopTimeout {
+                    id: id.to_string(),
+                    secs: timeout.as_secs(),
+                });
             }
         }
         self.runtime
@@ -201,8 +195,8 @@ impl Containers {
     pub fn signal(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         let c = self.get(id)?;
         let p = c.process(exec_id)?;
-        let sig = i32::try_from(signal)
-            .map_err(|_| AgentError::InvalidArgument(format!("signal {signal} is not valid")))?;
+        let sig =
+            i32::try_from(signal).map_err(|_| ContainerError::InvalidSignal(signal.into()))?;
         if all {
             c.cgroup.signal_all(sig)
         } else {
@@ -246,9 +240,8 @@ impl Containers {
 
     pub fn resize(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
         let p = self.get(id)?.process(exec_id)?;
-        let dim = |v: u32, what: &str| {
-            u16::try_from(v)
-                .map_err(|_| AgentError::InvalidArgument(format!("{what} {v} is too large")))
+        let dim = |value: u32, what: &'static str| {
+            u16::try_from(value).map_err(|_| ContainerError::TooLarge { what, value })
         };
         p.resize(dim(rows, "rows")?, dim(cols, "cols")?)
     }

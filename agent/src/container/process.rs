@@ -11,9 +11,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Mutex};
 
 use super::cgroup::Cgroup;
+use super::error::{ContainerError, Result};
 use super::signal::send_signal;
 use super::stdio::{ProcessIo, StdinWriter, StreamBuffer};
-use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;
 
 /// How a process ended, as WaitProcess reports it.
@@ -186,10 +186,9 @@ impl Process {
     /// Waits for the exit.
     pub async fn wait(&self) -> Result<ExitInfo> {
         let mut rx = self.exit.clone();
-        let info = rx.wait_for(Option::is_some).await.map_err(|_| {
-            AgentError::Internal(format!("process {} lost its exit status", self.pid))
-        })?;
-        let info = info.ok_or_else(|| AgentError::Internal("exit status vanished".into()))?;
+        let lost = || ContainerError::ExitLost(self.pid);
+        let info = rx.wait_for(Option::is_some).await.map_err(|_| lost())?;
+        let info = info.ok_or_else(lost)?;
         self.waited.store(true, Ordering::SeqCst);
         Ok(info)
     }
@@ -197,10 +196,10 @@ impl Process {
     /// Sends a signal unless the process has already exited (its pid may be reused).
     pub fn signal(&self, signal: i32) -> Result<()> {
         if self.exited().is_some() {
-            return Err(AgentError::FailedPrecondition(format!(
-                "process {:?} (pid {}) has already exited",
-                self.exec_id, self.pid
-            )));
+            return Err(ContainerError::Exited {
+                exec_id: self.exec_id.clone(),
+                pid: self.pid,
+            });
         }
         send_signal(self.pid, signal)
     }
@@ -209,9 +208,12 @@ impl Process {
     pub async fn write_stdin(&self, data: &[u8]) -> Result<usize> {
         let mut guard = self.stdin.lock().await;
         let w = guard.as_mut().ok_or_else(|| self.stdin_unavailable())?;
-        w.write_all(data).await.map_err(|e| {
-            AgentError::FailedPrecondition(format!("stdin of process {:?}: {e}", self.exec_id))
-        })?;
+        w.write_all(data)
+            .await
+            .map_err(|source| ContainerError::StdinWrite {
+                exec_id: self.exec_id.clone(),
+                source,
+            })?;
         w.flush().await.ok();
         Ok(data.len())
     }
@@ -228,14 +230,11 @@ impl Process {
         Ok(())
     }
 
-    fn stdin_unavailable(&self) -> AgentError {
+    fn stdin_unavailable(&self) -> ContainerError {
         if self.had_stdin {
-            AgentError::FailedPrecondition(format!("stdin of process {:?} is closed", self.exec_id))
+            ContainerError::StdinClosed(self.exec_id.clone())
         } else {
-            AgentError::FailedPrecondition(format!(
-                "process {:?} was created without stdin",
-                self.exec_id
-            ))
+            ContainerError::NoStdin(self.exec_id.clone())
         }
     }
 
@@ -254,11 +253,12 @@ impl Process {
 
     /// Sets the terminal's window size.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        let tty = self.tty.as_ref().ok_or_else(|| {
-            AgentError::FailedPrecondition(format!("process {:?} has no terminal", self.exec_id))
-        })?;
+        let tty = self
+            .tty
+            .as_ref()
+            .ok_or_else(|| ContainerError::NoTerminal(self.exec_id.clone()))?;
         super::tty::set_window_size(tty.as_raw_fd(), rows, cols)
-            .map_err(|e| AgentError::internal("TIOCSWINSZ", e))
+            .map_err(|e| ContainerError::io("TIOCSWINSZ", e.into()))
     }
 
     /// Exited, waited for, and both streams read to their end: nothing left to deliver.

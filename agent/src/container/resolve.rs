@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::error::AgentError;
+use super::error::ContainerError;
 
 /// Symlinks followed before giving up (the kernel's limit).
 const MAX_SYMLINKS: usize = 40;
@@ -81,11 +81,10 @@ pub fn find_executable(
     cwd: &Path,
     cmd: &str,
     path_env: &str,
-) -> Result<PathBuf, AgentError> {
-    let not_found = || {
-        AgentError::NotFound(format!(
-            "executable {cmd:?} not found in container rootfs (PATH={path_env})"
-        ))
+) -> Result<PathBuf, ContainerError> {
+    let not_found = || ContainerError::NoExecutable {
+        cmd: cmd.to_string(),
+        path_env: path_env.to_string(),
     };
     if cmd.is_empty() {
         return Err(not_found());
@@ -177,7 +176,7 @@ mod tests {
             e.to_string(),
             "executable \"sh\" not found in container rootfs (PATH=/usr/bin)"
         );
-        assert!(matches!(e, AgentError::NotFound(_)));
+        assert!(matches!(e, ContainerError::NoExecutable { .. }));
         // Relative command with a slash, against cwd; empty PATH entry means cwd.
         assert!(find_executable(root, Path::new("/work"), "./run.sh", "/bin").is_ok());
         assert!(find_executable(root, Path::new("/work"), "run.sh", "/bin:").is_ok());

@@ -1,20 +1,16 @@
 //! Signals to container processes: kill(2) with a raw signal number, refusing the pids
 //! that would reach the agent's own group or every process.
 
-use crate::error::{AgentError, Result};
+use super::error::{ContainerError, Result};
 
 /// kill(2) with a raw signal number (real-time signals included).
 pub fn send_signal(pid: i32, signal: i32) -> Result<()> {
     if pid <= 0 {
         // kill(0) or kill(-1) would hit the agent's own group or every process.
-        return Err(AgentError::Internal(format!(
-            "refusing to signal pid {pid}"
-        )));
+        return Err(ContainerError::UnsafePid(pid));
     }
     if !(1..=libc::SIGRTMAX()).contains(&signal) {
-        return Err(AgentError::InvalidArgument(format!(
-            "signal {signal} is not valid"
-        )));
+        return Err(ContainerError::InvalidSignal(signal.into()));
     }
     // SAFETY: kill(2) takes two integers and accesses no memory of ours.
     let rc = unsafe { libc::kill(pid, signal) };
@@ -26,5 +22,9 @@ pub fn send_signal(pid: i32, signal: i32) -> Result<()> {
         // Gone between our check and the signal: as good as delivered.
         return Ok(());
     }
-    Err(AgentError::internal(format!("kill({pid}, {signal})"), err))
+    Err(ContainerError::Kill {
+        pid,
+        signal,
+        source: err,
+    })
 }

@@ -4,10 +4,51 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Process, Spec};
-use vessel_protocols::guest::{check_id, container_cgroup, POD_PID_NAMESPACE};
+use vessel_protocols::guest::{check_id, container_cgroup, IdError, POD_PID_NAMESPACE};
+use vessel_protocols::ttrpc::Code;
 
+use super::error::Result;
 use super::guest_devices;
-use crate::error::{AgentError, Result};
+
+/// What the shim sent that the contract refuses; each names the request field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{field} {id:?} {reason}")]
+    Id {
+        field: &'static str,
+        id: String,
+        reason: IdError,
+    },
+    #[error("{field}: {source}")]
+    Json {
+        field: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{0} is empty")]
+    Empty(&'static str),
+    #[error("process_json: cwd {} is not absolute", .0.display())]
+    RelativeCwd(PathBuf),
+    #[error("spec_json: linux.namespaces: {0}")]
+    Namespaces(String),
+    /// A spec part the agent builds itself (a default section, a device entry).
+    #[error("build {what}: {source}")]
+    Build {
+        what: String,
+        source: oci_spec::OciSpecError,
+    },
+}
+
+impl SpecError {
+    /// INVALID_ARGUMENT: the request was wrong (INTERNAL for the parts the agent builds).
+    pub fn code(&self) -> Code {
+        match self {
+            SpecError::Build { .. } => Code::INTERNAL,
+            _ => Code::INVALID_ARGUMENT,
+        }
+    }
+}
 
 /// `PATH` when the process environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -18,39 +59,43 @@ const REQUIRED_NAMESPACES: [LinuxNamespaceType; 2] =
     [LinuxNamespaceType::Pid, LinuxNamespaceType::Mount];
 
 /// Checks an id by the guest contract's rule; the error names `field`.
-pub fn validate_id(field: &str, id: &str) -> Result<()> {
-    check_id(id).map_err(|reason| AgentError::InvalidArgument(format!("{field} {id:?} {reason}")))
+pub fn validate_id(field: &'static str, id: &str) -> Result<(), SpecError> {
+    check_id(id).map_err(|reason| SpecError::Id {
+        field,
+        id: id.to_string(),
+        reason,
+    })
 }
 
 /// Parses the OCI spec JSON.
-pub fn parse_spec(json: &[u8]) -> Result<Spec> {
-    serde_json::from_slice(json).map_err(|e| AgentError::InvalidArgument(format!("spec_json: {e}")))
+pub fn parse_spec(json: &[u8]) -> Result<Spec, SpecError> {
+    serde_json::from_slice(json).map_err(|source| SpecError::Json {
+        field: "spec_json",
+        source,
+    })
 }
 
 /// Parses an OCI process JSON (exec).
-pub fn parse_process(json: &[u8]) -> Result<Process> {
-    let p: Process = serde_json::from_slice(json)
-        .map_err(|e| AgentError::InvalidArgument(format!("process_json: {e}")))?;
+pub fn parse_process(json: &[u8]) -> Result<Process, SpecError> {
+    let p: Process = serde_json::from_slice(json).map_err(|source| SpecError::Json {
+        field: "process_json",
+        source,
+    })?;
     if p.args().as_ref().is_none_or(|a| a.is_empty()) {
-        return Err(AgentError::InvalidArgument(
-            "process_json: args is empty".into(),
-        ));
+        return Err(SpecError::Empty("process_json: args"));
     }
     if !p.cwd().is_absolute() {
-        return Err(AgentError::InvalidArgument(format!(
-            "process_json: cwd {:?} is not absolute",
-            p.cwd()
-        )));
+        return Err(SpecError::RelativeCwd(p.cwd().clone()));
     }
     Ok(p)
 }
 
 /// The rootfs of `spec` as a guest path (a relative `root.path` is below `bundle`).
-pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
+pub fn rootfs(spec: &Spec, bundle: &Path) -> Result<PathBuf, SpecError> {
     let root = spec
         .root()
         .as_ref()
-        .ok_or_else(|| AgentError::InvalidArgument("spec_json: root is missing".into()))?;
+        .ok_or(SpecError::Missing("spec_json: root"))?;
     Ok(bundle.join(root.path()))
 }
 
@@ -80,11 +125,9 @@ pub fn prepare(
     let mut process = spec
         .process()
         .clone()
-        .ok_or_else(|| AgentError::InvalidArgument("spec_json: process is missing".into()))?;
+        .ok_or(SpecError::Missing("spec_json: process"))?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-        return Err(AgentError::InvalidArgument(
-            "spec_json: process.args is empty".into(),
-        ));
+        return Err(SpecError::Empty("spec_json: process.args").into());
     }
     ensure_path(&mut process);
     spec.set_process(Some(process));
@@ -93,7 +136,10 @@ pub fn prepare(
         Some(l) => l,
         None => LinuxBuilder::default()
             .build()
-            .map_err(|e| AgentError::internal("default linux section", e))?,
+            .map_err(|source| SpecError::Build {
+                what: "default linux section".into(),
+                source,
+            })?,
     };
     let cgroup = cgroup_path(linux.cgroups_path().as_deref(), id);
     linux.set_cgroups_path(Some(PathBuf::from(&cgroup)));
@@ -114,11 +160,7 @@ fn resolve_namespaces(
     list: &mut [LinuxNamespace],
     pod_pid_ns: impl FnOnce() -> Result<PathBuf>,
 ) -> Result<()> {
-    let invalid = |why: String| {
-        Err(AgentError::InvalidArgument(format!(
-            "spec_json: linux.namespaces: {why}"
-        )))
-    };
+    let invalid = |why: String| Err(SpecError::Namespaces(why).into());
     if list
         .iter()
         .any(|ns| ns.typ() == LinuxNamespaceType::Network)
@@ -168,6 +210,7 @@ pub fn cgroup_path(from_spec: Option<&Path>, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container::ContainerError;
 
     #[test]
     fn ids() {
@@ -177,10 +220,8 @@ mod tests {
         validate_id("id", &"a".repeat(128)).unwrap();
         for bad in ["", ".", "..", "a/b", "a b", "ü", &"a".repeat(129)] {
             let e = validate_id("container_id", bad).unwrap_err();
-            assert!(
-                matches!(&e, AgentError::InvalidArgument(m) if m.contains("container_id")),
-                "{e}"
-            );
+            assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+            assert!(e.to_string().starts_with("container_id "), "{e}");
         }
     }
 
@@ -195,7 +236,8 @@ mod tests {
     #[test]
     fn bad_spec_names_the_field() {
         let e = parse_spec(b"{nope").unwrap_err();
-        assert!(matches!(&e, AgentError::InvalidArgument(m) if m.starts_with("spec_json: ")));
+        assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+        assert!(e.to_string().starts_with("spec_json: "), "{e}");
     }
 
     fn own() -> Result<PathBuf> {
@@ -238,9 +280,10 @@ mod tests {
             let mut spec = parse_spec(json.as_bytes()).unwrap();
             let e = prepare(&mut spec, "c1", own).unwrap_err();
             assert!(
-                matches!(&e, AgentError::InvalidArgument(m) if m.contains("linux.namespaces")),
+                matches!(&e, ContainerError::Spec(SpecError::Namespaces(_))),
                 "{namespaces}: {e}"
             );
+            assert_eq!(e.code(), Code::INVALID_ARGUMENT);
         }
     }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::cgroup::Cgroup;
+use super::error::{ContainerError, Result};
 use super::process::Process;
-use crate::error::{AgentError, Result};
 use crate::storage::Mounted;
 
 /// Lifecycle of a container (youki's and runc's, without pause).
@@ -83,15 +83,16 @@ impl Container {
     }
 
     /// Checks the state before `action`: FAILED_PRECONDITION naming the state otherwise.
-    pub fn require(&self, allowed: &[State], action: &str) -> Result<State> {
+    pub fn require(&self, allowed: &[State], action: &'static str) -> Result<State> {
         let state = self.state();
         if allowed.contains(&state) {
             Ok(state)
         } else {
-            Err(AgentError::FailedPrecondition(format!(
-                "container {} is {state}: cannot {action}",
-                self.id
-            )))
+            Err(ContainerError::WrongState {
+                id: self.id.clone(),
+                state,
+                action,
+            })
         }
     }
 
@@ -104,12 +105,14 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(Arc::clone(&self.init));
         }
-        self.execs.lock().get(exec_id).cloned().ok_or_else(|| {
-            AgentError::NotFound(format!(
-                "exec {exec_id:?} not found in container {}",
-                self.id
-            ))
-        })
+        self.execs
+            .lock()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| ContainerError::ExecNotFound {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_string(),
+            })
     }
 
     pub fn has_exec(&self, exec_id: &str) -> bool {

@@ -16,7 +16,30 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
 use super::stdio::{spawn_pump, ProcessIo, StdinWriter, StreamBuffer, STREAM_CAPACITY};
-use crate::error::{AgentError, Result};
+
+/// A terminal that could not be set up: the console-socket exchange with the container's
+/// init, or the pty master's I/O. Answered as INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum TerminalError {
+    #[error("terminal: {context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("terminal: the container never connected")]
+    NeverConnected,
+    #[error("terminal: no pty master received")]
+    NoMaster,
+    #[error("terminal: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+type Result<T, E = TerminalError> = std::result::Result<T, E>;
+
+fn io_error(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> TerminalError {
+    let context = context.to_string();
+    move |source| TerminalError::Io { context, source }
+}
 
 /// Directory of the console sockets.
 pub const CONSOLE_DIR: &str = "/run/vessel/consoles";
@@ -34,28 +57,22 @@ pub struct ConsoleSocket {
 impl ConsoleSocket {
     /// Listens at `<CONSOLE_DIR>/<name>.sock`. Must run inside the tokio runtime.
     pub fn listen(name: &str) -> Result<Self> {
-        std::fs::create_dir_all(CONSOLE_DIR).map_err(|e| AgentError::internal(CONSOLE_DIR, e))?;
+        std::fs::create_dir_all(CONSOLE_DIR).map_err(io_error(CONSOLE_DIR))?;
         let path = Path::new(CONSOLE_DIR).join(format!("{name}.sock"));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
-            .map_err(|e| AgentError::internal(format!("console socket {}", path.display()), e))?;
+            .map_err(io_error(format!("console socket {}", path.display())))?;
         let task = tokio::spawn(async move {
             let (stream, _) = tokio::time::timeout(MASTER_TIMEOUT, listener.accept())
                 .await
-                .map_err(|_| {
-                    AgentError::Internal("terminal: the container never connected".into())
-                })?
-                .map_err(|e| AgentError::internal("terminal: accept", e))?;
-            let stream = stream
-                .into_std()
-                .map_err(|e| AgentError::internal("terminal: socket", e))?;
+                .map_err(|_| TerminalError::NeverConnected)?
+                .map_err(io_error("accept"))?;
+            let stream = stream.into_std().map_err(io_error("socket"))?;
             stream
                 .set_nonblocking(false)
                 .and_then(|()| stream.set_read_timeout(Some(MASTER_TIMEOUT)))
-                .map_err(|e| AgentError::internal("terminal: socket", e))?;
-            tokio::task::spawn_blocking(move || receive_master(stream.as_raw_fd()))
-                .await
-                .map_err(|e| AgentError::internal("terminal", e))?
+                .map_err(io_error("socket"))?;
+            tokio::task::spawn_blocking(move || receive_master(stream.as_raw_fd())).await?
         });
         Ok(ConsoleSocket { path, task })
     }
@@ -66,11 +83,7 @@ impl ConsoleSocket {
 
     /// The pty master, once the container sent it.
     pub async fn master(self) -> Result<OwnedFd> {
-        let result = self
-            .task
-            .await
-            .map_err(|e| AgentError::internal("terminal", e))
-            .and_then(|r| r);
+        let result = self.task.await.map_err(TerminalError::from).and_then(|r| r);
         let _ = std::fs::remove_file(&self.path);
         result
     }
@@ -87,10 +100,10 @@ fn receive_master(sock: RawFd) -> Result<OwnedFd> {
     let mut iov = [IoSliceMut::new(&mut name)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| AgentError::internal("terminal: receive pty master", e))?;
+        .map_err(|e| io_error("receive pty master")(e.into()))?;
     let cmsgs = msg
         .cmsgs()
-        .map_err(|e| AgentError::internal("terminal: receive pty master", e))?;
+        .map_err(|e| io_error("receive pty master")(e.into()))?;
     for cmsg in cmsgs {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
             let mut owned: Vec<OwnedFd> = fds
@@ -103,14 +116,12 @@ fn receive_master(sock: RawFd) -> Result<OwnedFd> {
             }
         }
     }
-    Err(AgentError::Internal(
-        "terminal: no pty master received".into(),
-    ))
+    Err(TerminalError::NoMaster)
 }
 
 /// I/O over a pty master: output pumped into stdout, stderr already at its end.
 pub fn io_from_master(master: OwnedFd, with_stdin: bool) -> Result<ProcessIo> {
-    let err = |e: std::io::Error| AgentError::internal("terminal", e);
+    let err = |e: std::io::Error| io_error("pty master")(e);
     let flags = fcntl(master.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| err(e.into()))?;
     let nonblocking = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
     fcntl(master.as_raw_fd(), FcntlArg::F_SETFL(nonblocking)).map_err(|e| err(e.into()))?;

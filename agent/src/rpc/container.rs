@@ -4,9 +4,9 @@ use std::time::{Duration, SystemTime};
 
 use vessel_protocols::agent as api;
 
+use super::error::Result;
 use super::{convert, AgentService};
 use crate::container::{CreateParams, DEFAULT_REMOVE_TIMEOUT};
-use crate::error::Result;
 
 pub async fn create(svc: &AgentService, req: api::CreateContainerRequest) -> Result<api::Empty> {
     let params = CreateParams {

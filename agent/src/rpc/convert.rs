@@ -2,9 +2,9 @@
 
 use vessel_protocols::agent as api;
 
+use super::error::Result;
 use crate::container::ExitInfo;
 use crate::container::Stats;
-use crate::error::Result;
 use crate::storage::StorageSpec;
 
 pub fn storage(s: &api::Storage) -> Result<StorageSpec> {

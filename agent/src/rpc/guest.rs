@@ -4,8 +4,34 @@ use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use vessel_protocols::agent as api;
 
+use vessel_protocols::ttrpc::Code;
+
+use super::error::Result;
 use super::AgentService;
-use crate::error::{AgentError, Result};
+
+/// A guest-wide request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("time {sec}s {nsec}ns is not valid")]
+    InvalidTime { sec: i64, nsec: i64 },
+    #[error("clock_settime: {0}")]
+    SetClock(#[source] nix::errno::Errno),
+    #[error("read {path}: {source}")]
+    Read {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl GuestError {
+    /// The ttrpc status code the shim sees.
+    pub fn code(&self) -> Code {
+        match self {
+            GuestError::InvalidTime { .. } => Code::INVALID_ARGUMENT,
+            GuestError::SetClock(_) | GuestError::Read { .. } => Code::INTERNAL,
+        }
+    }
+}
 
 pub async fn check(_: &AgentService, _: api::CheckRequest) -> Result<api::CheckResponse> {
     let mut r = api::CheckResponse::new();
@@ -17,8 +43,9 @@ pub async fn guest_details(
     _: &AgentService,
     _: api::GetGuestDetailsRequest,
 ) -> Result<api::GuestDetails> {
-    let read =
-        |path: &str| std::fs::read_to_string(path).map_err(|e| AgentError::internal(path, e));
+    let read = |path: &'static str| {
+        std::fs::read_to_string(path).map_err(|source| GuestError::Read { path, source })
+    };
     let mut d = api::GuestDetails::new();
     d.agent_version = env!("CARGO_PKG_VERSION").to_string();
     d.kernel_release = read("/proc/sys/kernel/osrelease")?.trim().to_string();
@@ -33,14 +60,14 @@ pub async fn set_date_time(
     req: api::SetGuestDateTimeRequest,
 ) -> Result<api::Empty> {
     if !(0..1_000_000_000).contains(&req.nsec) || req.sec < 0 {
-        return Err(AgentError::InvalidArgument(format!(
-            "time {}s {}ns is not valid",
-            req.sec, req.nsec
-        )));
+        return Err(GuestError::InvalidTime {
+            sec: req.sec,
+            nsec: req.nsec,
+        }
+        .into());
     }
     let ts = TimeSpec::new(req.sec as _, req.nsec as _);
-    clock_settime(ClockId::CLOCK_REALTIME, ts)
-        .map_err(|e| AgentError::internal("clock_settime", e))?;
+    clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(GuestError::SetClock)?;
     tracing::info!(sec = req.sec, "guest clock set");
     Ok(api::Empty::new())
 }
@@ -82,6 +109,7 @@ pub fn uptime_seconds(uptime: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rpc::error::AgentError;
 
     #[test]
     fn parses_proc_files() {
@@ -107,7 +135,7 @@ mod tests {
         req.nsec = 1_000_000_000;
         assert!(matches!(
             set_date_time(&service(), req).await,
-            Err(AgentError::InvalidArgument(_))
+            Err(AgentError::Guest(GuestError::InvalidTime { .. }))
         ));
     }
 

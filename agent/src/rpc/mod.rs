@@ -1,10 +1,11 @@
 //! The ttrpc service: one thin handler per RPC, split by family into the files of this
 //! module, each `async fn(&AgentService, Request) -> Result<Reply>`: it converts the request
 //! at the edge and calls the core. [`agent_service!`] wires them all the same way: a span
-//! with the method and the request's ids, errors mapped through [`AgentError::into_ttrpc`].
+//! with the method and the request's ids, errors mapped through [`error::AgentError::into_ttrpc`].
 
 mod container;
 mod convert;
+mod error;
 mod guest;
 mod network;
 mod process;
@@ -19,8 +20,8 @@ use tracing::Instrument;
 use vessel_protocols::agent::{self as api, Agent};
 use vessel_protocols::ttrpc::{self, r#async::TtrpcContext};
 
+use self::error::Result;
 use crate::container::Containers;
-use crate::error::{AgentError, Result};
 use crate::init::reaper::Reaper;
 use crate::sandbox::Sandbox;
 
@@ -89,9 +90,9 @@ async fn handle<T>(
     async move {
         tracing::debug!("request");
         fut.await.map_err(|e| {
-            match &e {
-                AgentError::Internal(_) => tracing::error!(error = %e, "failed"),
-                _ => tracing::warn!(code = ?e.code(), error = %e, "refused"),
+            match e.code() {
+                ttrpc::Code::INTERNAL => tracing::error!(error = %e, "failed"),
+                code => tracing::warn!(?code, error = %e, "refused"),
             }
             e.into_ttrpc()
         })

@@ -3,9 +3,9 @@
 
 use vessel_protocols::agent as api;
 
+use super::error::Result;
 use super::{convert, AgentService};
 use crate::container::{ExecParams, Stream};
-use crate::error::Result;
 
 pub async fn exec(svc: &AgentService, req: api::ExecProcessRequest) -> Result<api::Empty> {
     let params = ExecParams {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use vessel_protocols::agent as api;
 
+use super::error::Result;
 use super::{convert, AgentService};
-use crate::error::Result;
 use crate::init::power::power_off;
 use crate::sandbox::SandboxParams;
 

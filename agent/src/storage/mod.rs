@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags, MsFlags};
 
-use crate::error::AgentError;
+use vessel_protocols::ttrpc::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -41,17 +41,16 @@ pub enum StorageError {
     },
 }
 
-impl From<StorageError> for AgentError {
-    fn from(e: StorageError) -> Self {
-        match e {
+impl StorageError {
+    /// The ttrpc status code the shim sees: a bad Storage message is INVALID_ARGUMENT.
+    pub fn code(&self) -> Code {
+        match self {
             StorageError::UnknownDriver(_)
             | StorageError::RelativeMountPoint(_)
             | StorageError::MissingSource { .. }
-            | StorageError::OutsideEphemeralRoot(_) => AgentError::InvalidArgument(e.to_string()),
-            StorageError::MissingBindSource(_) => AgentError::NotFound(e.to_string()),
-            StorageError::MountPoint { .. } | StorageError::Mount { .. } => {
-                AgentError::Internal(e.to_string())
-            }
+            | StorageError::OutsideEphemeralRoot(_) => Code::INVALID_ARGUMENT,
+            StorageError::MissingBindSource(_) => Code::NOT_FOUND,
+            StorageError::MountPoint { .. } | StorageError::Mount { .. } => Code::INTERNAL,
         }
     }
 }
@@ -297,7 +296,8 @@ mod tests {
         ));
         let s = StorageSpec::new("bind", "/src", "/dst", vec![], true).unwrap();
         assert_eq!(s.driver, Driver::Bind);
-        let e: AgentError = StorageError::UnknownDriver("nfs".into()).into();
-        assert!(matches!(e, AgentError::InvalidArgument(m) if m.contains("\"nfs\"")));
+        let e = StorageError::UnknownDriver("nfs".into());
+        assert_eq!(e.code(), Code::INVALID_ARGUMENT);
+        assert!(e.to_string().contains("\"nfs\""), "{e}");
     }
 }

@@ -28,7 +28,6 @@ use nix::sys::time::TimeVal;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::AgentError;
 use crate::init::reaper::Reaper;
 
 /// Where libcontainer keeps its per-container state.
@@ -77,12 +76,6 @@ pub enum RuntimeError {
     Helper(String),
     #[error("libcontainer: {0}")]
     Libcontainer(String),
-}
-
-impl From<RuntimeError> for AgentError {
-    fn from(e: RuntimeError) -> Self {
-        AgentError::Internal(e.to_string())
-    }
 }
 
 /// Runs libcontainer operations through helper processes.

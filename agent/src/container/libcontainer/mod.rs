@@ -7,4 +7,4 @@ pub mod client;
 mod exec_filter;
 pub mod helper;
 
-pub use client::{Request, Runtime};
+pub use client::{Request, Runtime, RuntimeError};
