@@ -9,6 +9,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 scripts/setup.sh
 scripts/build-guest.sh
+# The guest image of an older agent, for the upgrade test (a pod VM adopted across an upgrade).
+scripts/build-guest-baseline.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The end-to-end CRI tests start the daemon binary.

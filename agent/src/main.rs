@@ -4,6 +4,12 @@
 //! `__vessel-libcontainer` it is instead the one-shot libcontainer helper; started as
 //! `/pause`, a pod's infra process (pause.rs); as `/sbin/modprobe`, the kernel's module loader
 //! (init/modprobe.rs).
+//!
+//! Errors: each part has its own enum that knows its ttrpc status code
+//! (`container::ContainerError`, `sandbox::SandboxError`, `storage::StorageError`, …); the
+//! handlers gather them in `rpc::error::AgentError`, the one mapping to a ttrpc status.
+//! GetGuestDetails reports the contract capabilities this agent implements
+//! (`rpc::guest::CAPABILITIES`).
 
 mod container;
 mod error;

@@ -19,6 +19,40 @@ pub fn container_cgroup(id: &str) -> String {
     format!("{CGROUP_PARENT}/{id}")
 }
 
+/// A part of the contract added after the first one, which an agent reports in
+/// `GuestDetails.capabilities` once it implements it. A node upgrade leaves running pods on the
+/// guest image they booted with: the shim asks each agent what it can do and refuses only the
+/// requests that need what it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    /// The agent joins a container whose spec names [`POD_PID_NAMESPACE`] to the pid
+    /// namespace of the pod's pause process (earlier agents chose pid namespaces themselves).
+    PodPidNamespace,
+}
+
+impl Capability {
+    /// Every capability this version of the contract defines.
+    pub const ALL: [Capability; 1] = [Capability::PodPidNamespace];
+
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::PodPidNamespace => "pod-pid-namespace",
+        }
+    }
+
+    /// The capability of a wire name; `None` for a name from a newer contract.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The longest sandbox, container or exec id.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -68,6 +102,14 @@ pub fn check_id(id: &str) -> Result<(), IdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_names_round_trip() {
+        for c in Capability::ALL {
+            assert_eq!(Capability::from_name(c.name()), Some(c));
+        }
+        assert_eq!(Capability::from_name("from-a-newer-contract"), None);
+    }
 
     #[test]
     fn ids_follow_one_rule() {

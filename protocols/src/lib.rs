@@ -3,7 +3,8 @@
 //! - [`cri`]: Kubernetes CRI `runtime.v1` (messages + tonic client/server), from the `k8s-cri`
 //!   crate, which compiles k8s.io/cri-api's `api.proto` unchanged.
 //! - [`agent`]: the host ↔ guest agent API (`proto/agent.proto`), served over ttrpc.
-//! - [`guest`]: the rest of the guest contract: id rules and guest paths both sides use.
+//! - [`guest`]: the rest of the guest contract: id rules, guest paths both sides use, and the
+//!   capabilities an agent reports.
 
 /// Kubernetes CRI `runtime.v1`.
 pub use k8s_cri::v1 as cri;

@@ -10,8 +10,8 @@
 //!   monitor), `containers/` (create, lifecycle, log pumps and exits), `exec.rs`,
 //!   `stats.rs`, the persisted records and name reservations. → `pod_vm`, `oci`, `image`,
 //!   `metadata`, `logs`, `host_mounts`
-//! - [`pod_vm`]: a pod's VM (boot, adoption, teardown) and the agent client. →
-//!   `hypervisor`
+//! - [`pod_vm`]: a pod's VM (boot, adoption, teardown), the agent client and what the guest's
+//!   agent can do (its contract capabilities). → `hypervisor`
 //! - [`hypervisor`]: the VMM backends (the built-in vessel-vmm, QEMU) behind one trait,
 //!   the helper processes (virtiofsd, vhost-device-vsock) and the backend choice.
 //! - [`oci`]: the OCI spec of a container from its CRI config (security context, mounts,

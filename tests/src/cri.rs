@@ -184,6 +184,18 @@ impl Daemon {
         self.kill();
         self.spawn().await;
     }
+
+    /// Like [`Daemon::restart`], with a config file holding `toml` from now on (as a node
+    /// upgrade changes what the daemon runs with).
+    pub async fn restart_with_config(&mut self, toml: Option<&str>) {
+        self.kill();
+        self.config = with_forced_hypervisor(toml).map(|text| {
+            let path = self.dir.path().join("vessel.toml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        self.spawn().await;
+    }
 }
 
 impl Drop for Daemon {

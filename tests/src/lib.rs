@@ -11,7 +11,7 @@ pub mod spec;
 pub mod tiny_elf;
 pub mod token_auth;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vessel_protocols::agent as api;
@@ -68,6 +68,19 @@ pub fn check_backend(test: &str, vmm: &str) {
         vmm, wanted,
         "{test}: pods run on {vmm}, but {EXPECTED_BACKEND}={expected}"
     );
+}
+
+/// The initramfs of the baseline guest agent (`guest-image/BASELINE`), built by
+/// `scripts/build-guest-baseline.sh` (which `scripts/test.sh` runs): an older guest image, as a
+/// pod VM booted before a node upgrade has.
+pub fn baseline_initrd() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/guest-baseline/initramfs.img");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/build-guest-baseline.sh",
+        path.display()
+    );
+    path
 }
 
 impl TestEnv {

@@ -1,14 +1,17 @@
 //! Pods survive the daemon: SIGKILL and restart vessel-shim, everything is still there and
 //! works; a container that exited meanwhile reports its exit code. A pod whose VM is killed
 //! turns NOTREADY with its containers EXITED within 2 s, and is cleaned up completely; a
-//! guest kernel panic is reported as one. On either backend.
+//! guest kernel panic is reported as one. A pod VM booted from an older guest image is adopted
+//! by the daemon restarted on the current one (a node upgrade) and keeps being served, with only
+//! what its agent lacks refused. On either backend.
 
 use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, create_container, pod_config, pod_info, pod_vmm,
-    remove_pod_checked, run_pod, wait_state, Client, CriTest, Daemon,
+    container_config, container_status, create_container, exec_sh, expect_err, pod_config,
+    pod_info, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_pod, wait_state,
+    with_namespaces, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -331,4 +334,115 @@ async fn failed_run_pod_sandbox_leaves_nothing() {
             .all(|l| !l.starts_with("process") && !l.starts_with("mount")),
         "{procs:#?}"
     );
+}
+
+/// A node upgrade: pods keep the guest image they booted with while the daemon restarts on the
+/// current one. The baseline agent (guest-image/BASELINE) reports no contract capabilities.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_from_an_older_guest_image_is_served_after_an_upgrade() {
+    let test = "a_pod_from_an_older_guest_image_is_served_after_an_upgrade";
+    let Some(env) = TestEnv::detect(test) else {
+        return;
+    };
+    if !vessel_tests::registry::available(test) {
+        return;
+    }
+    let old_image = format!(
+        "[hypervisor]\ninitrd = {:?}\n",
+        vessel_tests::baseline_initrd().display().to_string()
+    );
+    let (_registry, image) = registry_with_busybox().await;
+    let mut daemon = Daemon::start_with_config(Some(&old_image)).await;
+    vessel_tests::check_backend(test, &daemon.vmm().await);
+    pull(&mut daemon.image_client().await, &image, None)
+        .await
+        .expect("pull busybox");
+    let mut cri = daemon.client().await;
+    let logs = env.state_dir().join("logs");
+    let (pod, first) = pod_with_container(&mut cri, &env, &image, "old", &["sleep", "1000"]).await;
+    // What the old agent cannot do is refused before a VM is left running for it.
+    let shared = with_namespaces(
+        pod_config("shared", &logs),
+        cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        },
+    );
+    let refused = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(shared.clone()),
+            runtime_handler: String::new(),
+        })
+        .await;
+    expect_err(
+        refused,
+        tonic::Code::FailedPrecondition,
+        "needs guest capability \"pod-pid-namespace\"",
+    );
+    let pods = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list pods")
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "the refused pod is not listed: {pods:?}");
+
+    // The upgrade: the daemon restarts on the current guest image and adopts the old VM.
+    daemon.restart_with_config(None).await;
+    let mut cri = daemon.client().await;
+    let log = std::fs::read_to_string(daemon.log()).unwrap_or_default();
+    assert!(
+        log.contains("adopted pod VM runs an older guest agent")
+            && log.contains("pod-pid-namespace"),
+        "the daemon's log says which capabilities the adopted agent lacks"
+    );
+    let guest = &pod_info(&mut cri, &pod).await["guest"];
+    assert_eq!(guest["capabilities"], serde_json::json!([]), "{guest}");
+    let st = container_status(&mut cri, &first).await;
+    assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+    assert_eq!(
+        exec_sh(&mut cri, &first, "echo adopted").await,
+        (0, "adopted\n".into())
+    );
+    let config = pod_config("old", &logs);
+    let second = start_container(
+        &mut cri,
+        &pod,
+        &config,
+        &image,
+        "second",
+        &["sleep", "1000"],
+    )
+    .await;
+    assert_eq!(
+        exec_sh(&mut cri, &second, "echo new").await,
+        (0, "new\n".into())
+    );
+
+    // New pods boot the current image, whose agent has the capability.
+    let shared_pod = run_pod(&mut cri, &shared).await;
+    let guest = &pod_info(&mut cri, &shared_pod).await["guest"];
+    assert_eq!(
+        guest["capabilities"],
+        serde_json::json!(["pod-pid-namespace"]),
+        "{guest}"
+    );
+    let ctr = start_container(
+        &mut cri,
+        &shared_pod,
+        &shared,
+        &image,
+        "main",
+        &["sleep", "1000"],
+    )
+    .await;
+    let (code, init) = exec_sh(&mut cri, &ctr, "cat /proc/1/cmdline").await;
+    assert_eq!(
+        (code, init.as_str()),
+        (0, "/pause\0"),
+        "the pod's pid namespace is shared"
+    );
+    for pod in [&pod, &shared_pod] {
+        remove_pod_checked(&mut cri, &daemon, pod).await;
+    }
 }

@@ -1,13 +1,19 @@
-//! Check, GetGuestDetails, SetGuestDateTime.
+//! Check, GetGuestDetails (the agent's version and capabilities, the guest's kernel, memory
+//! and CPUs), SetGuestDateTime.
 
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
 use vessel_protocols::agent as api;
+use vessel_protocols::guest::Capability;
 
 use vessel_protocols::ttrpc::Code;
 
 use super::error::Result;
 use super::AgentService;
+
+/// The parts of the guest contract this agent implements beyond the first one, reported in
+/// GetGuestDetails so that a newer shim knows what it may ask of this guest image.
+pub const CAPABILITIES: [Capability; 1] = [Capability::PodPidNamespace];
 
 /// A guest-wide request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +58,7 @@ pub async fn guest_details(
     d.mem_total_bytes = mem_total_bytes(&read("/proc/meminfo")?);
     d.online_cpus = count_cpus(&read("/sys/devices/system/cpu/online")?);
     d.uptime_seconds = uptime_seconds(&read("/proc/uptime")?);
+    d.capabilities = CAPABILITIES.iter().map(|c| c.name().to_owned()).collect();
     Ok(d)
 }
 
@@ -137,6 +144,16 @@ mod tests {
             set_date_time(&service(), req).await,
             Err(AgentError::Guest(GuestError::InvalidTime { .. }))
         ));
+    }
+
+    #[tokio::test]
+    async fn details_report_version_and_capabilities() {
+        let d = guest_details(&service(), api::GetGuestDetailsRequest::new())
+            .await
+            .unwrap();
+        assert_eq!(d.agent_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(d.capabilities, ["pod-pid-namespace"]);
+        assert!(d.online_cpus >= 1);
     }
 
     #[tokio::test]

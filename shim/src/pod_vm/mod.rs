@@ -1,9 +1,12 @@
 //! A pod's VM: its boot, adoption after a daemon restart and teardown ([`vm`]), the agent
-//! client that drives its guest over hybrid vsock + ttrpc ([`agent_client`]), and vsock CIDs.
+//! client that drives its guest over hybrid vsock + ttrpc ([`agent_client`]), what that agent
+//! says it can do ([`guest`]), and vsock CIDs.
 
 pub mod agent_client;
 pub mod cid;
+pub mod guest;
 pub mod vm;
 
 pub use agent_client::{AgentClient, AgentError};
+pub use guest::{GuestInfo, Unsupported};
 pub use vm::{AdoptFailure, PodVm, PodVmRecord, PodVmSpec, VmError, VmRemains};

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use vessel_protocols::agent as api;
-use vessel_protocols::guest::{check_id, IdError, GUEST_SHARED_DIR};
+use vessel_protocols::guest::{check_id, Capability, IdError, GUEST_SHARED_DIR};
 
 use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
+use super::guest::{GuestInfo, Unsupported};
 use crate::config::HypervisorConfig;
 use crate::host_mounts::{self, MountError};
 use crate::hypervisor::{
@@ -50,6 +51,8 @@ pub enum VmError {
     },
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error("pod {id}: {source}")]
+    Unsupported { id: String, source: Unsupported },
     #[error(transparent)]
     Cleanup(#[from] MountError),
 }
@@ -75,6 +78,7 @@ pub struct PodVm {
     shared_dir: PathBuf,
     hypervisor: Box<dyn Hypervisor>,
     agent: AgentClient,
+    guest: GuestInfo,
     boot_time: Duration,
     _cid: CidLease,
 }
@@ -126,11 +130,13 @@ impl PodVm {
         let timeout = Duration::from_secs(spec.hypervisor.agent_ready_timeout_secs);
         let started = Instant::now();
         let booted = match boot(hypervisor.as_mut(), &spec.id, timeout).await {
-            Ok(agent) => setup_sandbox(&agent, &spec).await.map(|()| agent),
+            Ok(agent) => setup_sandbox(&agent, &spec)
+                .await
+                .map(|guest| (agent, guest)),
             Err(e) => Err(e),
         };
         match booted {
-            Ok(agent) => {
+            Ok((agent, guest)) => {
                 let boot_time = started.elapsed();
                 tracing::info!(pod_id = %spec.id, cid = cid.cid(), ?boot_time, "pod VM ready");
                 Ok(Self {
@@ -139,6 +145,7 @@ impl PodVm {
                     shared_dir,
                     hypervisor,
                     agent,
+                    guest,
                     boot_time,
                     _cid: cid,
                 })
@@ -190,6 +197,21 @@ impl PodVm {
         if let Err(e) = agent.check_with(ADOPT_CHECK_TIMEOUT).await {
             return Err(remains(Some(hv), format!("agent unhealthy: {e}")));
         }
+        let guest = match GuestInfo::query(&agent).await {
+            Ok(guest) => guest,
+            Err(e) => return Err(remains(Some(hv), format!("agent details: {e}"))),
+        };
+        let missing = guest.missing();
+        if !missing.is_empty() {
+            // A VM booted before the node's guest image was upgraded: kept, with what its
+            // agent cannot do refused per request.
+            tracing::warn!(
+                pod_id = %record.vm.config.id,
+                agent_version = %guest.agent_version,
+                missing = ?missing.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                "adopted pod VM runs an older guest agent"
+            );
+        }
         let config = &record.vm.config;
         Ok(Self {
             id: config.id.clone(),
@@ -197,6 +219,7 @@ impl PodVm {
             shared_dir: config.shared_dir.clone(),
             hypervisor: hv,
             agent,
+            guest,
             boot_time: Duration::from_millis(record.boot_time_ms),
             _cid: CidAllocator::global().claim(config.cid),
         })
@@ -221,6 +244,11 @@ impl PodVm {
 
     pub fn agent(&self) -> &AgentClient {
         &self.agent
+    }
+
+    /// What the guest's agent said it is and can do.
+    pub fn guest(&self) -> &GuestInfo {
+        &self.guest
     }
 
     /// Host side of the guest's shared dir (mounted at the agent's shared_fs mount point).
@@ -308,8 +336,21 @@ impl VmRemains {
     }
 }
 
-/// Mounts the shared dir in the guest and sets the pod's identity.
-async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmError> {
+/// Asks the agent what it can do, refuses a pod it cannot run, then mounts the shared dir in
+/// the guest and sets the pod's identity.
+async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<GuestInfo, VmError> {
+    let guest = GuestInfo::query(agent).await?;
+    if spec.share_pid_namespace {
+        guest
+            .require(
+                Capability::PodPidNamespace,
+                "a pod that shares its pid namespace",
+            )
+            .map_err(|source| VmError::Unsupported {
+                id: spec.id.clone(),
+                source,
+            })?;
+    }
     // The guest booted with the RTC's whole seconds: give it the host's time, so times the
     // agent reports (process exits) compare with the host's.
     let now = std::time::SystemTime::now()
@@ -329,7 +370,7 @@ async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<(), VmEr
     req.shared_fs = protobuf::MessageField::some(shared);
     req.share_pid_namespace = spec.share_pid_namespace;
     agent.create_sandbox(req).await?;
-    Ok(())
+    Ok(guest)
 }
 
 /// Starts the hypervisor and waits for the agent, failing early if the VMM exits.

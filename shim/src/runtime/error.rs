@@ -66,6 +66,7 @@ impl RuntimeError {
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::Vm(VmError::InvalidId { .. }) => Code::InvalidArgument,
             Self::Vm(VmError::AlreadyExists(_)) => Code::AlreadyExists,
+            Self::Vm(VmError::Unsupported { .. }) => Code::FailedPrecondition,
             Self::Vm(_) => Code::Internal,
             Self::Agent(e) => match e.code() {
                 Some(ttrpc::Code::INVALID_ARGUMENT) => Code::InvalidArgument,

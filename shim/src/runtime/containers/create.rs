@@ -8,6 +8,7 @@ use std::sync::Arc;
 use sha2::Digest as _;
 use vessel_protocols::agent as api;
 use vessel_protocols::cri;
+use vessel_protocols::guest::Capability;
 
 use super::output::start_pumps;
 use super::{Container, Containers};
@@ -77,10 +78,18 @@ impl Containers {
         config: cri::ContainerConfig,
     ) -> Result<String, RuntimeError> {
         let pod = self.pods.get(pod_id)?;
-        let agent = pod.agent()?;
+        let (agent, guest) = pod.ready()?;
         // The pod's config as RunPodSandbox recorded it (with the hostname it filled in), not
         // the copy the request carries: the pod's VM was built from this one.
         let pod_config = pod.record().config;
+        if oci::shares_pid_namespace(&pod_config) {
+            // A pod adopted from before a guest image upgrade may run an agent that cannot
+            // join the pod's pid namespace by the contract's path.
+            let what = format!("a container in pod {pod_id}, which shares its pid namespace,");
+            guest
+                .require(Capability::PodPidNamespace, &what)
+                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?;
+        }
         let meta = config
             .metadata
             .clone()

@@ -92,7 +92,7 @@ impl Pods {
             r.reason.clear();
             r.vm = Some(vm_record);
         });
-        pod.set_agent(Some(vm.agent().clone()));
+        pod.set_agent(Some(&vm));
         *pod.vm.lock().await = Some(vm);
         if let Err(e) = self.persist(&record) {
             // Not recorded means not started: undo the VM.
@@ -153,7 +153,7 @@ impl Pods {
         };
         match PodVm::adopt(vm_record, &self.vm.hypervisor).await {
             Ok(vm) => {
-                pod.set_agent(Some(vm.agent().clone()));
+                pod.set_agent(Some(&vm));
                 *pod.vm.lock().await = Some(vm);
                 monitor_vm(self, &pod);
                 tracing::info!(pod_id = %pod.id, "pod VM adopted");

@@ -1,9 +1,11 @@
 //! A pod in the runtime: its record, its VM and a lock that serializes its lifecycle
 //! operations (operations on different pods run concurrently).
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
-use crate::pod_vm::{AgentClient, PodVm};
+use crate::pod_vm::{AgentClient, GuestInfo, PodVm};
 
 use crate::runtime::{PodState, RuntimeError, SandboxRecord};
 
@@ -14,8 +16,9 @@ pub struct Pod {
     record: Mutex<SandboxRecord>,
     /// The VM while it runs; taken by StopPodSandbox.
     pub(super) vm: tokio::sync::Mutex<Option<PodVm>>,
-    /// A clone of the VM's agent client, for calls that must not wait on `vm`'s lock.
-    agent: Mutex<Option<AgentClient>>,
+    /// A clone of the VM's agent client and what its guest can do, for calls that must not
+    /// wait on `vm`'s lock.
+    agent: Mutex<Option<(AgentClient, Arc<GuestInfo>)>>,
 }
 
 impl Pod {
@@ -41,15 +44,21 @@ impl Pod {
         record.clone()
     }
 
-    pub(super) fn set_agent(&self, agent: Option<AgentClient>) {
-        *self.agent.lock() = agent;
+    /// Takes the agent of a VM that runs now, or forgets it (`None`).
+    pub(super) fn set_agent(&self, vm: Option<&PodVm>) {
+        *self.agent.lock() = vm.map(|vm| (vm.agent().clone(), Arc::new(vm.guest().clone())));
     }
 
     /// The agent of a ready pod.
     pub fn agent(&self) -> Result<AgentClient, RuntimeError> {
+        self.ready().map(|(agent, _)| agent)
+    }
+
+    /// The agent of a ready pod and what its guest can do.
+    pub fn ready(&self) -> Result<(AgentClient, Arc<GuestInfo>), RuntimeError> {
         let state = self.record.lock().state;
         match (state, self.agent.lock().clone()) {
-            (PodState::Ready, Some(agent)) => Ok(agent),
+            (PodState::Ready, Some(ready)) => Ok(ready),
             _ => Err(RuntimeError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",
                 self.id

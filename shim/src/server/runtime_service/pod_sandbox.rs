@@ -42,12 +42,20 @@ pub async fn status(
     let record = pod.record();
     let mut info = std::collections::HashMap::new();
     if req.verbose {
+        // The guest agent of a ready pod: its version and contract capabilities.
+        let guest = pod.ready().ok().map(|(_, guest)| {
+            serde_json::json!({
+                "agentVersion": guest.agent_version,
+                "capabilities": guest.capabilities.iter().map(|c| c.name()).collect::<Vec<_>>(),
+            })
+        });
         // One JSON document, as containerd's `info`: clients parse it as such.
         let doc = serde_json::json!({
             "runtimeHandler": record.runtime_handler,
             "vmm": record.vm.as_ref().map(|vm| vm.vm.backend.vmm_name()),
             "pid": pod.vmm_pid().await,
             "reason": record.reason,
+            "guest": guest,
         });
         info.insert("info".to_string(), doc.to_string());
     }
