@@ -9,8 +9,7 @@ use libcgroups::stats::parse_single_value;
 use libcgroups::v2::manager::Manager;
 use oci_spec::runtime::LinuxResources;
 
-use super::error::{ContainerError, Result};
-use super::spec::SpecError;
+use super::error::{ContainerError, Result, SpecError};
 use crate::init::mounts::CGROUP_ROOT;
 
 /// Resource usage of one cgroup, in the units of the agent API.

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use oci_spec::runtime::Process as OciProcess;
 
 use super::cgroup::Cgroup;
-use super::error::{ContainerError, Result};
+use super::error::{ContainerError, Result, SpecError};
 use super::libcontainer::Request;
 use super::process::Process;
 use super::resolve::find_executable;
-use super::spec::{self, SpecError, DEFAULT_PATH};
+use super::spec::{self, DEFAULT_PATH};
 use super::state::{Container, State};
 use super::stdio::{self, ProcessIo};
 use super::tty::{self, ConsoleSocket};

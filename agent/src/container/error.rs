@@ -1,17 +1,57 @@
 //! What can go wrong with a container or one of its processes, and the status code each
-//! failure is answered with. Errors of the parts a container is made of (its spec, storages,
-//! terminal, the libcontainer helper, the pod's pause process) are wrapped with their own codes.
+//! failure is answered with: [`SpecError`] for what the shim sent, [`ContainerError`] for the
+//! rest. Errors of the parts a container is made of (storages, terminal, the libcontainer
+//! helper, the pod's pause process) are wrapped with their own codes.
 
 use std::path::PathBuf;
 
+use vessel_protocols::guest::IdError;
 use vessel_protocols::ttrpc::Code;
 
 use super::libcontainer::RuntimeError;
-use super::spec::SpecError;
-use super::state::State;
 use super::tty::TerminalError;
 use crate::pause::PauseError;
 use crate::storage::StorageError;
+
+/// What the shim sent that the contract refuses; each names the request field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{field} {id:?} {reason}")]
+    Id {
+        field: &'static str,
+        id: String,
+        reason: IdError,
+    },
+    #[error("{field}: {source}")]
+    Json {
+        field: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{0} is empty")]
+    Empty(&'static str),
+    #[error("process_json: cwd {} is not absolute", .0.display())]
+    RelativeCwd(PathBuf),
+    #[error("spec_json: linux.namespaces: {0}")]
+    Namespaces(String),
+    /// A spec part the agent builds itself (a default section, a device entry).
+    #[error("build {what}: {source}")]
+    Build {
+        what: String,
+        source: oci_spec::OciSpecError,
+    },
+}
+
+impl SpecError {
+    /// INVALID_ARGUMENT: the request was wrong (INTERNAL for the parts the agent builds).
+    pub fn code(&self) -> Code {
+        match self {
+            SpecError::Build { .. } => Code::INTERNAL,
+            _ => Code::INVALID_ARGUMENT,
+        }
+    }
+}
 
 /// A container operation's failure.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +84,7 @@ pub enum ContainerError {
     #[error("container {id} is {state}: cannot {action}")]
     WrongState {
         id: String,
-        state: State,
+        state: &'static str,
         action: &'static str,
     },
     #[error("container {id} did not stop within {secs}s of SIGKILL")]

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Linux, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceType};
 
-use super::error::Result;
-use super::spec::SpecError;
+use super::error::{Result, SpecError};
 
 /// Below /dev, what a container never gets from the guest: its own pts, shm and mqueue, the
 /// guest's console.

@@ -25,9 +25,9 @@ use parking_lot::Mutex;
 
 pub use cgroup::Stats;
 pub use create::{CreateParams, ExecParams};
-pub use error::ContainerError;
+pub use error::{ContainerError, SpecError};
 pub use process::{ExitInfo, Stream};
-pub use spec::{validate_id, SpecError};
+pub use spec::validate_id;
 
 use self::error::Result;
 use self::libcontainer::{Request, Runtime};

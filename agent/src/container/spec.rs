@@ -4,51 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxBuilder, LinuxNamespace, LinuxNamespaceType, Process, Spec};
-use vessel_protocols::guest::{check_id, container_cgroup, IdError, POD_PID_NAMESPACE};
-use vessel_protocols::ttrpc::Code;
+use vessel_protocols::guest::{check_id, container_cgroup, POD_PID_NAMESPACE};
 
-use super::error::Result;
+use super::error::{Result, SpecError};
 use super::guest_devices;
-
-/// What the shim sent that the contract refuses; each names the request field.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("{field} {id:?} {reason}")]
-    Id {
-        field: &'static str,
-        id: String,
-        reason: IdError,
-    },
-    #[error("{field}: {source}")]
-    Json {
-        field: &'static str,
-        source: serde_json::Error,
-    },
-    #[error("{0} is missing")]
-    Missing(&'static str),
-    #[error("{0} is empty")]
-    Empty(&'static str),
-    #[error("process_json: cwd {} is not absolute", .0.display())]
-    RelativeCwd(PathBuf),
-    #[error("spec_json: linux.namespaces: {0}")]
-    Namespaces(String),
-    /// A spec part the agent builds itself (a default section, a device entry).
-    #[error("build {what}: {source}")]
-    Build {
-        what: String,
-        source: oci_spec::OciSpecError,
-    },
-}
-
-impl SpecError {
-    /// INVALID_ARGUMENT: the request was wrong (INTERNAL for the parts the agent builds).
-    pub fn code(&self) -> Code {
-        match self {
-            SpecError::Build { .. } => Code::INTERNAL,
-            _ => Code::INVALID_ARGUMENT,
-        }
-    }
-}
 
 /// `PATH` when the process environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -211,6 +170,7 @@ pub fn cgroup_path(from_spec: Option<&Path>, id: &str) -> String {
 mod tests {
     use super::*;
     use crate::container::ContainerError;
+    use vessel_protocols::ttrpc::Code;
 
     #[test]
     fn ids() {

@@ -25,13 +25,20 @@ pub enum State {
     Stopped,
 }
 
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl State {
+    /// The state's name, as errors show it.
+    pub fn name(self) -> &'static str {
+        match self {
             State::Created => "created",
             State::Running => "running",
             State::Stopped => "stopped",
-        })
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -90,7 +97,7 @@ impl Container {
         } else {
             Err(ContainerError::WrongState {
                 id: self.id.clone(),
-                state,
+                state: state.name(),
                 action,
             })
         }

@@ -1,14 +1,38 @@
 //! An RPC's failure and the one place where errors become ttrpc statuses. Each part of the
-//! agent has its own error enum ([`ContainerError`], [`SandboxError`], [`StorageError`],
-//! [`GuestError`]) that knows its status code; [`AgentError`] gathers them for the handlers
-//! and [`AgentError::into_ttrpc`] answers the shim with that code and the error's message.
+//! agent has its own error enum ([`ContainerError`], [`SandboxError`], [`StorageError`]; the
+//! guest-wide RPCs' [`GuestError`] is here) that knows its status code; [`AgentError`]
+//! gathers them for the handlers and [`AgentError::into_ttrpc`] answers the shim with that
+//! code and the error's message.
 
 use vessel_protocols::ttrpc::{self, Code};
 
-use super::guest::GuestError;
 use crate::container::ContainerError;
 use crate::sandbox::SandboxError;
 use crate::storage::StorageError;
+
+/// A guest-wide request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("time {sec}s {nsec}ns is not valid")]
+    InvalidTime { sec: i64, nsec: i64 },
+    #[error("clock_settime: {0}")]
+    SetClock(#[source] nix::errno::Errno),
+    #[error("read {path}: {source}")]
+    Read {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+impl GuestError {
+    /// The ttrpc status code the shim sees.
+    pub fn code(&self) -> Code {
+        match self {
+            GuestError::InvalidTime { .. } => Code::INVALID_ARGUMENT,
+            GuestError::SetClock(_) | GuestError::Read { .. } => Code::INTERNAL,
+        }
+    }
+}
 
 /// A failed RPC.
 #[derive(Debug, thiserror::Error)]

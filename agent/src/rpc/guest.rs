@@ -6,38 +6,12 @@ use nix::time::{clock_settime, ClockId};
 use vessel_protocols::agent as api;
 use vessel_protocols::guest::Capability;
 
-use vessel_protocols::ttrpc::Code;
-
-use super::error::Result;
+use super::error::{GuestError, Result};
 use super::AgentService;
 
 /// The parts of the guest contract this agent implements beyond the first one, reported in
 /// GetGuestDetails so that a newer shim knows what it may ask of this guest image.
 pub const CAPABILITIES: [Capability; 1] = [Capability::PodPidNamespace];
-
-/// A guest-wide request that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GuestError {
-    #[error("time {sec}s {nsec}ns is not valid")]
-    InvalidTime { sec: i64, nsec: i64 },
-    #[error("clock_settime: {0}")]
-    SetClock(#[source] nix::errno::Errno),
-    #[error("read {path}: {source}")]
-    Read {
-        path: &'static str,
-        source: std::io::Error,
-    },
-}
-
-impl GuestError {
-    /// The ttrpc status code the shim sees.
-    pub fn code(&self) -> Code {
-        match self {
-            GuestError::InvalidTime { .. } => Code::INVALID_ARGUMENT,
-            GuestError::SetClock(_) | GuestError::Read { .. } => Code::INTERNAL,
-        }
-    }
-}
 
 pub async fn check(_: &AgentService, _: api::CheckRequest) -> Result<api::CheckResponse> {
     let mut r = api::CheckResponse::new();
