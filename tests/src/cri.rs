@@ -431,6 +431,15 @@ pub async fn wait_exec_output(
     }
 }
 
+/// Every pod ListPodSandbox returns.
+pub async fn list_pods(cri: &mut Client) -> Vec<cri::PodSandbox> {
+    cri.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
 /// `config` with the given namespace options.
 pub fn with_namespaces(
     mut config: cri::PodSandboxConfig,

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, create_container, exec_sh, expect_err, pod_config, pull,
-    remove_pod_checked, run_pod, start_container, wait_state, with_namespaces, CriTest,
+    container_config, container_status, create_container, exec_sh, expect_err, list_pods,
+    pod_config, pull, remove_pod_checked, run_pod, start_container, wait_state, with_namespaces,
+    CriTest,
 };
 use vessel_tests::images;
 
@@ -73,12 +74,7 @@ async fn pod_configs_are_checked_as_containerd_does() {
             &format!("namespace_options.{field}"),
         );
     }
-    let pods = cri
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = list_pods(&mut cri).await;
     assert!(pods.is_empty(), "refused pods were kept: {pods:?}");
 
     // No hostname and a name longer than a hostname may be (the suite's are ~70 bytes): the

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, create_container as create, exec_sh, expect_err, pod_config,
+    container_config, create_container as create, exec_sh, expect_err, list_pods, pod_config,
     remove_pod_checked, run_pod, with_namespaces, Client, CriTest,
 };
 
@@ -40,11 +40,7 @@ async fn bad_input_gets_named_errors_and_leaks_nothing() {
         })
         .await;
     expect_err(r, Code::InvalidArgument, "config.metadata");
-    let pods = cri
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list");
-    assert!(pods.into_inner().items.is_empty());
+    assert!(list_pods(&mut cri).await.is_empty());
     let r = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: String::new(),

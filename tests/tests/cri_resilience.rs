@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, create_container, exec_sh, expect_err, pod_config,
-    pod_info, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_pod, wait_state,
-    with_namespaces, Client, CriTest, Daemon,
+    container_config, container_status, create_container, exec_sh, expect_err, list_pods,
+    pod_config, pod_info, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_pod,
+    wait_state, with_namespaces, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -116,12 +116,7 @@ async fn pods_survive_a_daemon_sigkill() {
     daemon.restart().await;
     let mut cri = daemon.client().await;
 
-    let listed = cri
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
+    let listed = list_pods(&mut cri).await;
     assert_eq!(listed.len(), 3);
     assert!(listed
         .iter()
@@ -316,12 +311,7 @@ async fn failed_run_pod_sandbox_leaves_nothing() {
         "{err:?}"
     );
     assert!(err.message().contains("console tail"), "{err:?}");
-    let pods = cri
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = list_pods(&mut cri).await;
     assert!(pods.is_empty(), "{pods:?}");
     let left: Vec<_> = std::fs::read_dir(daemon.state().join("pods"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -379,12 +369,7 @@ async fn a_pod_from_an_older_guest_image_is_served_after_an_upgrade() {
         tonic::Code::FailedPrecondition,
         "needs guest capability \"pod-pid-namespace\"",
     );
-    let pods = cri
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
+    let pods = list_pods(&mut cri).await;
     assert_eq!(pods.len(), 1, "the refused pod is not listed: {pods:?}");
 
     // The upgrade: the daemon restarts on the current guest image and adopts the old VM.

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_tests::cri::{container_config, container_status, pod_config, wait_state, CriTest};
+use vessel_tests::cri::{
+    container_config, container_status, list_pods, pod_config, wait_state, CriTest,
+};
 use vessel_tests::leftovers::leftovers;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,12 +367,7 @@ async fn pod_and_container_lifecycle_through_the_cri_socket() {
     })
     .await
     .expect("stopp");
-    let pods = cri
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list pods")
-        .into_inner()
-        .items;
+    let pods = list_pods(&mut cri).await;
     assert_eq!(pods.len(), 1);
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
     cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
