@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what vessel needs on a fresh Debian machine, skipping what is present:
 # Debian packages (QEMU, busybox-static, protoc, cpio/lz4 for the guest image, libraries that
-# virtiofsd links, the docker-registry, htpasswd and openssl the image tests serve images with) and the
+# virtiofsd links, the docker-registry, htpasswd and openssl the image tests serve images with,
+# the CNI reference plugins in /usr/lib/cni) and the
 # vhost-user helpers (virtiofsd, vhost-device-vsock) built with
 # `cargo install --root` into the build tree. Needs root only when something is missing.
 set -euo pipefail
@@ -10,7 +11,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 tools="$repo/build/tools"
 
 packages=(qemu-system-x86 busybox-static protobuf-compiler cpio lz4 xz-utils zstd file
-          libseccomp-dev libcap-ng-dev pkg-config docker-registry apache2-utils openssl iptables)
+          libseccomp-dev libcap-ng-dev pkg-config docker-registry apache2-utils openssl iptables
+          containernetworking-plugins)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

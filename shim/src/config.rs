@@ -37,6 +37,8 @@ pub struct Config {
     pub hypervisor: HypervisorConfig,
     /// `[registry]`: mirrors and plain-http hosts (see `image::registry`).
     pub registry: crate::image::RegistryConfig,
+    /// `[cni]`: the pod network's configuration and plugins (see `network::cni`).
+    pub cni: crate::network::CniConfig,
 }
 
 /// Which VMM runs pods.
@@ -173,6 +175,9 @@ impl Config {
                 key: "registry",
                 reason,
             })?;
+        self.cni
+            .validate()
+            .map_err(|reason| ConfigError::Invalid { key: "cni", reason })?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 //!   `metadata`, `logs`, `host_mounts`
 //! - [`pod_vm`]: a pod's VM (boot, adoption, teardown), the agent client and what the guest's
 //!   agent can do (its contract capabilities). → `hypervisor`
+//! - [`network`]: pod networking: the CNI configuration (whether the node's network is ready).
 //! - [`hypervisor`]: the VMM backends (the built-in vessel-vmm, QEMU) behind one trait,
 //!   the helper processes (virtiofsd, vhost-device-vsock) and the backend choice.
 //! - [`oci`]: the OCI spec of a container from its CRI config (security context, mounts,
@@ -29,6 +30,7 @@ pub mod hypervisor;
 pub mod image;
 pub mod logs;
 pub mod metadata;
+pub mod network;
 pub mod oci;
 pub mod pod_vm;
 pub mod runtime;

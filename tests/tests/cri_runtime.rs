@@ -431,3 +431,76 @@ async fn status_names_what_the_backend_lacks() {
     }
     assert_eq!(daemon.vmm().await, "vessel-vmm");
 }
+
+/// NetworkReady follows the CNI conf dir without a restart: it names the empty dir, then the
+/// plugin a new config lacks, then says the config is usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_status_follows_the_cni_conf_dir() {
+    let test = "network_status_follows_the_cni_conf_dir";
+    let plugins = std::path::Path::new("/usr/lib/cni");
+    if !plugins.join("bridge").is_file() {
+        vessel_tests::skipped(
+            test,
+            "/usr/lib/cni/bridge missing (scripts/setup.sh installs containernetworking-plugins)",
+        );
+        return;
+    }
+    let conf = tempfile::tempdir().expect("conf dir");
+    let daemon = vessel_tests::cri::Daemon::start_with_config(Some(&format!(
+        "[cni]\nconf_dir = {:?}\nbin_dirs = [\"/nonexistent\", {:?}]\n",
+        conf.path().display().to_string(),
+        plugins.display().to_string()
+    )))
+    .await;
+    let mut cri = daemon.client().await;
+    let empty = network_condition(&mut cri).await;
+    assert!(
+        !empty.status && empty.reason == "NetworkPluginNotReady",
+        "{empty:?}"
+    );
+    assert!(
+        empty.message.contains(&format!(
+            "no network config (.conflist, .conf or .json) in {}",
+            conf.path().display()
+        )),
+        "{empty:?}"
+    );
+    let list = |plugin: &str| {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"vessel","plugins":[
+                {{"type":"bridge","bridge":"vessel0","ipam":{{"type":"host-local","subnet":"10.88.0.0/16"}}}},
+                {{"type":"{plugin}","capabilities":{{"portMappings":true}}}}]}}"#
+        )
+    };
+    let file = conf.path().join("10-vessel.conflist");
+    std::fs::write(&file, list("vessel-no-such-plugin")).expect("write conflist");
+    let missing = network_condition(&mut cri).await;
+    assert!(
+        missing
+            .message
+            .contains("plugin \"vessel-no-such-plugin\" not found in /nonexistent, /usr/lib/cni"),
+        "{missing:?}"
+    );
+    std::fs::write(&file, list("portmap")).expect("write conflist");
+    let usable = network_condition(&mut cri).await;
+    assert!(
+        usable.message.contains(&format!(
+            "CNI network \"vessel\" ({}) is usable",
+            file.display()
+        )),
+        "{usable:?}"
+    );
+}
+
+async fn network_condition(cri: &mut vessel_tests::cri::Client) -> cri::RuntimeCondition {
+    cri.status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("status")
+        .into_inner()
+        .status
+        .expect("conditions")
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady")
+}

@@ -11,6 +11,9 @@ use vessel_protocols::ttrpc;
 
 use super::agent_client::{AgentClient, AgentError};
 
+/// The longest agent version kept (and quoted in errors and pod status).
+const MAX_VERSION_CHARS: usize = 64;
+
 /// The guest agent's version and capabilities.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestInfo {
@@ -46,10 +49,15 @@ impl GuestInfo {
         }
     }
 
-    /// The capabilities named in a reply; names from a newer contract are left out.
+    /// The capabilities named in a reply; names from a newer contract are left out. The guest
+    /// is untrusted: only known names and a short version string are kept.
     pub fn from_details(details: &api::GuestDetails) -> Self {
         Self {
-            agent_version: details.agent_version.clone(),
+            agent_version: details
+                .agent_version
+                .chars()
+                .take(MAX_VERSION_CHARS)
+                .collect(),
             capabilities: details
                 .capabilities
                 .iter()
@@ -111,5 +119,11 @@ mod tests {
         assert!(new.missing().is_empty());
         new.require(Capability::PodPidNamespace, "x").unwrap();
         assert_eq!(new.capabilities.len(), 1);
+        let mut long = details(&[]);
+        long.agent_version = "9".repeat(10_000);
+        assert_eq!(
+            GuestInfo::from_details(&long).agent_version.len(),
+            MAX_VERSION_CHARS
+        );
     }
 }

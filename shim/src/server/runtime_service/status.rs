@@ -34,13 +34,18 @@ pub async fn status(
             missing.join("; ")
         ),
     );
-    // Pod networking (CNI) is not wired in yet: pods run without a network interface.
-    let network_ready = condition(
-        "NetworkReady",
-        false,
-        "NetworkPluginNotReady",
-        "vessel does not configure pod networks (CNI) yet".into(),
-    );
+    // The conf dir is read at every Status: CNI agents (flannel, calico…) write their
+    // config after the runtime started. Pods are not attached to it yet, so a usable config
+    // is reported too, but not as ready.
+    let network = match rt.config.cni.load() {
+        Ok(list) => format!(
+            "CNI network {:?} ({}) is usable, but vessel does not attach pods to it yet",
+            list.name,
+            list.path.display()
+        ),
+        Err(e) => format!("cni: {e}"),
+    };
+    let network_ready = condition("NetworkReady", false, "NetworkPluginNotReady", network);
     let mut info = HashMap::new();
     if req.verbose {
         // Clients parse every value as a JSON document.
