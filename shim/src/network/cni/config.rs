@@ -230,7 +230,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// The first executable file named `plugin` in `dirs`.
-fn find_plugin(dirs: &[PathBuf], plugin: &str) -> Option<PathBuf> {
+pub fn find_plugin(dirs: &[PathBuf], plugin: &str) -> Option<PathBuf> {
     dirs.iter().map(|d| d.join(plugin)).find(|p| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     })

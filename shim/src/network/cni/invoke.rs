@@ -138,7 +138,11 @@ pub async fn invoke(
     let input = serde_json::to_vec(conf).unwrap_or_default();
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(&input).await?;
+            // A plugin may exit without reading its input; what it printed then tells.
+            match stdin.write_all(&input).await {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e),
+                _ => {}
+            }
         }
         let mut out = Vec::new();
         let mut err = Vec::new();

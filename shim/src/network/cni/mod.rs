@@ -1,12 +1,14 @@
 //! CNI (container network interface, spec 1.0): where the node's network configuration and
 //! plugins are ([`CniConfig`], the `[cni]` config section), the configuration list the pod
-//! network is made of ([`config`]), one plugin call ([`invoke`]) and what plugins answer
-//! ([`result`]).
+//! network is made of ([`config`]), one plugin call ([`invoke`]), what plugins answer
+//! ([`result`]), and a pod's attachment: ADD and DEL over the whole list, cached on disk
+//! ([`attach`]).
 //!
 //! Written here rather than taken from a crate: the Rust CNI crates are plugin-side
 //! (`cni-plugin`) or change the whole process's environment for each call (`rust-cni`), which a
 //! daemon running pods concurrently cannot have.
 
+pub mod attach;
 pub mod config;
 pub mod invoke;
 pub mod result;
