@@ -4,6 +4,7 @@
 //! (processes, sockets, dir) and the error carries the tail of the guest console.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vessel_protocols::agent as api;
@@ -78,7 +79,8 @@ pub struct PodVm {
     shared_dir: PathBuf,
     hypervisor: Box<dyn Hypervisor>,
     agent: AgentClient,
-    guest: GuestInfo,
+    /// Shared with the pod's handle (`runtime::pods::Pod`), which reads it without the VM's lock.
+    guest: Arc<GuestInfo>,
     boot_time: Duration,
     _cid: CidLease,
 }
@@ -145,7 +147,7 @@ impl PodVm {
                     shared_dir,
                     hypervisor,
                     agent,
-                    guest,
+                    guest: Arc::new(guest),
                     boot_time,
                     _cid: cid,
                 })
@@ -219,7 +221,7 @@ impl PodVm {
             shared_dir: config.shared_dir.clone(),
             hypervisor: hv,
             agent,
-            guest,
+            guest: Arc::new(guest),
             boot_time: Duration::from_millis(record.boot_time_ms),
             _cid: CidAllocator::global().claim(config.cid),
         })
@@ -247,7 +249,7 @@ impl PodVm {
     }
 
     /// What the guest's agent said it is and can do.
-    pub fn guest(&self) -> &GuestInfo {
+    pub fn guest(&self) -> &Arc<GuestInfo> {
         &self.guest
     }
 

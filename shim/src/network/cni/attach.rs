@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::config::{find_plugin, NetworkConfigList};
+use super::config::{declared_capabilities, find_plugin, NetworkConfigList};
 use super::invoke::{invoke, InvokeError, Target, Verb};
 use super::result::CniResult;
 
@@ -81,14 +81,11 @@ fn plugin_input(
     if let Some(prev) = prev {
         input.insert("prevResult".into(), prev.clone());
     }
-    let declared = |cap: &str| {
-        conf.get("capabilities")
-            .and_then(|c| c.get(cap))
-            .is_some_and(|on| on == &Value::Bool(true))
-    };
+    // The cached confs passed the list's checks when ADD ran: a bad value means none.
+    let declared = declared_capabilities(conf).unwrap_or_default();
     let runtime: Map<String, Value> = runtime_config
         .iter()
-        .filter(|(cap, _)| declared(cap))
+        .filter(|(cap, _)| declared.contains(*cap))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if !runtime.is_empty() {

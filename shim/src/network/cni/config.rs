@@ -192,21 +192,26 @@ fn plugin(value: Value) -> Result<PluginConf, String> {
     {
         return Err(format!("type {plugin_type:?} is not a plugin name"));
     }
-    let capabilities = match conf.get("capabilities") {
-        None => BTreeSet::new(),
-        Some(Value::Object(caps)) => caps
-            .iter()
-            .filter(|(_, on)| matches!(on, Value::Bool(true)))
-            .map(|(name, _)| name.clone())
-            .collect(),
-        Some(_) => return Err("\"capabilities\" is not an object".into()),
-    };
+    let capabilities = declared_capabilities(&conf)?;
     Ok(PluginConf {
         plugin_type,
         binary: PathBuf::new(),
         capabilities,
         conf,
     })
+}
+
+/// The `runtimeConfig` keys a plugin's configuration declares (`capabilities` set to true).
+pub fn declared_capabilities(conf: &Map<String, Value>) -> Result<BTreeSet<String>, String> {
+    match conf.get("capabilities") {
+        None => Ok(BTreeSet::new()),
+        Some(Value::Object(caps)) => Ok(caps
+            .iter()
+            .filter(|(_, on)| matches!(on, Value::Bool(true)))
+            .map(|(name, _)| name.clone())
+            .collect()),
+        Some(_) => Err("\"capabilities\" is not an object".into()),
+    }
 }
 
 fn string_field(obj: &Map<String, Value>, key: &str) -> Result<String, String> {

@@ -105,29 +105,18 @@ pub async fn invoke(
         verb: verb_name,
         source,
     };
-    let join = |items: Vec<String>, sep: &str| items.join(sep);
-    let args = join(
-        target
-            .args
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        ";",
-    );
-    let path = join(
-        target
-            .path
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
-        ":",
-    );
+    let args: Vec<String> = target
+        .args
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let path = std::env::join_paths(&target.path).unwrap_or_default();
     let mut child = tokio::process::Command::new(binary)
         .env("CNI_COMMAND", verb_name)
         .env("CNI_CONTAINERID", &target.container_id)
         .env("CNI_NETNS", &target.netns)
         .env("CNI_IFNAME", &target.ifname)
-        .env("CNI_ARGS", args)
+        .env("CNI_ARGS", args.join(";"))
         .env("CNI_PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

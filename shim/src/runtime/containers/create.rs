@@ -16,6 +16,7 @@ use crate::host_mounts;
 use crate::image;
 use crate::logs::LogFile;
 use crate::oci::{self, ContainerSpecInput, GuestMount, GUEST_SHARED_DIR};
+use crate::pod_vm::VmError;
 use crate::runtime::names::container_key;
 use crate::runtime::{new_id, now_ns, pod_files, ContainerRecord, ContainerState, RuntimeError};
 
@@ -85,10 +86,15 @@ impl Containers {
         if oci::shares_pid_namespace(&pod_config) {
             // A pod adopted from before a guest image upgrade may run an agent that cannot
             // join the pod's pid namespace by the contract's path.
-            let what = format!("a container in pod {pod_id}, which shares its pid namespace,");
             guest
-                .require(Capability::PodPidNamespace, &what)
-                .map_err(|e| RuntimeError::FailedPrecondition(e.to_string()))?;
+                .require(
+                    Capability::PodPidNamespace,
+                    "a container in a pod that shares its pid namespace",
+                )
+                .map_err(|source| VmError::Unsupported {
+                    id: pod_id.to_owned(),
+                    source,
+                })?;
         }
         let meta = config
             .metadata

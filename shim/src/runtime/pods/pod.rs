@@ -46,7 +46,7 @@ impl Pod {
 
     /// Takes the agent of a VM that runs now, or forgets it (`None`).
     pub(super) fn set_agent(&self, vm: Option<&PodVm>) {
-        *self.agent.lock() = vm.map(|vm| (vm.agent().clone(), Arc::new(vm.guest().clone())));
+        *self.agent.lock() = vm.map(|vm| (vm.agent().clone(), Arc::clone(vm.guest())));
     }
 
     /// The agent of a ready pod.
