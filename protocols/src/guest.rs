@@ -11,6 +11,11 @@ pub const GUEST_SHARED_DIR: &str = "/run/vessel/shared";
 /// agent joins the container to its pause process's pid namespace.
 pub const POD_PID_NAMESPACE: &str = "/run/vessel/pod/ns/pid";
 
+/// The line the agent writes to the guest console once its ttrpc server listens. The shim
+/// sends its first vsock CONNECT only after it, since a vhost-user vsock backend may be harmed
+/// by a connection that comes before the guest's vsock rings exist.
+pub const AGENT_READY_LINE: &str = "vessel-agent: ready";
+
 /// The cgroup (v2, relative to the guest's cgroup root) every container cgroup is under.
 pub const CGROUP_PARENT: &str = "/vessel";
 

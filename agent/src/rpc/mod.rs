@@ -55,7 +55,7 @@ pub async fn serve(listen: &str, pid1: bool) -> anyhow::Result<()> {
         .bind(listen)?
         .register_service(api::create_agent(svc));
     server.start().await?;
-    eprintln!("vessel-agent: ready");
+    eprintln!("{}", vessel_protocols::guest::AGENT_READY_LINE);
     tracing::info!(
         listen,
         pid1,

@@ -315,11 +315,24 @@ impl ChildProcess {
     }
 }
 
-/// The last `lines` lines of a text file (empty if unreadable).
+/// How much of a log's end [`tail_file`] reads: the guest writes the console, so its size is
+/// the guest's to choose and must not become the host's memory use.
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// The last `lines` lines of a text file's last 64 KiB (empty if unreadable).
 pub fn tail_file(path: &Path, lines: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();
     };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(TAIL_WINDOW);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(TAIL_WINDOW).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -360,6 +373,12 @@ mod tests {
         assert_eq!(tail_file(&f, 2), "c\nd");
         assert_eq!(tail_file(&f, 10), "a\nb\nc\nd");
         assert_eq!(tail_file(&dir.path().join("none"), 3), "");
+        // A log larger than the window: only its end is read.
+        let mut big = "x".repeat(4 * TAIL_WINDOW as usize);
+        big.push_str("\nlast\n");
+        std::fs::write(&f, big).unwrap();
+        assert_eq!(tail_file(&f, 1), "last");
+        assert!(tail_file(&f, 1000).len() <= TAIL_WINDOW as usize);
     }
 
     #[tokio::test]

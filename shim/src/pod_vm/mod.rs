@@ -1,9 +1,11 @@
 //! A pod's VM: its boot, adoption after a daemon restart and teardown ([`vm`]), the agent
 //! client that drives its guest over hybrid vsock + ttrpc ([`agent_client`]), what that agent
-//! says it can do ([`guest`]), and vsock CIDs.
+//! says it can do ([`guest`]), the console line that says when to first call it ([`console`]),
+//! and vsock CIDs.
 
 pub mod agent_client;
 pub mod cid;
+pub mod console;
 pub mod guest;
 pub mod vm;
 

@@ -12,6 +12,7 @@ use vessel_protocols::guest::{check_id, Capability, IdError, GUEST_SHARED_DIR};
 
 use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
+use super::console::{self, ConsoleWaitError};
 use super::guest::{GuestInfo, Unsupported};
 use crate::config::HypervisorConfig;
 use crate::host_mounts::{self, MountError};
@@ -387,20 +388,25 @@ async fn boot(
     let console = hypervisor.console_log();
     let secs = timeout.as_secs();
     let vmm_log = hypervisor.vmm_log();
-    let alive = || {
+    let mut alive = || {
         hypervisor
             .exit_status()
             .map(|s| format!("VMM exited ({s})"))
     };
-    AgentClient::wait_ready(&socket, deadline, alive)
-        .await
-        .map_err(|cause| VmError::AgentNotReady {
-            id: id.to_owned(),
-            secs,
-            cause,
-            console: tail_file(&console, CONSOLE_TAIL_LINES),
-            vmm_log: tail_file(&vmm_log, CONSOLE_TAIL_LINES),
-        })
+    let waited = match console::wait_agent_ready_line(&console, deadline, &mut alive).await {
+        Ok(()) => AgentClient::wait_ready(&socket, deadline, &mut alive).await,
+        Err(ConsoleWaitError::VmExited(reason)) => Err(WaitError::VmExited(reason)),
+        Err(deadline @ ConsoleWaitError::Deadline) => {
+            Err(WaitError::Deadline(deadline.to_string()))
+        }
+    };
+    waited.map_err(|cause| VmError::AgentNotReady {
+        id: id.to_owned(),
+        secs,
+        cause,
+        console: tail_file(&console, CONSOLE_TAIL_LINES),
+        vmm_log: tail_file(&vmm_log, CONSOLE_TAIL_LINES),
+    })
 }
 
 #[cfg(test)]
