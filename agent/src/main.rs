@@ -14,6 +14,7 @@
 mod container;
 mod error;
 mod init;
+mod network;
 mod pause;
 mod rpc;
 mod sandbox;

@@ -33,16 +33,19 @@ pub enum Capability {
     /// The agent joins a container whose spec names [`POD_PID_NAMESPACE`] to the pid
     /// namespace of the pod's pause process (earlier agents chose pid namespaces themselves).
     PodPidNamespace,
+    /// The agent configures the pod interface and routes (UpdateInterface, UpdateRoutes).
+    PodNetwork,
 }
 
 impl Capability {
     /// Every capability this version of the contract defines.
-    pub const ALL: [Capability; 1] = [Capability::PodPidNamespace];
+    pub const ALL: [Capability; 2] = [Capability::PodPidNamespace, Capability::PodNetwork];
 
     /// The name on the wire.
     pub fn name(self) -> &'static str {
         match self {
             Capability::PodPidNamespace => "pod-pid-namespace",
+            Capability::PodNetwork => "pod-network",
         }
     }
 

@@ -149,6 +149,7 @@ impl TestEnv {
             backend: self.backend,
             hostname: id.into(),
             share_pid_namespace: false,
+            network: None,
         }
     }
 

@@ -122,6 +122,7 @@ async fn the_builtin_backend_starts_and_stops_its_processes() {
         kernel,
         initrd,
         kernel_params: String::new(),
+        nic: None,
     };
     let binaries = BuiltinBinaries {
         vmm: workspace_binary("vessel-vmm"),

@@ -1,12 +1,14 @@
 //! A container runs in a pod microVM: boot through the hypervisor layer, agent health, a real
 //! OCI container on a virtio-fs rootfs, exec, signals, exit statuses, teardown without
-//! leftovers; two VMs at once; bad input; an agent that never comes up.
+//! leftovers; two VMs at once; bad input; an agent that never comes up; a VM on a pod
+//! network.
 
 use std::time::{Duration, Instant};
 
 use vessel_protocols::ttrpc::Code;
 use vessel_shim::host_mounts::Propagation;
-use vessel_shim::pod_vm::PodVm;
+use vessel_shim::network::netns::NetNs;
+use vessel_shim::pod_vm::{PodVm, VmNetwork, VmRoute};
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::*;
 
@@ -258,6 +260,133 @@ async fn silent_guest_fails_at_the_deadline_and_leaves_nothing() {
     );
     assert!(err.contains("did not come up within 8 s"), "{err}");
     assert!(err.contains("console tail"), "{err}");
+    let left = leftovers(&run_dir);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+}
+
+/// Runs `line` with `sh` in `ns` (set-up and inspection only) and returns its stdout.
+fn sh_in(ns: &NetNs, line: &str) -> String {
+    let out = ns
+        .run(|| std::process::Command::new("sh").args(["-c", line]).output())
+        .expect("enter netns")
+        .expect("run sh");
+    assert!(out.status.success(), "{line}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The test's namespaces, unpinned even when an assertion fails.
+struct Pinned(Vec<NetNs>);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.0.iter().for_each(|ns| drop(ns.remove()));
+    }
+}
+
+/// A pod VM on a pod network, as CNI leaves it: the pod's namespace holds `eth0`, one end of
+/// a veth whose other end is a "host" namespace of the test's own. The VM's NIC (a tap in
+/// the pod's namespace joined to `eth0`) carries eth0's MAC; the guest interface gets the
+/// pod's address, eth0's MTU and the default route; the host reaches the guest and the
+/// guest reaches, through its gateway, an address beyond it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_vm_joins_the_pod_network() {
+    let Some(env) = TestEnv::detect("a_pod_vm_joins_the_pod_network") else {
+        return;
+    };
+    const MAC: &str = "02:42:0a:d3:07:02";
+    let host = NetNs::create(&env.state_dir().join("net-host")).expect("host netns");
+    let pod = NetNs::create(&env.state_dir().join("net-pod")).expect("pod netns");
+    let _pinned = Pinned(vec![host.clone(), pod.clone()]);
+    sh_in(
+        &pod,
+        &format!(
+            "ip link add eth0 mtu 1400 address {MAC} type veth peer name host0 netns {host} \
+             && ip addr add 10.211.7.2/24 dev eth0 && ip link set eth0 up",
+            host = host.path().display()
+        ),
+    );
+    sh_in(
+        &host,
+        "ip link set lo up && ip addr add 10.99.0.1/32 dev lo && ip link set host0 mtu 1400 \
+         && ip addr add 10.211.7.1/24 dev host0 && ip link set host0 up",
+    );
+    let mut spec = env.vm_spec("net");
+    spec.network = Some(VmNetwork {
+        netns: pod.path().to_owned(),
+        ifname: "eth0".into(),
+        addresses: vec!["10.211.7.2/24".parse().expect("cidr")],
+        routes: vec![VmRoute {
+            dest: None,
+            gateway: Some("10.211.7.1".parse().expect("ip")),
+        }],
+    });
+    let vm = match PodVm::start(spec).await {
+        Ok(vm) => vm,
+        Err(e) => panic!("start a networked pod VM: {e}"),
+    };
+    assert!(
+        sh_in(&pod, "ip -o link show").contains("vtap0"),
+        "the VM's tap is in the pod's namespace"
+    );
+
+    // Host → guest: a closed port answers with a reset, which only the guest's stack sends.
+    let refused = host
+        .run(|| {
+            std::net::TcpStream::connect_timeout(
+                &"10.211.7.2:9".parse().expect("addr"),
+                Duration::from_secs(30),
+            )
+        })
+        .expect("enter host netns");
+    match refused {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("connect to the guest's closed port: {other:?}"),
+    }
+
+    // Guest → host, through the default route: a listener in the host namespace.
+    let listener = host
+        .run(|| std::net::TcpListener::bind("0.0.0.0:7777"))
+        .expect("enter host netns")
+        .expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let script = "for i in /sys/class/net/*; do \
+        echo \"$(basename $i) $(cat $i/address) $(cat $i/mtu) $(cat $i/operstate)\"; done; \
+        ip -4 -o addr show; ip route; echo hello-host | nc -w 10 10.99.0.1 7777 && echo sent";
+    create_busybox_container(&vm, "c1", &["sh", "-c", script])
+        .await
+        .expect("create c1");
+    start_container(&vm, "c1").await.expect("start c1");
+    let (mut conn, _) = within(60, "the guest's connection", listener.accept())
+        .await
+        .expect("accept");
+    let mut got = String::new();
+    within(
+        30,
+        "the guest's message",
+        tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut got),
+    )
+    .await
+    .expect("read");
+    assert_eq!(got, "hello-host\n");
+    drop(conn);
+    let done = within(60, "c1", finish(vm.agent(), "c1", ""))
+        .await
+        .expect("c1 output");
+    let out = done.stdout;
+    assert_eq!(done.wait.status, 0, "{out}\n{}", done.stderr);
+    assert!(out.contains(&format!(" {MAC} 1400 up")), "{out}");
+    assert!(out.contains("lo 00:00:00:00:00:00 65536 unknown"), "{out}");
+    assert!(out.contains("inet 10.211.7.2/24"), "{out}");
+    assert!(out.contains("default via 10.211.7.1"), "{out}");
+    assert!(out.trim_end().ends_with("sent"), "{out}");
+
+    let run_dir = vm.run_dir().to_owned();
+    vm.destroy().await.expect("destroy");
+    assert!(
+        !sh_in(&pod, "ip -o link show").contains("vtap0"),
+        "the tap went with the VM"
+    );
     let left = leftovers(&run_dir);
     assert!(left.is_empty(), "left behind: {left:#?}");
 }

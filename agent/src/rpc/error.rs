@@ -7,6 +7,7 @@
 use vessel_protocols::ttrpc::{self, Code};
 
 use crate::container::ContainerError;
+use crate::network::NetworkError;
 use crate::sandbox::SandboxError;
 use crate::storage::StorageError;
 
@@ -45,12 +46,8 @@ pub enum AgentError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Guest(#[from] GuestError),
-    /// An RPC of the protocol this agent does not serve (yet).
-    #[error("{rpc}: {reason}")]
-    Unimplemented {
-        rpc: &'static str,
-        reason: &'static str,
-    },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 /// Result of an RPC handler.
@@ -64,7 +61,7 @@ impl AgentError {
             AgentError::Sandbox(e) => e.code(),
             AgentError::Storage(e) => e.code(),
             AgentError::Guest(e) => e.code(),
-            AgentError::Unimplemented { .. } => Code::UNIMPLEMENTED,
+            AgentError::Network(e) => e.code(),
         }
     }
 
@@ -127,14 +124,6 @@ mod tests {
                 GuestError::InvalidTime { sec: -1, nsec: 0 }.into(),
                 Code::INVALID_ARGUMENT,
                 "time -1s 0ns is not valid",
-            ),
-            (
-                AgentError::Unimplemented {
-                    rpc: "UpdateRoutes",
-                    reason: "later",
-                },
-                Code::UNIMPLEMENTED,
-                "UpdateRoutes: later",
             ),
             (
                 ContainerError::NoPid.into(),

@@ -11,7 +11,7 @@ use super::AgentService;
 
 /// The parts of the guest contract this agent implements beyond the first one, reported in
 /// GetGuestDetails so that a newer shim knows what it may ask of this guest image.
-pub const CAPABILITIES: [Capability; 1] = [Capability::PodPidNamespace];
+pub const CAPABILITIES: [Capability; 2] = [Capability::PodPidNamespace, Capability::PodNetwork];
 
 pub async fn check(_: &AgentService, _: api::CheckRequest) -> Result<api::CheckResponse> {
     let mut r = api::CheckResponse::new();
@@ -126,7 +126,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(d.agent_version, env!("CARGO_PKG_VERSION"));
-        assert_eq!(d.capabilities, ["pod-pid-namespace"]);
+        assert_eq!(d.capabilities, ["pod-pid-namespace", "pod-network"]);
         assert!(d.online_cpus >= 1);
     }
 

@@ -1,23 +1,20 @@
-//! UpdateInterface, UpdateRoutes: not wired yet.
+//! UpdateInterface, UpdateRoutes: the pod network inside the guest ([`crate::network`]).
 
 use vessel_protocols::agent as api;
 
-use super::error::{AgentError, Result};
+use super::error::Result;
 use super::AgentService;
+use crate::network;
 
 pub async fn update_interface(
     _: &AgentService,
-    _: api::UpdateInterfaceRequest,
+    req: api::UpdateInterfaceRequest,
 ) -> Result<api::Interface> {
-    Err(AgentError::Unimplemented {
-        rpc: "UpdateInterface",
-        reason: "guest NIC configuration (rtnetlink) lands with pod networking",
-    })
+    let want = req.interface.into_option().unwrap_or_default();
+    Ok(network::update_interface(&want).await?)
 }
 
-pub async fn update_routes(_: &AgentService, _: api::UpdateRoutesRequest) -> Result<api::Routes> {
-    Err(AgentError::Unimplemented {
-        rpc: "UpdateRoutes",
-        reason: "guest routes (rtnetlink) land with pod networking",
-    })
+pub async fn update_routes(_: &AgentService, req: api::UpdateRoutesRequest) -> Result<api::Routes> {
+    let routes = req.routes.into_option().unwrap_or_default();
+    Ok(network::update_routes(&routes).await?)
 }

@@ -3,6 +3,7 @@
 //! shared dir through vhost-user. It needs a KVM that runs full guests.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -11,7 +12,7 @@ use super::qemu::kernel_params;
 use super::virtiofsd::{self, VIRTIOFSD};
 use super::{
     require_guest_image, Backend, Exited, Hypervisor, HypervisorError, ProcessId, VmConfig, VmExit,
-    VmProcesses, SHARED_FS_TAG,
+    VmProcesses, PASSED_FD, SHARED_FS_TAG,
 };
 use crate::config::HypervisorConfig;
 
@@ -78,7 +79,7 @@ impl BuiltinVm {
     pub fn vmm_args(&self) -> Vec<String> {
         let c = &self.config;
         let path = |p: PathBuf| p.display().to_string();
-        vec![
+        let mut args = vec![
             "--kernel".into(),
             path(c.kernel.clone()),
             "--initrd".into(),
@@ -101,7 +102,16 @@ impl BuiltinVm {
             SHARED_FS_TAG.into(),
             "--api-sock".into(),
             path(self.api_socket()),
-        ]
+        ];
+        if let Some(nic) = &c.nic {
+            args.extend([
+                "--tap-fd".into(),
+                PASSED_FD.to_string(),
+                "--mac".into(),
+                nic.mac.clone(),
+            ]);
+        }
+        args
     }
 }
 
@@ -123,8 +133,16 @@ impl Hypervisor for BuiltinVm {
         require_guest_image(&self.config)?;
         virtiofsd::start(&mut self.processes, &self.binaries.virtiofsd, &self.config).await?;
         let args = self.vmm_args();
+        // The VMM holds the tap from here on; the shim's copy closes with the config's.
+        let tap = self.config.nic.as_mut().and_then(|nic| nic.fd.take());
         self.processes
-            .spawn(VMM, &self.binaries.vmm, &args, None)
+            .spawn_with_fd(
+                VMM,
+                &self.binaries.vmm,
+                &args,
+                None,
+                tap.as_ref().map(|fd| fd.as_fd()),
+            )
             .await?;
         tracing::info!(pod_id = %self.config.id, pid = ?self.processes.vmm_pid(), "vessel-vmm started");
         Ok(())
@@ -185,6 +203,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initramfs.img".into(),
             kernel_params: "vessel.log=debug".into(),
+            nic: None,
         };
         let vm = BuiltinVm::new(
             config,
@@ -214,6 +233,25 @@ mod tests {
         assert!(
             !cmdline.contains("tsc_early_khz"),
             "KVM needs no TCG timing"
+        );
+        assert!(!args.iter().any(|a| a == "--tap-fd"), "no network, no tap");
+        let mut networked = vm.config.clone();
+        networked.nic = Some(crate::hypervisor::VmNic {
+            tap: "vtap0".into(),
+            mac: "02:42:0a:58:00:07".into(),
+            fd: None,
+        });
+        let vm = BuiltinVm::new(
+            networked,
+            BuiltinBinaries {
+                vmm: "vessel-vmm".into(),
+                virtiofsd: "virtiofsd".into(),
+            },
+        );
+        let args = vm.vmm_args().join(" ");
+        assert!(
+            args.ends_with("--tap-fd 3 --mac 02:42:0a:58:00:07"),
+            "{args}"
         );
     }
 }

@@ -14,13 +14,15 @@ mod requirements;
 pub mod virtiofsd;
 mod vm_processes;
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
 pub use exit::VmExit;
 pub use probe::{probe_kvm, select, Backend, KvmSupport, Selection};
-pub use process::{process_start_time, tail_file, ChildProcess, Exited, ProcessId};
+pub use process::{process_start_time, tail_file, ChildProcess, Exited, ProcessId, PASSED_FD};
 pub use requirements::{missing, which};
 pub use vm_processes::VmProcesses;
 
@@ -72,6 +74,24 @@ pub struct VmConfig {
     pub initrd: PathBuf,
     /// Extra guest kernel parameters.
     pub kernel_params: String,
+    /// The pod network's device; none for a VM without one.
+    #[serde(default)]
+    pub nic: Option<VmNic>,
+}
+
+/// A virtio-net device on a tap the shim opened in the pod's network namespace: the VMM
+/// inherits the descriptor (as descriptor [`PASSED_FD`]) and needs no access to that namespace.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmNic {
+    /// The tap's name in the pod's namespace (for logs and records).
+    pub tap: String,
+    /// The guest interface's MAC (`aa:bb:cc:dd:ee:ff`): the pod interface's, so the
+    /// network's neighbours and bridges see one address.
+    pub mac: String,
+    /// The open tap, until the VMM has inherited it; never persisted (after a restart the
+    /// VMM holds the only descriptor).
+    #[serde(skip)]
+    pub fd: Option<Arc<OwnedFd>>,
 }
 
 impl VmConfig {

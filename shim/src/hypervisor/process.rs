@@ -2,6 +2,7 @@
 //! log file, each leading its own process group, wait for their socket, stop them with all
 //! they forked (SIGTERM, then SIGKILL), read their log's tail.
 
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +14,8 @@ use tokio::process::{Child, Command};
 
 use super::HypervisorError;
 
+/// The descriptor number a passed descriptor has in the child.
+pub const PASSED_FD: RawFd = 3;
 /// How long a helper gets to create its socket.
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a helper gets to exit after SIGTERM before SIGKILL.
@@ -92,12 +95,14 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 impl ChildProcess {
-    /// Spawns `program args…` with stdin closed and output appended to `log`.
+    /// Spawns `program args…` with stdin closed and output appended to `log`; `pass_fd`, if
+    /// given, is open in the child as descriptor [`PASSED_FD`] (the pod VM's tap).
     pub fn spawn(
         name: &str,
         program: &Path,
         args: &[String],
         log: &Path,
+        pass_fd: Option<BorrowedFd<'_>>,
     ) -> Result<Self, HypervisorError> {
         let io_err = |source| HypervisorError::Io {
             path: log.to_owned(),
@@ -109,20 +114,42 @@ impl ChildProcess {
             .open(log)
             .map_err(io_err)?;
         let err = out.try_clone().map_err(io_err)?;
-        tracing::debug!(helper = name, program = %program.display(), ?args, "spawn");
-        let child = Command::new(program)
+        tracing::debug!(helper = name, program = %program.display(), ?args, passed_fd = ?pass_fd, "spawn");
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
             // Its own process group, so stopping it reaches whatever it forks.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| HypervisorError::Spawn {
-                program: program.display().to_string(),
-                source,
-            })?;
+            .process_group(0);
+        if let Some(fd) = pass_fd {
+            let source = fd.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed: dup2(2) and fcntl(2) are single system
+            // calls on descriptors the parent holds open until spawn returns; nothing
+            // allocates. dup2 leaves the copy without FD_CLOEXEC, so it survives exec; a
+            // source already at the target number only has FD_CLOEXEC cleared.
+            unsafe {
+                command.pre_exec(move || {
+                    let ok = if source == PASSED_FD {
+                        libc::fcntl(PASSED_FD, libc::F_SETFD, 0) >= 0
+                    } else {
+                        libc::dup2(source, PASSED_FD) >= 0
+                    };
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command.spawn().map_err(|source| HypervisorError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
         Ok(Self {
             name: name.to_owned(),
             log: log.to_owned(),
@@ -382,6 +409,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_passed_descriptor_is_open_in_the_child_at_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("fd.log");
+        let target = dir.path().join("tap-stand-in");
+        let file = std::fs::File::create(&target).unwrap();
+        let mut p = ChildProcess::spawn(
+            "sh",
+            Path::new("/bin/sh"),
+            &["-c".into(), format!("readlink /proc/self/fd/{PASSED_FD}")],
+            &log,
+            Some(std::os::fd::AsFd::as_fd(&file)),
+        )
+        .unwrap();
+        assert!(p.wait_timeout(Duration::from_secs(10)).await);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap().trim(),
+            target.to_str().unwrap()
+        );
+    }
+
+    #[tokio::test]
     async fn helper_that_exits_is_reported_with_its_log() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("h.log");
@@ -390,6 +438,7 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c".into(), "echo boom >&2; exit 4".into()],
             &log,
+            None,
         )
         .unwrap();
         let err = p
@@ -411,6 +460,7 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c".into(), script],
             &dir.path().join("f.log"),
+            None,
         )
         .unwrap();
         let grandchild: u32 = loop {
@@ -439,6 +489,7 @@ mod tests {
             Path::new("/bin/sleep"),
             &["30".into()],
             &dir.path().join("s.log"),
+            None,
         )
         .unwrap();
         assert!(p.pid().is_some());

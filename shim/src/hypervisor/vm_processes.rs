@@ -4,6 +4,7 @@
 //! first, so the vhost-user backends see their frontend go away.
 
 use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -84,8 +85,21 @@ impl VmProcesses {
         args: &[String],
         socket: Option<&Path>,
     ) -> Result<(), HypervisorError> {
+        self.spawn_with_fd(name, program, args, socket, None).await
+    }
+
+    /// [`VmProcesses::spawn`], with `pass_fd` open in the process as
+    /// [`super::PASSED_FD`] when one is given.
+    pub async fn spawn_with_fd(
+        &mut self,
+        name: &'static str,
+        program: &Path,
+        args: &[String],
+        socket: Option<&Path>,
+        pass_fd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), HypervisorError> {
         let log = self.log(name);
-        let mut process = ChildProcess::spawn(name, program, args, &log)?;
+        let mut process = ChildProcess::spawn(name, program, args, &log, pass_fd)?;
         let ready = match socket {
             Some(socket) => process.wait_for_socket(socket).await,
             None => Ok(()),

@@ -126,6 +126,24 @@ impl NetNs {
         })
     }
 
+    /// A netlink (rtnetlink) handle that works in this namespace: the socket is made on a
+    /// thread inside it, and a socket stays in the namespace it was made in. Call within the
+    /// tokio runtime, which drives the connection until the last handle is dropped.
+    pub fn netlink(&self) -> Result<rtnetlink::Handle, NetnsError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (connection, handle, _) = self
+            .run(|| {
+                let _entered = runtime.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|source| NetnsError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        tokio::spawn(connection);
+        Ok(handle)
+    }
+
     /// Unpins the namespace (it ends once nothing else holds it) and deletes the file. Done
     /// already is fine.
     pub fn remove(&self) -> Result<(), NetnsError> {

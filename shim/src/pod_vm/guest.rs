@@ -115,10 +115,15 @@ mod tests {
 
     #[test]
     fn unknown_names_are_ignored_and_known_ones_granted() {
-        let new = GuestInfo::from_details(&details(&["pod-pid-namespace", "from-the-future"]));
+        let new = GuestInfo::from_details(&details(&[
+            "pod-pid-namespace",
+            "pod-network",
+            "from-the-future",
+        ]));
         assert!(new.missing().is_empty());
         new.require(Capability::PodPidNamespace, "x").unwrap();
-        assert_eq!(new.capabilities.len(), 1);
+        new.require(Capability::PodNetwork, "x").unwrap();
+        assert_eq!(new.capabilities.len(), 2);
         let mut long = details(&[]);
         long.agent_version = "9".repeat(10_000);
         assert_eq!(

@@ -14,12 +14,14 @@ use super::agent_client::{AgentClient, AgentError, WaitError};
 use super::cid::{CidAllocator, CidLease};
 use super::console::{self, ConsoleWaitError};
 use super::guest::{GuestInfo, Unsupported};
+use super::network::{self, NetworkError, VmNetwork};
 use crate::config::HypervisorConfig;
 use crate::host_mounts::{self, MountError};
 use crate::hypervisor::{
     adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmRecord,
     SHARED_FS_TAG,
 };
+use crate::network::tap::PodInterface;
 
 /// Console lines quoted in a start failure.
 const CONSOLE_TAIL_LINES: usize = 25;
@@ -57,6 +59,8 @@ pub enum VmError {
     Unsupported { id: String, source: Unsupported },
     #[error(transparent)]
     Cleanup(#[from] MountError),
+    #[error("pod {id} network: {source}")]
+    Network { id: String, source: NetworkError },
 }
 
 /// What to boot.
@@ -71,6 +75,8 @@ pub struct PodVmSpec {
     pub hostname: String,
     /// Containers of the pod share one pid namespace (CRI NamespaceMode POD).
     pub share_pid_namespace: bool,
+    /// The pod network the VM joins; `None` for a VM without a NIC.
+    pub network: Option<VmNetwork>,
 }
 
 /// A running pod VM with a healthy agent.
@@ -111,6 +117,19 @@ impl PodVm {
             let _ = host_mounts::remove_dir_unmounted(&run_dir);
             return Err(e.into());
         }
+        let (nic, pod_interface) = match &spec.network {
+            Some(net) => match network::prepare(net).await {
+                Ok((nic, pod)) => (Some(nic), Some(pod)),
+                Err(source) => {
+                    let _ = host_mounts::remove_dir_unmounted(&run_dir);
+                    return Err(VmError::Network {
+                        id: spec.id,
+                        source,
+                    });
+                }
+            },
+            None => (None, None),
+        };
         let cid = CidAllocator::global().allocate();
         let config = VmConfig {
             id: spec.id.clone(),
@@ -122,6 +141,7 @@ impl PodVm {
             kernel: spec.hypervisor.kernel.clone(),
             initrd: spec.hypervisor.initrd.clone(),
             kernel_params: spec.hypervisor.kernel_params.clone(),
+            nic,
         };
         let mut hypervisor = match new_vm(config, spec.backend, &spec.hypervisor) {
             Ok(h) => h,
@@ -133,7 +153,7 @@ impl PodVm {
         let timeout = Duration::from_secs(spec.hypervisor.agent_ready_timeout_secs);
         let started = Instant::now();
         let booted = match boot(hypervisor.as_mut(), &spec.id, timeout).await {
-            Ok(agent) => setup_sandbox(&agent, &spec)
+            Ok(agent) => setup_sandbox(&agent, &spec, pod_interface.as_ref())
                 .await
                 .map(|guest| (agent, guest)),
             Err(e) => Err(e),
@@ -340,8 +360,12 @@ impl VmRemains {
 }
 
 /// Asks the agent what it can do, refuses a pod it cannot run, then mounts the shared dir in
-/// the guest and sets the pod's identity.
-async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<GuestInfo, VmError> {
+/// the guest, sets the pod's identity and configures its network.
+async fn setup_sandbox(
+    agent: &AgentClient,
+    spec: &PodVmSpec,
+    pod_interface: Option<&PodInterface>,
+) -> Result<GuestInfo, VmError> {
     let guest = GuestInfo::query(agent).await?;
     if spec.share_pid_namespace {
         guest
@@ -373,6 +397,15 @@ async fn setup_sandbox(agent: &AgentClient, spec: &PodVmSpec) -> Result<GuestInf
     req.shared_fs = protobuf::MessageField::some(shared);
     req.share_pid_namespace = spec.share_pid_namespace;
     agent.create_sandbox(req).await?;
+    if let (Some(net), Some(pod)) = (&spec.network, pod_interface) {
+        let device = network::configure_guest(agent, &guest, net, pod)
+            .await
+            .map_err(|source| VmError::Network {
+                id: spec.id.clone(),
+                source,
+            })?;
+        tracing::info!(pod_id = %spec.id, device, addresses = ?net.addresses, "pod network configured in the guest");
+    }
     Ok(guest)
 }
 

@@ -151,6 +151,7 @@ fn bare_boot(env: &TestEnv, backend: Backend, i: usize) -> Result<Duration> {
         kernel: h.kernel.clone(),
         initrd: h.initrd.clone(),
         kernel_params: "vessel.floor".into(),
+        nic: None,
     };
     let mut command = match backend {
         Backend::Builtin => {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::hypervisor::{VmConfig, SHARED_FS_TAG};
+use crate::hypervisor::{VmConfig, PASSED_FD, SHARED_FS_TAG};
 
 /// Guest kernel parameters every pod VM gets: serial console, and a reboot (triple fault)
 /// instead of a hang on panic or power-off, which `-no-reboot` turns into a QEMU exit.
@@ -117,6 +117,16 @@ pub fn qemu_args(config: &VmConfig, kvm: bool, sockets: &HelperSockets<'_>) -> V
         "-action".into(),
         "panic=exit-failure".into(),
     ]);
+    if let Some(nic) = &config.nic {
+        // The tap the shim opened in the pod's namespace, inherited at PASSED_FD; QEMU reads
+        // its flags and uses the virtio-net header it was opened with.
+        args.extend([
+            "-netdev".into(),
+            format!("tap,id=net0,fd={PASSED_FD}"),
+            "-device".into(),
+            format!("virtio-net-device,netdev=net0,mac={}", nic.mac),
+        ]);
+    }
     args.extend(boot_args(config, kvm));
     args
 }
@@ -137,6 +147,7 @@ mod tests {
             kernel: PathBuf::from("/k/vmlinux"),
             initrd: PathBuf::from("/k/initrd"),
             kernel_params: " vessel.log=debug ".into(),
+            nic: None,
         }
     }
 
@@ -156,6 +167,29 @@ mod tests {
         assert!(args.contains("-device pvpanic -action panic=exit-failure"));
         assert!(args.contains("-append console=ttyS0 reboot=t panic=-1 quiet"));
         assert!(args.ends_with(" vessel.log=debug"), "{args}");
+        assert!(!args.contains("-netdev"), "no network, no NIC: {args}");
+    }
+
+    #[test]
+    fn a_pod_network_adds_a_nic_on_the_tap() {
+        let s = HelperSockets {
+            vsock: Path::new("/v"),
+            virtiofs: Path::new("/f"),
+        };
+        let mut config = config();
+        config.nic = Some(crate::hypervisor::VmNic {
+            tap: "vtap0".into(),
+            mac: "02:42:0a:58:00:07".into(),
+            fd: None,
+        });
+        let args = qemu_args(&config, false, &s).join(" ");
+        assert!(
+            args.contains(
+                "-netdev tap,id=net0,fd=3 \
+                 -device virtio-net-device,netdev=net0,mac=02:42:0a:58:00:07"
+            ),
+            "{args}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod cmdline;
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -127,8 +128,16 @@ impl Hypervisor for QemuVm {
             virtiofs: &fs_socket,
         };
         let args = qemu_args(&self.config, self.kvm, &sockets);
+        // The VMM holds the tap from here on; the shim's copy closes with the config's.
+        let tap = self.config.nic.as_mut().and_then(|nic| nic.fd.take());
         self.processes
-            .spawn(QEMU, &self.binaries.qemu, &args, None)
+            .spawn_with_fd(
+                QEMU,
+                &self.binaries.qemu,
+                &args,
+                None,
+                tap.as_ref().map(|fd| fd.as_fd()),
+            )
             .await?;
         tracing::info!(pod_id = %self.config.id, pid = ?self.processes.vmm_pid(), kvm = self.kvm, "qemu started");
         Ok(())

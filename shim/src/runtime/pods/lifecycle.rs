@@ -79,6 +79,7 @@ impl Pods {
             backend: self.vm.backend,
             hostname: pod_hostname(&record.config),
             share_pid_namespace: shares_pid_namespace(&record.config),
+            network: None,
         };
         tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
         let vm = PodVm::start(spec).await?;

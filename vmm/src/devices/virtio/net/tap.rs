@@ -185,6 +185,12 @@ impl Tap {
         Ok(tap)
     }
 
+    /// Gives up the descriptor (to pass it to a VMM process); the interface lives as long as
+    /// some copy of it is open.
+    pub fn into_fd(self) -> OwnedFd {
+        self.file.into()
+    }
+
     /// The interface's name, or `fd N` for a packet socket.
     pub fn name(&self) -> &str {
         &self.name
