@@ -2,7 +2,8 @@
 # Installs what vessel needs on a fresh Debian machine, skipping what is present:
 # Debian packages (QEMU, busybox-static, protoc, cpio/lz4 for the guest image, libraries that
 # virtiofsd links, the docker-registry, htpasswd and openssl the image tests serve images with,
-# the CNI reference plugins in /usr/lib/cni) and the
+# the CNI reference plugins in /usr/lib/cni), the single-node pod network config (unless the
+# node has one) and the
 # vhost-user helpers (virtiofsd, vhost-device-vsock) built with
 # `cargo install --root` into the build tree. Needs root only when something is missing.
 set -euo pipefail
@@ -36,3 +37,16 @@ for bin in "${!crates[@]}"; do
     cargo install --locked --quiet --root "$tools" --version "${crates[$bin]}" "$bin"
   fi
 done
+
+# The single-node pod network (bridge vessel0, host-local addresses on 10.89.0.0/16, NAT to
+# the outside, host ports), unless the node already has a network config: a CNI agent's or
+# an operator's is never overwritten.
+cni_dir=/etc/cni/net.d
+if ! ls "$cni_dir"/*.conflist "$cni_dir"/*.conf "$cni_dir"/*.json >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: must run as root to install the pod network config into $cni_dir" >&2
+    exit 1
+  fi
+  echo "setup: installing the single-node pod network config $cni_dir/10-vessel.conflist" >&2
+  install -D -m 0644 "$repo/deploy/cni/10-vessel.conflist" "$cni_dir/10-vessel.conflist"
+fi

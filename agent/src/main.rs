@@ -1,6 +1,7 @@
 //! vessel-agent: PID 1 of a pod's microVM. Boots the guest (init/), then serves the agent
 //! API over ttrpc on vsock port 1024 (rpc/), creating the pod's containers with
-//! libcontainer (container/) on storage it mounts (storage/). Started with
+//! libcontainer (container/) on storage it mounts (storage/), and sets up the pod network's
+//! interface, loopback and routes (network.rs). Started with
 //! `__vessel-libcontainer` it is instead the one-shot libcontainer helper; started as
 //! `/pause`, a pod's infra process (pause.rs); as `/sbin/modprobe`, the kernel's module loader
 //! (init/modprobe.rs).

@@ -7,12 +7,14 @@
 //!   handler file per RPC family, `authority.rs` the HTTP/2 fix for old clients,
 //!   `instrument.rs` the per-call log line and gRPC status. → `runtime`, `image`
 //! - [`runtime`]: the core: `pods/` (RunPodSandbox, StopPodSandbox, VM adoption and
-//!   monitor), `containers/` (create, lifecycle, log pumps and exits), `exec.rs`,
+//!   monitor, the pod's namespace and CNI attachment), `containers/` (create, lifecycle, log pumps and exits), `exec.rs`,
 //!   `stats.rs`, the persisted records and name reservations. → `pod_vm`, `oci`, `image`,
-//!   `metadata`, `logs`, `host_mounts`
-//! - [`pod_vm`]: a pod's VM (boot, adoption, teardown), the agent client and what the guest's
-//!   agent can do (its contract capabilities). → `hypervisor`
-//! - [`network`]: pod networking: the CNI configuration (whether the node's network is ready).
+//!   `metadata`, `logs`, `host_mounts`, `network`
+//! - [`pod_vm`]: a pod's VM (boot, adoption, teardown), the agent client, what the guest's
+//!   agent can do (its contract capabilities), its NIC on the pod network. → `hypervisor`,
+//!   `network`
+//! - [`network`]: pod networking on the host: CNI (config, plugin calls, ADD/DEL with their
+//!   cache), pinned network namespaces, the VM's tap joined to the CNI interface.
 //! - [`hypervisor`]: the VMM backends (the built-in vessel-vmm, QEMU) behind one trait,
 //!   the helper processes (virtiofsd, vhost-device-vsock) and the backend choice.
 //! - [`oci`]: the OCI spec of a container from its CRI config (security context, mounts,

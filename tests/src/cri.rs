@@ -2,7 +2,7 @@
 //! and state dirs, killed and restarted at will, with a tonic CRI client.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,9 @@ pub fn shim_binary() -> PathBuf {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
-    config: Option<PathBuf>,
+    config: PathBuf,
+    /// The network namespace the daemon runs in; the test's own when None.
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -60,20 +62,23 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with a config file holding `toml`.
     pub async fn start_with_config(toml: Option<&str>) -> Self {
+        Self::start_in(None, toml).await
+    }
+
+    /// Like [`Daemon::start_with_config`], inside the network namespace pinned at `netns`.
+    pub async fn start_in(netns: Option<&Path>, toml: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vs-")
             .tempdir_in("/tmp")
             .expect("tempdir");
         let socket = dir.path().join("cri.sock");
-        let config = with_forced_hypervisor(toml).map(|text| {
-            let path = dir.path().join("vessel.toml");
-            std::fs::write(&path, text).expect("write config");
-            path
-        });
+        let config = dir.path().join("vessel.toml");
+        std::fs::write(&config, test_config(toml)).expect("write config");
         let mut daemon = Self {
             dir,
             socket,
             config,
+            netns: netns.map(Path::to_owned),
             child: None,
         };
         daemon.spawn().await;
@@ -87,10 +92,17 @@ impl Daemon {
             .open(self.log())
             .expect("shim log");
         let err = log.try_clone().expect("shim log");
-        let mut command = Command::new(shim_binary());
-        if let Some(config) = &self.config {
-            command.arg("--config").arg(config);
-        }
+        let mut command = match &self.netns {
+            // nsenter enters the namespace and execs the daemon: the pid stays the daemon's.
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg(shim_binary());
+                c
+            }
+            None => Command::new(shim_binary()),
+        };
+        command.arg("--config").arg(&self.config);
         let child = command
             .arg("--socket")
             .arg(&self.socket)
@@ -189,11 +201,7 @@ impl Daemon {
     /// upgrade changes what the daemon runs with).
     pub async fn restart_with_config(&mut self, toml: Option<&str>) {
         self.kill();
-        self.config = with_forced_hypervisor(toml).map(|text| {
-            let path = self.dir.path().join("vessel.toml");
-            std::fs::write(&path, text).expect("write config");
-            path
-        });
+        std::fs::write(&self.config, test_config(toml)).expect("write config");
         self.spawn().await;
     }
 }
@@ -212,25 +220,30 @@ impl Drop for Daemon {
     }
 }
 
-/// The daemon's config with the hypervisor kind [`crate::FORCED_HYPERVISOR`] asks for, unless
-/// the test's own config names one.
-fn with_forced_hypervisor(toml: Option<&str>) -> Option<String> {
-    let text = toml.unwrap_or_default();
+/// The daemon's config: the test's, with pod networking off unless it has a `[cni]` section,
+/// and the hypervisor kind [`crate::FORCED_HYPERVISOR`] asks for unless it names one.
+fn test_config(toml: Option<&str>) -> String {
+    // Pods of a test without a `[cni]` section get no network: the node's own CNI config
+    // (if any) must not be used, and the networking tests give their own.
+    let text = match toml.unwrap_or_default() {
+        t if t.contains("[cni]") => t.to_owned(),
+        t => format!("{t}\n[cni]\nenabled = false\n"),
+    };
     let Some(kind) = std::env::var(crate::FORCED_HYPERVISOR).ok() else {
-        return toml.map(str::to_owned);
+        return text;
     };
     let _ = crate::forced_hypervisor(); // rejects a bad value
     if text.lines().any(|l| l.trim_start().starts_with("kind")) {
-        return Some(text.to_owned());
+        return text;
     }
     let line = format!("kind = {kind:?}\n");
-    Some(match text.find("[hypervisor]\n") {
+    match text.find("[hypervisor]\n") {
         Some(at) => {
             let after = at + "[hypervisor]\n".len();
             format!("{}{line}{}", &text[..after], &text[after..])
         }
         None => format!("{text}\n[hypervisor]\n{line}"),
-    })
+    }
 }
 
 /// A pod config named `name` in namespace default, logging below `log_dir`.

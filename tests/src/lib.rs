@@ -5,6 +5,7 @@
 pub mod cri;
 pub mod images;
 pub mod leftovers;
+pub mod node_net;
 pub mod registry;
 pub mod rootfs;
 pub mod spec;

@@ -7,6 +7,7 @@ use vessel_protocols::ttrpc;
 use crate::image::ImageError;
 use crate::metadata::StoreError;
 use crate::pod_vm::{AgentError, VmError};
+use crate::runtime::pods::network::PodNetworkError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -30,6 +31,8 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] PodNetworkError),
     #[error("{0}")]
     Internal(String),
 }
@@ -84,7 +87,8 @@ impl RuntimeError {
                 ImageError::NotInRegistry { .. } => Code::NotFound,
                 _ => Code::Internal,
             },
-            Self::Store(_) | Self::Internal(_) => Code::Internal,
+            Self::Network(PodNetworkError::NotReady(_)) => Code::FailedPrecondition,
+            Self::Network(_) | Self::Store(_) | Self::Internal(_) => Code::Internal,
         }
     }
 }

@@ -23,7 +23,8 @@ use std::sync::Arc;
 pub use containers::{Container, Containers};
 pub use error::{Code, RuntimeError};
 pub use exec::{Exec, ExecOutput};
-pub use pods::{Pod, Pods, VmSettings};
+pub use pods::network::status as pod_network_status;
+pub use pods::{NetworkSettings, Pod, PodNetworkRecord, Pods, VmSettings};
 pub use records::{new_id, now_ns, ContainerRecord, ContainerState, PodState, SandboxRecord};
 pub use stats::{disk_usage, ContainerUsage, Stats};
 
@@ -79,7 +80,12 @@ impl Runtime {
             hypervisor: config.hypervisor.clone(),
             backend: selection.backend,
         };
-        let pods = Arc::new(Pods::new(store.clone(), vm));
+        let network = NetworkSettings {
+            cni: config.cni.clone(),
+            netns_dir: dirs.state.join("netns"),
+            cache_dir: dirs.root.join("cni").join("results"),
+        };
+        let pods = Arc::new(Pods::new(store.clone(), vm, network));
         let containers = Arc::new(Containers::new(
             store,
             images.clone(),
@@ -139,6 +145,7 @@ impl Runtime {
         };
         self.pods.stop(id).await?;
         let _guard = pod.lifecycle.lock().await;
+        self.pods.unpin_network(&pod)?;
         self.containers.forget_pod(id)?;
         self.pods.forget(&pod)?;
         tracing::info!(pod_id = id, "pod sandbox removed");

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use vessel_protocols::cri;
 
 use crate::pod_vm::PodVmRecord;
+use crate::runtime::pods::PodNetworkRecord;
 
 /// Nanoseconds since the Unix epoch, as CRI timestamps are.
 pub fn now_ns() -> i64 {
@@ -41,6 +42,9 @@ pub struct SandboxRecord {
     pub reason: String,
     /// The running VM, to adopt after a restart; None once stopped.
     pub vm: Option<PodVmRecord>,
+    /// The pod's namespace and CNI attachment; None for a pod without a network.
+    #[serde(default)]
+    pub network: Option<PodNetworkRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -258,6 +258,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_single_node_config_parses() {
+        let path = Path::new("deploy/cni/10-vessel.conflist");
+        let list = parse(
+            path,
+            include_str!("../../../../deploy/cni/10-vessel.conflist"),
+        )
+        .unwrap();
+        assert_eq!(list.name, "vessel");
+        let types: Vec<&str> = list
+            .plugins
+            .iter()
+            .map(|p| p.plugin_type.as_str())
+            .collect();
+        assert_eq!(types, ["bridge", "portmap"]);
+        let caps = declared_capabilities(&list.plugins[1].conf).unwrap();
+        assert!(caps.contains("portMappings"));
+    }
+
+    #[test]
     fn the_first_file_wins_and_its_plugins_are_found() {
         let conf = tempfile::tempdir().unwrap();
         let bin = tempfile::tempdir().unwrap();

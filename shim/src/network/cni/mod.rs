@@ -23,6 +23,9 @@ pub use config::{ConfError, NetworkConfigList, PluginConf};
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CniConfig {
+    /// Pods get a network. Off only on nodes without one (some tests): pods then have
+    /// loopback alone and Status says NetworkReady false.
+    pub enabled: bool,
     /// The configuration directory: its lexically first `.conflist`, `.conf` or `.json` file
     /// is the pod network, as containerd picks it.
     pub conf_dir: PathBuf,
@@ -33,6 +36,7 @@ pub struct CniConfig {
 impl Default for CniConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }

@@ -2,7 +2,8 @@
 //! restart.
 //!
 //! Run is idempotent on (name, namespace, uid, attempt) and all-or-nothing: a failed start
-//! leaves no VM, dir, record or name behind. Stop of a missing pod succeeds.
+//! leaves no VM, dir, namespace, CNI attachment, record or name behind. Stop of a missing pod
+//! succeeds; stop detaches the pod from the pod network, removal unpins its namespace.
 
 use std::sync::Arc;
 
@@ -10,10 +11,11 @@ use vessel_protocols::cri;
 
 use super::config::{node_hostname, validate};
 use super::monitor::monitor_vm;
+use super::network;
 use super::{Pod, Pods};
 use crate::metadata::Kind;
 use crate::oci::{pod_hostname, shares_pid_namespace};
-use crate::pod_vm::{PodVm, PodVmSpec};
+use crate::pod_vm::{PodVm, PodVmSpec, VmNetwork};
 use crate::runtime::names::pod_key;
 use crate::runtime::{new_id, now_ns, pod_files, PodState, RuntimeError, SandboxRecord};
 
@@ -53,6 +55,7 @@ impl Pods {
             state: PodState::NotReady,
             reason: "starting".into(),
             vm: None,
+            network: None,
             config,
         };
         let pod = Arc::new(Pod::new(record));
@@ -69,7 +72,46 @@ impl Pods {
         Ok(id)
     }
 
+    /// The pod's network (unless networking is off), then its VM; a failure undoes both.
     async fn boot(self: &Arc<Self>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
+        let network = if self.network.cni.enabled {
+            let config = pod.record().config;
+            let (net_record, vm_network) = network::attach(&self.network, &pod.id, &config).await?;
+            let record = pod.update(|r| r.network = Some(net_record));
+            if let Err(e) = self.persist(&record) {
+                self.release_network(pod).await;
+                return Err(e);
+            }
+            Some(vm_network)
+        } else {
+            None
+        };
+        let started = self.start_vm(pod, network).await;
+        if started.is_err() {
+            self.release_network(pod).await;
+        }
+        started
+    }
+
+    /// Undoes the network of a pod whose start failed; what cannot be undone is logged.
+    async fn release_network(&self, pod: &Pod) {
+        let Some(net) = pod.record().network else {
+            return;
+        };
+        if let Err(e) = network::detach(&self.network, &pod.id, &net).await {
+            tracing::error!(pod_id = %pod.id, error = %e, "CNI DEL of a pod that failed to start");
+        }
+        if let Err(e) = network::unpin(&net) {
+            tracing::error!(pod_id = %pod.id, error = %e, "unpin the namespace of a pod that failed to start");
+        }
+        pod.update(|r| r.network = None);
+    }
+
+    async fn start_vm(
+        self: &Arc<Self>,
+        pod: &Arc<Pod>,
+        network: Option<VmNetwork>,
+    ) -> Result<(), RuntimeError> {
         let record = pod.record();
         let meta = record.config.metadata.clone().unwrap_or_default();
         let spec = PodVmSpec {
@@ -79,11 +121,12 @@ impl Pods {
             backend: self.vm.backend,
             hostname: pod_hostname(&record.config),
             share_pid_namespace: shares_pid_namespace(&record.config),
-            network: None,
+            network,
         };
         tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
         let vm = PodVm::start(spec).await?;
-        if let Err(e) = pod_files::write(vm.shared_dir(), &record.config) {
+        let ips = network::host_entries(record.network.as_ref());
+        if let Err(e) = pod_files::write(vm.shared_dir(), &record.config, &ips) {
             let _ = vm.destroy().await;
             return Err(e);
         }
@@ -138,6 +181,29 @@ impl Pods {
         }
         let record = pod.update(|r| r.vm = None);
         self.persist(&record)?;
+        if let Some(net) = record.network.as_ref().filter(|n| n.attachment.is_some()) {
+            if let Err(e) = network::detach(&self.network, id, net).await {
+                let record = pod.update(|r| r.reason = format!("network cleanup failed: {e}"));
+                self.persist(&record)?;
+                return Err(e.into());
+            }
+            let record = pod.update(|r| {
+                if let Some(net) = r.network.as_mut() {
+                    net.attachment = None;
+                }
+            });
+            self.persist(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Unpins a stopped pod's namespace (RemovePodSandbox, under the pod's lifecycle lock).
+    pub(in crate::runtime) fn unpin_network(&self, pod: &Pod) -> Result<(), RuntimeError> {
+        if let Some(net) = pod.record().network {
+            network::unpin(&net)?;
+            let record = pod.update(|r| r.network = None);
+            self.persist(&record)?;
+        }
         Ok(())
     }
 

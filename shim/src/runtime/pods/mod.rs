@@ -1,7 +1,8 @@
 //! The pods of this host: a table of [`Pod`]s by id with their name reservations, each
 //! persisted as a [`SandboxRecord`]. RunPodSandbox and StopPodSandbox, and the adoption of a
 //! pod's VM after a daemon restart, are in [`lifecycle`]; the checks of a pod's config in
-//! [`config`]; the task that notices a VM ending unasked in [`monitor`].
+//! [`config`]; the task that notices a VM ending unasked in [`monitor`]; each pod's
+//! namespace and CNI attachment in [`network`].
 //!
 //! Pods know nothing of containers: when a pod's VM is gone (stopped, or ended unasked) they
 //! call the hook the runtime set with [`Pods::on_vm_gone`], which records the containers.
@@ -9,6 +10,7 @@
 mod config;
 mod lifecycle;
 mod monitor;
+pub mod network;
 mod pod;
 
 use std::collections::BTreeMap;
@@ -17,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
+pub use network::{NetworkSettings, PodNetworkRecord};
 pub use pod::Pod;
 
 use super::names::{pod_key, Names};
@@ -41,16 +44,18 @@ pub struct Pods {
     names: Mutex<Names>,
     store: Arc<Store>,
     vm: VmSettings,
+    network: NetworkSettings,
     vm_gone: OnceLock<VmGone>,
 }
 
 impl Pods {
-    pub(super) fn new(store: Arc<Store>, vm: VmSettings) -> Self {
+    pub(super) fn new(store: Arc<Store>, vm: VmSettings, network: NetworkSettings) -> Self {
         Self {
             table: RwLock::default(),
             names: Mutex::default(),
             store,
             vm,
+            network,
             vm_gone: OnceLock::new(),
         }
     }

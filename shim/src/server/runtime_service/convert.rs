@@ -37,7 +37,7 @@ pub fn pod_sandbox_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
         metadata: r.config.metadata.clone(),
         state: pod_state(r.state) as i32,
         created_at: r.created_at_ns,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(crate::runtime::pod_network_status(r.network.as_ref())),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace { options }),
         }),

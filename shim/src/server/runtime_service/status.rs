@@ -34,18 +34,26 @@ pub async fn status(
             missing.join("; ")
         ),
     );
-    // The conf dir is read at every Status: CNI agents (flannel, calico…) write their
-    // config after the runtime started. Pods are not attached to it yet, so a usable config
-    // is reported too, but not as ready.
-    let network = match rt.config.cni.load() {
-        Ok(list) => format!(
-            "CNI network {:?} ({}) is usable, but vessel does not attach pods to it yet",
-            list.name,
-            list.path.display()
-        ),
-        Err(e) => format!("cni: {e}"),
+    // The conf dir is read at every Status (and every RunPodSandbox): CNI agents (flannel,
+    // calico…) write their config after the runtime started.
+    let network_ready = if rt.config.cni.enabled {
+        match rt.config.cni.load() {
+            Ok(_) => condition("NetworkReady", true, "", String::new()),
+            Err(e) => condition(
+                "NetworkReady",
+                false,
+                "NetworkPluginNotReady",
+                format!("cni: {e}"),
+            ),
+        }
+    } else {
+        condition(
+            "NetworkReady",
+            false,
+            "NetworkDisabled",
+            "pod networking is off in the config ([cni] enabled = false)".into(),
+        )
     };
-    let network_ready = condition("NetworkReady", false, "NetworkPluginNotReady", network);
     let mut info = HashMap::new();
     if req.verbose {
         // Clients parse every value as a JSON document.
