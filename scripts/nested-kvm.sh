@@ -31,12 +31,13 @@ KERNEL_META=linux-image-amd64
 
 # The L1's modules, loaded in this order (dependencies first, resolved from modules.dep):
 # virtio-pci and 9p for the shared root, overlay and fuse (virtiofsd), KVM on AMD SVM, and what
-# pod networking needs (taps, veths, the CNI bridge, tc redirects, NAT for host ports).
+# pod networking needs (taps, veths, the CNI bridge, tc redirects, NAT for host ports, the
+# bandwidth plugin's ifb and tbf).
 # crc32c_generic is libcrc32c's soft dependency (nf_tables needs it); modules.dep lacks those.
 MODULES=(
     virtio_pci 9pnet_virtio 9p overlay fuse
     kvm_amd
-    tun veth bridge sch_ingress cls_u32 act_mirred
+    tun veth bridge sch_ingress cls_u32 act_mirred ifb sch_tbf
     crc32c_generic nf_tables nft_chain_nat nft_compat nft_masq nft_ct
     ip_tables iptable_filter iptable_nat iptable_mangle ip6_tables ip6table_filter ip6table_nat
     xt_MASQUERADE xt_conntrack xt_comment xt_mark xt_addrtype xt_multiport xt_nat

@@ -1,7 +1,8 @@
 //! A node network of the test's own, for the pod networking tests: a network namespace the
 //! daemon runs in (so the CNI bridge, its addresses, NAT rules and host ports never touch
 //! this machine's own network), a CNI conf dir with a single-node conflist (bridge + host-local
-//! with its leases in the test's dir + portmap, from Debian's containernetworking-plugins),
+//! with its leases in the test's dir + portmap + bandwidth, from Debian's
+//! containernetworking-plugins),
 //! and a forwarder that lets the daemon reach the test registry on 127.0.0.1.
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ pub struct NodeNet {
 
 /// `None`, after a SKIPPED line, when the reference plugins are missing.
 pub fn plugins_available(test: &str) -> bool {
-    let ok = ["bridge", "host-local", "portmap"]
+    let ok = ["bridge", "host-local", "portmap", "bandwidth"]
         .iter()
         .all(|p| Path::new(PLUGINS).join(p).is_file());
     if !ok {
@@ -40,14 +41,16 @@ pub fn plugins_available(test: &str) -> bool {
     ok
 }
 
-/// The single-node conflist, with host-local's leases under `leases`.
+/// The single-node conflist, with host-local's leases under `leases`; the last plugin is
+/// bandwidth (see [`NodeNet::without_bandwidth`]).
 pub fn conflist(leases: &Path) -> String {
     format!(
         r#"{{"cniVersion":"1.0.0","name":"vessel-test","plugins":[
   {{"type":"bridge","bridge":"{BRIDGE}","isGateway":true,"ipMasq":false,"hairpinMode":true,
     "ipam":{{"type":"host-local","ranges":[[{{"subnet":"{SUBNET}","gateway":"{GATEWAY}"}}]],
              "routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":{:?}}}}},
-  {{"type":"portmap","capabilities":{{"portMappings":true}},"snat":true}}]}}"#,
+  {{"type":"portmap","capabilities":{{"portMappings":true}},"snat":true}},
+  {{"type":"bandwidth","capabilities":{{"bandwidth":true}}}}]}}"#,
         leases.display().to_string()
     )
 }
@@ -70,6 +73,19 @@ impl NodeNet {
         )
         .expect("write conflist");
         node
+    }
+
+    /// Drops the bandwidth plugin from the conflist: its CHECK (plugins 1.1) exits with a
+    /// panic for a pod without limits.
+    pub fn without_bandwidth(&self) {
+        let path = self.conf_dir().join("10-vessel-test.conflist");
+        let list = std::fs::read_to_string(&path).expect("conflist");
+        let trimmed = list.replace(
+            ",\n  {\"type\":\"bandwidth\",\"capabilities\":{\"bandwidth\":true}}",
+            "",
+        );
+        assert_ne!(list, trimmed, "the conflist had a bandwidth plugin");
+        std::fs::write(&path, trimmed).expect("write conflist");
     }
 
     pub fn conf_dir(&self) -> PathBuf {

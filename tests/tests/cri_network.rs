@@ -49,7 +49,15 @@ impl NetTest {
     /// A pod named `name` with a busybox httpd serving `hello-from-<hostname>` on port 80;
     /// the pod's and the container's ids.
     async fn web_pod(&mut self, name: &str, ports: &[(i32, i32)]) -> (String, String) {
-        let mut config = pod_config(name, &self.env.state_dir().join("logs"));
+        let config = pod_config(name, &self.env.state_dir().join("logs"));
+        self.web_pod_with(config, ports).await
+    }
+
+    async fn web_pod_with(
+        &mut self,
+        mut config: cri::PodSandboxConfig,
+        ports: &[(i32, i32)],
+    ) -> (String, String) {
         config.port_mappings = ports
             .iter()
             .map(|&(host_port, container_port)| cri::PortMapping {
@@ -217,17 +225,33 @@ async fn pods_get_an_ip_and_reach_each_other_and_the_node() {
     t.assert_clean();
 }
 
+/// A host port reaches the pod on the node's address and on 127.0.0.1 (portmap's localhost
+/// SNAT), and an egress limit annotation reaches the bandwidth plugin; both go with the pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn host_ports_reach_the_pod_on_the_node_address_and_localhost() {
-    let test = "host_ports_reach_the_pod_on_the_node_address_and_localhost";
+async fn host_ports_and_bandwidth_limits_apply() {
+    let test = "host_ports_and_bandwidth_limits_apply";
     let Some(mut t) = NetTest::setup(test).await else {
         return;
     };
-    let (pod, _) = t.web_pod("mapped", &[(8080, 80)]).await;
+    // With an egress limit, through the bandwidth plugin's runtimeConfig.
+    let mut config = pod_config("mapped", &t.env.state_dir().join("logs"));
+    config
+        .annotations
+        .insert("kubernetes.io/egress-bandwidth".into(), "100M".into());
+    let (pod, _) = t.web_pod_with(config, &[(8080, 80)]).await;
     assert_eq!(t.get_until_served(GATEWAY, 8080), "hello-from-mapped\n");
     assert_eq!(t.get_until_served("127.0.0.1", 8080), "hello-from-mapped\n");
+    let qdiscs = t.node.sh("tc qdisc show");
+    assert!(
+        qdiscs.contains("tbf"),
+        "the bandwidth plugin's limit:\n{qdiscs}"
+    );
     remove_pod_checked(&mut t.cri, &t.daemon, &pod).await;
     t.assert_clean();
+    assert!(
+        !t.node.sh("tc qdisc show").contains("tbf"),
+        "the limit outlived the pod"
+    );
     let rules = t.node.sh("iptables-save -t nat");
     assert!(
         !rules.contains("8080"),
@@ -288,6 +312,7 @@ async fn networked_pods_keep_their_ips_across_a_daemon_sigkill() {
     let Some(mut t) = NetTest::setup(test).await else {
         return;
     };
+    t.node.without_bandwidth();
     let mut pods = Vec::new();
     for name in ["keep-0", "keep-1", "keep-2"] {
         let (pod, _) = t.web_pod(name, &[]).await;
@@ -303,6 +328,13 @@ async fn networked_pods_keep_their_ips_across_a_daemon_sigkill() {
         assert_eq!(t.get_until_served(ip, 80), format!("hello-from-{name}\n"));
     }
     assert_eq!(t.node.leased().len(), 3);
+    // Each adopted pod's attachment passed the plugins' CHECK.
+    let log = std::fs::read_to_string(t.daemon.log()).expect("daemon log");
+    assert_eq!(
+        log.matches("CNI CHECK passed").count(),
+        3,
+        "CHECK after the restart"
+    );
     for (pod, _, _) in &pods {
         remove_pod_checked(&mut t.cri, &t.daemon, pod).await;
     }

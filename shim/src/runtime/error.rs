@@ -88,6 +88,7 @@ impl RuntimeError {
                 _ => Code::Internal,
             },
             Self::Network(PodNetworkError::NotReady(_)) => Code::FailedPrecondition,
+            Self::Network(PodNetworkError::Bandwidth { .. }) => Code::InvalidArgument,
             Self::Network(_) | Self::Store(_) | Self::Internal(_) => Code::Internal,
         }
     }

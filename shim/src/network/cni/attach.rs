@@ -1,5 +1,6 @@
 //! A pod's attachment to the pod network: ADD runs the list's plugins in order, each given the
-//! previous one's result as `prevResult`; DEL runs them in reverse. What ADD used and got is
+//! previous one's result as `prevResult`; DEL runs them in reverse; CHECK (spec 0.4.0 on)
+//! asks each, in order, whether what it set up is still there. What ADD used and got is
 //! cached on disk (as libcni caches under /var/lib/cni/results), so a DEL after a daemon
 //! restart, or after the conf dir changed, runs with the same configuration and result.
 
@@ -42,6 +43,9 @@ pub struct Attachment {
     pub args: Vec<(String, String)>,
     /// `runtimeConfig` values by capability name (`portMappings`, `dns`, `bandwidth`).
     pub runtime_config: Map<String, Value>,
+    /// The list's `disableCheck`.
+    #[serde(default)]
+    pub disable_check: bool,
     /// The last plugin's result as it printed it.
     pub result: Value,
 }
@@ -110,6 +114,7 @@ pub async fn add(
         ifname: target.ifname.clone(),
         args: target.args.clone(),
         runtime_config,
+        disable_check: list.disable_check,
         result: Value::Null,
     };
     let mut prev: Option<Value> = None;
@@ -166,6 +171,33 @@ pub async fn del(attachment: &Attachment, bin_dirs: &[PathBuf]) -> Result<(), At
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// CHECK: each plugin in list order, given the cached result. Not run (`Ok(false)`) for a
+/// list of spec 0.3.x, which has no CHECK, or one that disables it.
+pub async fn check(attachment: &Attachment, bin_dirs: &[PathBuf]) -> Result<bool, AttachError> {
+    if attachment.disable_check || attachment.cni_version.starts_with("0.3.") {
+        return Ok(false);
+    }
+    let target = attachment.target(bin_dirs);
+    let prev = (!attachment.result.is_null()).then_some(&attachment.result);
+    for conf in &attachment.plugins {
+        let plugin_type = conf.get("type").and_then(Value::as_str).unwrap_or_default();
+        let binary =
+            find_plugin(bin_dirs, plugin_type).ok_or_else(|| AttachError::MissingPlugin {
+                network: attachment.network_name.clone(),
+                plugin: plugin_type.to_owned(),
+            })?;
+        let input = plugin_input(
+            conf,
+            &attachment.network_name,
+            &attachment.cni_version,
+            prev,
+            &attachment.runtime_config,
+        );
+        invoke(&binary, Verb::Check, &target, &input, PLUGIN_TIMEOUT).await?;
+    }
+    Ok(true)
 }
 
 /// The cache file of one attachment: `<dir>/<network>-<container id>-<ifname>`, as libcni
@@ -283,12 +315,22 @@ exit 0
         let cache = tempfile::tempdir().unwrap();
         let path = save(cache.path(), &attached).unwrap();
         assert!(path.ends_with("net-pod1-eth0"));
-        del(&load(&path).unwrap(), &[bin.path().to_owned()])
-            .await
-            .unwrap();
+        let cached = load(&path).unwrap();
+        assert!(check(&cached, &[bin.path().to_owned()]).await.unwrap());
+        del(&cached, &[bin.path().to_owned()]).await.unwrap();
         let calls = std::fs::read_to_string(&log).unwrap();
-        // Only b declared portMappings; DEL gets the cached final result, in reverse order.
-        assert_eq!(calls, "a ADD none 0\nb ADD a 1\nb DEL b 1\na DEL b 0\n");
+        // Only b declared portMappings; CHECK and DEL get the cached final result, CHECK in
+        // list order, DEL in reverse.
+        assert_eq!(
+            calls,
+            "a ADD none 0\nb ADD a 1\na CHECK b 0\nb CHECK b 1\nb DEL b 1\na DEL b 0\n"
+        );
+        let mut old = cached;
+        old.cni_version = "0.3.1".into();
+        assert!(
+            !check(&old, &[bin.path().to_owned()]).await.unwrap(),
+            "0.3.x has no CHECK"
+        );
     }
 
     #[tokio::test]

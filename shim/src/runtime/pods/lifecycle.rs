@@ -224,6 +224,9 @@ impl Pods {
                 *pod.vm.lock().await = Some(vm);
                 monitor_vm(self, &pod);
                 tracing::info!(pod_id = %pod.id, "pod VM adopted");
+                if let Some(net) = record.network.as_ref() {
+                    network::check(&self.network, &pod.id, net).await;
+                }
             }
             Err(failure) => {
                 let reason = format!("pod VM lost while vessel-shim was down: {}", failure.reason);

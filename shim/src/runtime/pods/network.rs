@@ -1,8 +1,9 @@
 //! A pod's network, as containerd's CRI plugin makes it: a namespace pinned under the state
 //! dir, created before the VM, and the pod's CNI attachment there (ADD with the pod's
-//! identity in `CNI_ARGS`, its host ports and DNS as `runtimeConfig`), cached on disk so DEL
+//! identity in `CNI_ARGS`, its host ports, DNS and bandwidth as `runtimeConfig`), cached so DEL
 //! runs with the same configuration after a daemon restart. StopPodSandbox runs DEL,
-//! RemovePodSandbox unpins the namespace; a failed RunPodSandbox undoes both.
+//! RemovePodSandbox unpins the namespace; a failed RunPodSandbox undoes both; an adopted pod
+//! gets a CNI CHECK.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -31,10 +32,20 @@ pub struct NetworkSettings {
     pub cache_dir: PathBuf,
 }
 
+/// The pod annotations kubelet's bandwidth limits come in (bits per second, as quantities).
+const INGRESS_BANDWIDTH: &str = "kubernetes.io/ingress-bandwidth";
+const EGRESS_BANDWIDTH: &str = "kubernetes.io/egress-bandwidth";
+
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetworkError {
     #[error("the pod network is not ready: {0}")]
     NotReady(String),
+    #[error("invalid config.annotations[{annotation:?}] {value:?}: {reason}")]
+    Bandwidth {
+        annotation: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("pod network namespace: {0}")]
     Netns(#[from] NetnsError),
     #[error("pod network: {0}")]
@@ -66,8 +77,50 @@ fn cni_args(pod_id: &str, meta: &cri::PodSandboxMetadata) -> Vec<(String, String
     .collect()
 }
 
-/// `runtimeConfig` by capability: host ports and DNS, as containerd passes them.
-fn runtime_config(config: &cri::PodSandboxConfig) -> Map<String, Value> {
+/// A Kubernetes quantity in bits per second (`10M`, `1Gi`, `500k`, `1e6`…), as kubelet's
+/// bandwidth annotations give it, between 1 kbit and 1 Pbit as kubelet requires.
+fn bandwidth(annotation: &'static str, value: &str) -> Result<u64, PodNetworkError> {
+    let invalid = |reason| PodNetworkError::Bandwidth {
+        annotation,
+        value: value.to_owned(),
+        reason,
+    };
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, suffix) = value.split_at(split);
+    let number: f64 = number.parse().map_err(|_| invalid("not a quantity"))?;
+    let factor = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        s if s.starts_with(['e', 'E']) => {
+            let exp: i32 = s[1..].parse().map_err(|_| invalid("not a quantity"))?;
+            10f64.powi(exp)
+        }
+        _ => return Err(invalid("not a quantity")),
+    };
+    let bits = (number * factor).ceil();
+    if bits < 1e3 {
+        return Err(invalid("below 1k bits per second"));
+    }
+    if bits > 1e15 {
+        return Err(invalid("above 1P bits per second"));
+    }
+    Ok(bits as u64)
+}
+
+/// `runtimeConfig` by capability: host ports, DNS and bandwidth, as containerd passes them
+/// (no burst limit: containerd's).
+fn runtime_config(config: &cri::PodSandboxConfig) -> Result<Map<String, Value>, PodNetworkError> {
     let mut rc = Map::new();
     let ports: Vec<Value> = config
         .port_mappings
@@ -96,7 +149,20 @@ fn runtime_config(config: &cri::PodSandboxConfig) -> Map<String, Value> {
             json!({"servers": dns.servers, "searches": dns.searches, "options": dns.options}),
         );
     }
-    rc
+    let mut limits = Map::new();
+    for (annotation, rate, burst) in [
+        (INGRESS_BANDWIDTH, "ingressRate", "ingressBurst"),
+        (EGRESS_BANDWIDTH, "egressRate", "egressBurst"),
+    ] {
+        if let Some(value) = config.annotations.get(annotation) {
+            limits.insert(rate.into(), json!(bandwidth(annotation, value)?));
+            limits.insert(burst.into(), json!(u32::MAX));
+        }
+    }
+    if !limits.is_empty() {
+        rc.insert("bandwidth".into(), Value::Object(limits));
+    }
+    Ok(rc)
 }
 
 /// The guest's side of a CNI result: the pod interface's addresses and the routes, a route
@@ -130,6 +196,7 @@ pub async fn attach(
     pod_id: &str,
     config: &cri::PodSandboxConfig,
 ) -> Result<(PodNetworkRecord, VmNetwork), PodNetworkError> {
+    let runtime_config = runtime_config(config)?;
     let list = settings
         .cni
         .load()
@@ -144,7 +211,7 @@ pub async fn attach(
         path: settings.cni.bin_dirs.clone(),
     };
     let attached = async {
-        let attachment = attach::add(&list, &target, runtime_config(config)).await?;
+        let attachment = attach::add(&list, &target, runtime_config).await?;
         let result = attachment.result()?;
         match attach::save(&settings.cache_dir, &attachment) {
             Ok(cache) => Ok((cache, result)),
@@ -199,6 +266,23 @@ pub async fn detach(
     }
     tracing::info!(pod_id, "pod detached from the pod network");
     Ok(())
+}
+
+/// CHECK of an adopted pod's attachment after a daemon restart. What it finds is logged: the
+/// pod keeps running either way (kubelet decides about pods, not the runtime).
+pub async fn check(settings: &NetworkSettings, pod_id: &str, record: &PodNetworkRecord) {
+    let Some(cache) = &record.attachment else {
+        return;
+    };
+    let checked = async {
+        let attachment = attach::load(cache)?;
+        attach::check(&attachment, &settings.cni.bin_dirs).await
+    };
+    match checked.await {
+        Ok(true) => tracing::debug!(pod_id, "CNI CHECK passed"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(pod_id, error = %e, "CNI CHECK of an adopted pod failed"),
+    }
 }
 
 /// Unpins the pod's namespace (RemovePodSandbox).
@@ -261,14 +345,39 @@ mod tests {
             }),
             ..Default::default()
         };
-        let rc = runtime_config(&config);
+        let rc = runtime_config(&config).unwrap();
         assert_eq!(
             rc["portMappings"],
             json!([{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": ""}]),
             "only mapped ports"
         );
         assert_eq!(rc["dns"]["servers"], json!(["10.0.0.10"]));
-        assert!(runtime_config(&cri::PodSandboxConfig::default()).is_empty());
+        assert!(runtime_config(&cri::PodSandboxConfig::default())
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn bandwidth_annotations_become_rates_and_bad_ones_are_named() {
+        let mut config = cri::PodSandboxConfig::default();
+        config
+            .annotations
+            .insert(INGRESS_BANDWIDTH.into(), "10M".into());
+        config
+            .annotations
+            .insert(EGRESS_BANDWIDTH.into(), "1Mi".into());
+        let rc = runtime_config(&config).unwrap();
+        assert_eq!(
+            rc["bandwidth"],
+            json!({"ingressRate": 10_000_000u64, "ingressBurst": u32::MAX,
+                   "egressRate": 1_048_576u64, "egressBurst": u32::MAX})
+        );
+        assert_eq!(bandwidth(INGRESS_BANDWIDTH, "1.5k").unwrap(), 1500);
+        assert_eq!(bandwidth(INGRESS_BANDWIDTH, "2e6").unwrap(), 2_000_000);
+        for bad in ["", "fast", "10X", "999", "2P", "-1M"] {
+            let err = bandwidth(EGRESS_BANDWIDTH, bad).unwrap_err().to_string();
+            assert!(err.contains("kubernetes.io/egress-bandwidth"), "{err}");
+        }
     }
 
     #[test]
