@@ -350,8 +350,9 @@ async fn a_pod_vm_joins_the_pod_network() {
         .expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    // The interface's flags, not its operstate: linkwatch updates that asynchronously.
     let script = "for i in /sys/class/net/*; do \
-        echo \"$(basename $i) $(cat $i/address) $(cat $i/mtu) $(cat $i/operstate)\"; done; \
+        echo \"$(basename $i) $(cat $i/address) $(cat $i/mtu) $(cat $i/flags)\"; done; \
         ip -4 -o addr show; ip route; echo hello-host | nc -w 10 10.99.0.1 7777 && echo sent";
     create_busybox_container(&vm, "c1", &["sh", "-c", script])
         .await
@@ -375,8 +376,20 @@ async fn a_pod_vm_joins_the_pod_network() {
         .expect("c1 output");
     let out = done.stdout;
     assert_eq!(done.wait.status, 0, "{out}\n{}", done.stderr);
-    assert!(out.contains(&format!(" {MAC} 1400 up")), "{out}");
-    assert!(out.contains("lo 00:00:00:00:00:00 65536 unknown"), "{out}");
+    // IFF_UP (0x1) set on both, by the agent.
+    let flags = |name: &str, mac: &str, mtu: u32| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} {mac} {mtu} ")))
+            .and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+    };
+    assert!(
+        flags("eth0", MAC, 1400).is_some_and(|f| f & 1 == 1),
+        "{out}"
+    );
+    assert!(
+        flags("lo", "00:00:00:00:00:00", 65536).is_some_and(|f| f & 1 == 1),
+        "{out}"
+    );
     assert!(out.contains("inet 10.211.7.2/24"), "{out}");
     assert!(out.contains("default via 10.211.7.1"), "{out}");
     assert!(out.trim_end().ends_with("sent"), "{out}");
