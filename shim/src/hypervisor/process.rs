@@ -126,11 +126,11 @@ impl ChildProcess {
             .process_group(0);
         if let Some(fd) = pass_fd {
             let source = fd.as_raw_fd();
+            // dup2 leaves the copy without FD_CLOEXEC, so it survives exec; a source already
+            // at the target number only has FD_CLOEXEC cleared.
             // SAFETY: the closure runs in the forked child before exec, where only
             // async-signal-safe calls are allowed: dup2(2) and fcntl(2) are single system
-            // calls on descriptors the parent holds open until spawn returns; nothing
-            // allocates. dup2 leaves the copy without FD_CLOEXEC, so it survives exec; a
-            // source already at the target number only has FD_CLOEXEC cleared.
+            // calls on descriptors the parent holds open until spawn returns; nothing allocates.
             unsafe {
                 command.pre_exec(move || {
                     let ok = if source == PASSED_FD {

@@ -21,8 +21,8 @@ use anyhow::{bail, ensure, Context, Result};
 use vessel_protocols::cri;
 use vessel_shim::network::netns::NetNs;
 use vessel_tests::cri::{
-    container_config, create_container, pod_config, registry_with_busybox, start_container, Client,
-    Daemon,
+    container_config, create_container, pod_config, registry_with_busybox, run_pod,
+    start_container, Client, Daemon,
 };
 use vessel_tests::node_net::{self, NodeNet, GATEWAY};
 use vessel_tests::TestEnv;
@@ -99,7 +99,7 @@ async fn main() -> Result<()> {
         let mut took = Vec::new();
         for i in 0..PODS {
             let started = Instant::now();
-            let id = run(client, &format!("lat-{i}"), &logs).await?;
+            let id = run_pod(client, &pod_config(&format!("lat-{i}"), &logs)).await;
             took.push(started.elapsed());
             remove(client, &id).await?;
         }
@@ -117,18 +117,6 @@ fn mb_per_s(bytes: usize, took: Duration) -> f64 {
     bytes as f64 / 1e6 / took.as_secs_f64()
 }
 
-async fn run(cri: &mut Client, name: &str, logs: &Path) -> Result<String> {
-    Ok(cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config(name, logs)),
-            runtime_handler: String::new(),
-        })
-        .await
-        .with_context(|| format!("RunPodSandbox {name}"))?
-        .into_inner()
-        .pod_sandbox_id)
-}
-
 /// A pod running `command` in busybox; its id and IP.
 async fn pod_with(
     cri: &mut Client,
@@ -138,7 +126,7 @@ async fn pod_with(
     logs: &Path,
 ) -> Result<(String, String)> {
     let config = pod_config(name, logs);
-    let id = run(cri, name, logs).await?;
+    let id = run_pod(cri, &config).await;
     let ctr = create_container(
         cri,
         &id,

@@ -59,6 +59,31 @@ impl Attachment {
         })
     }
 
+    /// One plugin of the cached list for `verb` (DEL, CHECK), given the cached result as
+    /// `prevResult` and the runtime config it declared capabilities for.
+    async fn call(
+        &self,
+        conf: &Map<String, Value>,
+        verb: Verb,
+        target: &Target,
+    ) -> Result<Option<Value>, AttachError> {
+        let plugin_type = conf.get("type").and_then(Value::as_str).unwrap_or_default();
+        let binary =
+            find_plugin(&target.path, plugin_type).ok_or_else(|| AttachError::MissingPlugin {
+                network: self.network_name.clone(),
+                plugin: plugin_type.to_owned(),
+            })?;
+        let prev = (!self.result.is_null()).then_some(&self.result);
+        let input = plugin_input(
+            conf,
+            &self.network_name,
+            &self.cni_version,
+            prev,
+            &self.runtime_config,
+        );
+        Ok(invoke(&binary, verb, target, &input, PLUGIN_TIMEOUT).await?)
+    }
+
     fn target(&self, bin_dirs: &[PathBuf]) -> Target {
         Target {
             container_id: self.container_id.clone(),
@@ -147,27 +172,11 @@ pub async fn add(
 /// DEL of what is already gone as success, so this may run again.
 pub async fn del(attachment: &Attachment, bin_dirs: &[PathBuf]) -> Result<(), AttachError> {
     let target = attachment.target(bin_dirs);
-    let prev = (!attachment.result.is_null()).then_some(&attachment.result);
     let mut first_error = None;
     for conf in attachment.plugins.iter().rev() {
-        let plugin_type = conf.get("type").and_then(Value::as_str).unwrap_or_default();
-        let Some(binary) = find_plugin(bin_dirs, plugin_type) else {
-            first_error.get_or_insert(AttachError::MissingPlugin {
-                network: attachment.network_name.clone(),
-                plugin: plugin_type.to_owned(),
-            });
-            continue;
-        };
-        let input = plugin_input(
-            conf,
-            &attachment.network_name,
-            &attachment.cni_version,
-            prev,
-            &attachment.runtime_config,
-        );
         // Every plugin gets its DEL even when one fails: each releases its own part.
-        if let Err(e) = invoke(&binary, Verb::Del, &target, &input, PLUGIN_TIMEOUT).await {
-            first_error.get_or_insert(e.into());
+        if let Err(e) = attachment.call(conf, Verb::Del, &target).await {
+            first_error.get_or_insert(e);
         }
     }
     first_error.map_or(Ok(()), Err)
@@ -180,22 +189,8 @@ pub async fn check(attachment: &Attachment, bin_dirs: &[PathBuf]) -> Result<bool
         return Ok(false);
     }
     let target = attachment.target(bin_dirs);
-    let prev = (!attachment.result.is_null()).then_some(&attachment.result);
     for conf in &attachment.plugins {
-        let plugin_type = conf.get("type").and_then(Value::as_str).unwrap_or_default();
-        let binary =
-            find_plugin(bin_dirs, plugin_type).ok_or_else(|| AttachError::MissingPlugin {
-                network: attachment.network_name.clone(),
-                plugin: plugin_type.to_owned(),
-            })?;
-        let input = plugin_input(
-            conf,
-            &attachment.network_name,
-            &attachment.cni_version,
-            prev,
-            &attachment.runtime_config,
-        );
-        invoke(&binary, Verb::Check, &target, &input, PLUGIN_TIMEOUT).await?;
+        attachment.call(conf, Verb::Check, &target).await?;
     }
     Ok(true)
 }
