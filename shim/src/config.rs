@@ -31,14 +31,27 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// How pod cgroups are named (kubelet's `cgroupDriver` must match).
+    pub cgroup_driver: crate::host_cgroup::DriverSetting,
     pub hypervisor: HypervisorConfig,
     /// `[registry]`: mirrors and plain-http hosts (see `image::registry`).
     pub registry: crate::image::RegistryConfig,
     /// `[cni]`: the pod network's configuration and plugins (see `network::cni`).
     pub cni: crate::network::CniConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cgroup_driver: crate::host_cgroup::DriverSetting::Auto,
+            hypervisor: HypervisorConfig::default(),
+            registry: Default::default(),
+            cni: Default::default(),
+        }
+    }
 }
 
 /// Which VMM runs pods.
@@ -67,8 +80,17 @@ pub enum AccelKind {
 pub struct HypervisorConfig {
     pub kind: HypervisorKind,
     pub accel: AccelKind,
+    /// vCPUs of a pod whose `linux.resources` set no CPU quota.
     pub vcpus: u32,
+    /// Guest RAM of a pod whose `linux.resources` set no memory limit.
     pub memory_mib: u32,
+    /// The most vCPUs a pod may ask for (more is InvalidArgument).
+    pub max_vcpus: u32,
+    /// The most guest RAM a pod may ask for, its limit plus `guest_base_mib` (more is
+    /// InvalidArgument).
+    pub max_memory_mib: u32,
+    /// Guest RAM added to a pod's memory limit for the guest's own kernel and agent.
+    pub guest_base_mib: u32,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// Appended to the guest kernel command line.
@@ -91,6 +113,9 @@ impl Default for HypervisorConfig {
             accel: AccelKind::Auto,
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 64,
+            max_memory_mib: 65536,
+            guest_base_mib: 128,
             kernel: build.join("guest").join("vmlinux"),
             initrd: build.join("guest").join("initramfs.img"),
             kernel_params: String::new(),
@@ -163,6 +188,42 @@ impl Config {
                 reason: format!("{} is outside 64..=65536", h.memory_mib),
             });
         }
+        if !(1..=255).contains(&h.max_vcpus) {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.max_vcpus",
+                reason: format!("{} is outside 1..=255", h.max_vcpus),
+            });
+        }
+        if h.vcpus > h.max_vcpus {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.vcpus",
+                reason: format!("{} is above hypervisor.max_vcpus {}", h.vcpus, h.max_vcpus),
+            });
+        }
+        if !(64..=4 << 20).contains(&h.max_memory_mib) {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.max_memory_mib",
+                reason: format!("{} is outside 64..=4194304", h.max_memory_mib),
+            });
+        }
+        if h.memory_mib > h.max_memory_mib {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.memory_mib",
+                reason: format!(
+                    "{} is above hypervisor.max_memory_mib {}",
+                    h.memory_mib, h.max_memory_mib
+                ),
+            });
+        }
+        if h.guest_base_mib < 64 || h.guest_base_mib >= h.max_memory_mib {
+            return Err(ConfigError::Invalid {
+                key: "hypervisor.guest_base_mib",
+                reason: format!(
+                    "{} must be at least 64 and below hypervisor.max_memory_mib {}",
+                    h.guest_base_mib, h.max_memory_mib
+                ),
+            });
+        }
         if h.agent_ready_timeout_secs == 0 {
             return Err(ConfigError::Invalid {
                 key: "hypervisor.agent_ready_timeout_secs",
@@ -223,6 +284,35 @@ mod tests {
             "{err}"
         );
         assert!(Config::parse("[registry]\nmirror = []\n").is_err());
+    }
+
+    #[test]
+    fn sizes_are_checked_against_their_maxima() {
+        let c = Config::parse("[hypervisor]\nmemory_mib = 2048\nmax_memory_mib = 1024\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("hypervisor.memory_mib") && err.contains("1024"),
+            "{err}"
+        );
+        let c = Config::parse("[hypervisor]\nguest_base_mib = 32\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("hypervisor.guest_base_mib"), "{err}");
+        let c =
+            Config::parse("cgroup_driver = \"systemd\"\n[hypervisor]\nmax_vcpus = 4\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cgroup_driver, crate::host_cgroup::DriverSetting::Systemd);
+        assert!(Config::parse("cgroup_driver = \"cgroupv2\"\n").is_err());
+    }
+
+    #[test]
+    fn the_shipped_node_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config.toml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(
+            c.hypervisor.guest_base_mib,
+            HypervisorConfig::default().guest_base_mib
+        );
+        assert_eq!(c.cgroup_driver, crate::host_cgroup::DriverSetting::Auto);
     }
 
     #[test]

@@ -23,10 +23,12 @@
 //!   records and the container rootfs overlay.
 //! - [`metadata`]: the crash-safe database (redb) of pod, container and image records.
 //! - [`logs`]: CRI log files (the kubelet line format, reopen).
+//! - [`host_cgroup`]: the host cgroup of a pod VM's processes under the pod's `cgroup_parent`.
 //! - [`host_mounts`]: bind mounts on the host and their removal before a dir is deleted.
 //! - [`config`]: the TOML config with embedded defaults.
 
 pub mod config;
+pub mod host_cgroup;
 pub mod host_mounts;
 pub mod hypervisor;
 pub mod image;

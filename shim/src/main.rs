@@ -9,11 +9,15 @@ use vessel_shim::hypervisor::{probe_kvm, select};
 use vessel_shim::runtime::{Dirs, Runtime};
 use vessel_shim::server::serve;
 
+/// The config a node installs (deploy/config.toml); `--config` wins.
+const DEFAULT_CONFIG: &str = "/etc/vessel/config.toml";
+
 /// vessel's host daemon: one KVM microVM per Kubernetes pod.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Flags {
-    /// TOML config file; every key has an embedded default.
+    /// TOML config file; every key has an embedded default. Without it,
+    /// /etc/vessel/config.toml when that exists, else the embedded defaults.
     #[arg(long)]
     config: Option<PathBuf>,
     /// CRI socket path.
@@ -35,7 +39,15 @@ async fn main() -> Result<()> {
         )
         .init();
     let flags = Flags::parse();
-    let config = Config::load(flags.config.as_deref())?;
+    let config_path = flags.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG);
+        default.is_file().then_some(default)
+    });
+    let config = Config::load(config_path.as_deref())?;
+    match &config_path {
+        Some(path) => tracing::info!(config = %path.display(), "config loaded"),
+        None => tracing::info!("no config file: embedded defaults"),
+    }
     let selection = select(&config.hypervisor, &probe_kvm());
     tracing::info!(backend = ?selection.backend, reason = %selection.reason, "hypervisor selected");
     for (what, path) in [

@@ -552,8 +552,17 @@ pub fn expect_err(
     );
 }
 
-/// Stops and removes a pod, then checks nothing of it is left on the host.
+/// Stops and removes a pod, then checks nothing of it is left on the host (its VM's host
+/// cgroup included, wherever its status put it).
 pub async fn remove_pod_checked(cri: &mut Client, daemon: &Daemon, pod: &str) {
+    let cgroups: Vec<String> = pod_info(cri, pod).await["cgroup"]["hierarchies"]
+        .as_array()
+        .map(|dirs| {
+            dirs.iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.into(),
     })
@@ -564,6 +573,12 @@ pub async fn remove_pod_checked(cri: &mut Client, daemon: &Daemon, pod: &str) {
     })
     .await
     .expect("RemovePodSandbox");
-    let left = crate::leftovers::leftovers(&daemon.state().join("pods").join(pod));
+    let mut left = crate::leftovers::leftovers(&daemon.state().join("pods").join(pod));
+    left.extend(
+        cgroups
+            .iter()
+            .filter(|dir| std::path::Path::new(dir).exists())
+            .map(|dir| format!("cgroup {dir} still exists")),
+    );
     assert!(left.is_empty(), "left behind: {left:#?}");
 }

@@ -1,5 +1,6 @@
 //! Finds what a pod VM could leave behind on the host: processes whose command line names its
-//! runtime dir, mounts below it, and the dir itself.
+//! runtime dir, mounts below it, the dir itself and its host cgroup; and what its processes
+//! cost (PSS).
 
 use std::path::Path;
 
@@ -57,5 +58,34 @@ pub fn leftovers(run_dir: &Path) -> Vec<String> {
     if run_dir.exists() {
         found.push(format!("directory {needle} still exists"));
     }
+    // The VM's host cgroup below vessel's default parent (pods that name none), as either
+    // driver names it.
+    if let Some(id) = run_dir.file_name() {
+        let id = id.to_string_lossy();
+        let leaves = [
+            format!("vessel/vessel-{id}"),
+            format!("vessel.slice/vessel-{id}.scope"),
+        ];
+        for h in vessel_shim::host_cgroup::hierarchy::mounted().unwrap_or_default() {
+            for dir in leaves.iter().map(|leaf| h.mount.join(leaf)) {
+                if dir.exists() {
+                    found.push(format!("cgroup {} still exists", dir.display()));
+                }
+            }
+        }
+    }
     found
+}
+
+/// The summed PSS (KiB) of every process whose command line names `dir` (a pod VM's
+/// processes, by its runtime dir).
+pub fn pss_kib(dir: &Path) -> u64 {
+    processes_naming(dir)
+        .iter()
+        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|rollup| {
+            let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .sum()
 }

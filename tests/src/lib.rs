@@ -151,6 +151,9 @@ impl TestEnv {
             hostname: id.into(),
             share_pid_namespace: false,
             network: None,
+            memory_mib: self.hypervisor.memory_mib,
+            vcpus: self.hypervisor.vcpus,
+            cgroup: None,
         }
     }
 

@@ -123,6 +123,7 @@ async fn the_builtin_backend_starts_and_stops_its_processes() {
         initrd,
         kernel_params: String::new(),
         nic: None,
+        cgroup: None,
     };
     let binaries = BuiltinBinaries {
         vmm: workspace_binary("vessel-vmm"),

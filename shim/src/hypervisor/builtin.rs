@@ -48,7 +48,7 @@ pub struct BuiltinVm {
 
 impl BuiltinVm {
     pub fn new(config: VmConfig, binaries: BuiltinBinaries) -> Self {
-        let processes = VmProcesses::new(&config.run_dir, VMM);
+        let processes = VmProcesses::new(&config.run_dir, VMM).in_cgroup(config.cgroup.as_ref());
         Self {
             config,
             binaries,
@@ -204,6 +204,7 @@ mod tests {
             initrd: "/k/initramfs.img".into(),
             kernel_params: "vessel.log=debug".into(),
             nic: None,
+            cgroup: None,
         };
         let vm = BuiltinVm::new(
             config,

@@ -30,6 +30,9 @@ pub enum VmExit {
     Failed(i32),
     /// The VMM is gone and nothing says how (it was not this daemon's child).
     Unknown,
+    /// The host's OOM killer killed the VMM: the VM's host cgroup (this path) or a parent
+    /// (the pod's) reached its memory limit.
+    OutOfMemory { cgroup: String },
 }
 
 impl VmExit {
@@ -66,6 +69,10 @@ impl std::fmt::Display for VmExit {
             Self::Killed(how) => write!(f, "the VMM was {how}"),
             Self::Failed(code) => write!(f, "the VMM failed with exit status {code}"),
             Self::Unknown => f.write_str("the VMM is gone (its exit status is unknown)"),
+            Self::OutOfMemory { cgroup } => write!(
+                f,
+                "the host's OOM killer killed the VMM (OOMKilled): its cgroup {cgroup} reached the pod's memory limit"
+            ),
         }
     }
 }

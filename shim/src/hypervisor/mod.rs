@@ -77,6 +77,9 @@ pub struct VmConfig {
     /// The pod network's device; none for a VM without one.
     #[serde(default)]
     pub nic: Option<VmNic>,
+    /// The host cgroup every process of the VM runs in; none: the daemon's own.
+    #[serde(default)]
+    pub cgroup: Option<crate::host_cgroup::HostCgroup>,
 }
 
 /// A virtio-net device on a tap the shim opened in the pod's network namespace: the VMM

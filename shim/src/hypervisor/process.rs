@@ -2,6 +2,7 @@
 //! log file, each leading its own process group, wait for their socket, stop them with all
 //! they forked (SIGTERM, then SIGKILL), read their log's tail.
 
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::HypervisorError;
+use crate::host_cgroup::join_in_child;
 
 /// The descriptor number a passed descriptor has in the child.
 pub const PASSED_FD: RawFd = 3;
@@ -96,13 +98,15 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 impl ChildProcess {
     /// Spawns `program args…` with stdin closed and output appended to `log`; `pass_fd`, if
-    /// given, is open in the child as descriptor [`PASSED_FD`] (the pod VM's tap).
+    /// given, is open in the child as descriptor [`PASSED_FD`] (the pod VM's tap); the child
+    /// joins the cgroup whose `cgroup.procs` files `cgroup_procs` lists before it execs.
     pub fn spawn(
         name: &str,
         program: &Path,
         args: &[String],
         log: &Path,
         pass_fd: Option<BorrowedFd<'_>>,
+        cgroup_procs: &[CString],
     ) -> Result<Self, HypervisorError> {
         let io_err = |source| HypervisorError::Io {
             path: log.to_owned(),
@@ -124,15 +128,22 @@ impl ChildProcess {
             .kill_on_drop(true)
             // Its own process group, so stopping it reaches whatever it forks.
             .process_group(0);
-        if let Some(fd) = pass_fd {
-            let source = fd.as_raw_fd();
+        let passed = pass_fd.map(|fd| fd.as_raw_fd());
+        if passed.is_some() || !cgroup_procs.is_empty() {
+            let cgroup_procs = cgroup_procs.to_vec();
             // dup2 leaves the copy without FD_CLOEXEC, so it survives exec; a source already
-            // at the target number only has FD_CLOEXEC cleared.
+            // at the target number only has FD_CLOEXEC cleared. Joining the cgroup here, before
+            // exec, means none of the program's own instructions runs outside it.
             // SAFETY: the closure runs in the forked child before exec, where only
-            // async-signal-safe calls are allowed: dup2(2) and fcntl(2) are single system
-            // calls on descriptors the parent holds open until spawn returns; nothing allocates.
+            // async-signal-safe calls are allowed: dup2(2), fcntl(2) and the open/write/close
+            // of `join_in_child` are single system calls on descriptors the parent holds open
+            // until spawn returns and on C strings built before the fork; nothing allocates.
             unsafe {
                 command.pre_exec(move || {
+                    join_in_child(&cgroup_procs)?;
+                    let Some(source) = passed else {
+                        return Ok(());
+                    };
                     let ok = if source == PASSED_FD {
                         libc::fcntl(PASSED_FD, libc::F_SETFD, 0) >= 0
                     } else {
@@ -420,6 +431,7 @@ mod tests {
             &["-c".into(), format!("readlink /proc/self/fd/{PASSED_FD}")],
             &log,
             Some(std::os::fd::AsFd::as_fd(&file)),
+            &[],
         )
         .unwrap();
         assert!(p.wait_timeout(Duration::from_secs(10)).await);
@@ -439,6 +451,7 @@ mod tests {
             &["-c".into(), "echo boom >&2; exit 4".into()],
             &log,
             None,
+            &[],
         )
         .unwrap();
         let err = p
@@ -461,6 +474,7 @@ mod tests {
             &["-c".into(), script],
             &dir.path().join("f.log"),
             None,
+            &[],
         )
         .unwrap();
         let grandchild: u32 = loop {
@@ -490,6 +504,7 @@ mod tests {
             &["30".into()],
             &dir.path().join("s.log"),
             None,
+            &[],
         )
         .unwrap();
         assert!(p.pid().is_some());

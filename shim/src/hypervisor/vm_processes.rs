@@ -1,14 +1,17 @@
 //! The host processes of one pod VM, whichever backend runs it: the VMM and its device
 //! helpers (virtiofsd, vhost-device-vsock), each logging to `<name>.log` in the pod's runtime
-//! dir; adopted by name after a daemon restart, recorded for the next one, and stopped VMM
-//! first, so the vhost-user backends see their frontend go away.
+//! dir and started in the VM's host cgroup; adopted by name after a daemon restart, recorded
+//! for the next one, and stopped VMM first, so the vhost-user backends see their frontend go
+//! away.
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{ChildProcess, Exited, HypervisorError, ProcessId};
+use crate::host_cgroup::HostCgroup;
 
 /// A pod VM's processes, by name.
 #[derive(Debug)]
@@ -20,6 +23,9 @@ pub struct VmProcesses {
     running: Vec<(&'static str, ChildProcess)>,
     /// Adopted with the VMM already gone: the VM reads as exited, not as never started.
     vmm_gone: bool,
+    /// The `cgroup.procs` files of the VM's host cgroup, which every process joins before it
+    /// execs; empty: the daemon's own cgroup.
+    cgroup_procs: Vec<CString>,
 }
 
 impl VmProcesses {
@@ -30,7 +36,14 @@ impl VmProcesses {
             vmm,
             running: Vec::new(),
             vmm_gone: false,
+            cgroup_procs: Vec::new(),
         }
+    }
+
+    /// Processes spawned from now on start in `cgroup`.
+    pub fn in_cgroup(mut self, cgroup: Option<&HostCgroup>) -> Self {
+        self.cgroup_procs = cgroup.map(HostCgroup::procs_files).unwrap_or_default();
+        self
     }
 
     /// Takes over the processes `names` that `processes` (an earlier record) lists and that
@@ -99,7 +112,8 @@ impl VmProcesses {
         pass_fd: Option<BorrowedFd<'_>>,
     ) -> Result<(), HypervisorError> {
         let log = self.log(name);
-        let mut process = ChildProcess::spawn(name, program, args, &log, pass_fd)?;
+        let mut process =
+            ChildProcess::spawn(name, program, args, &log, pass_fd, &self.cgroup_procs)?;
         let ready = match socket {
             Some(socket) => process.wait_for_socket(socket).await,
             None => Ok(()),

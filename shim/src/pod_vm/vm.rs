@@ -16,6 +16,7 @@ use super::console::{self, ConsoleWaitError};
 use super::guest::{GuestInfo, Unsupported};
 use super::network::{self, NetworkError, VmNetwork};
 use crate::config::HypervisorConfig;
+use crate::host_cgroup::{CgroupError, HostCgroup};
 use crate::host_mounts::{self, MountError};
 use crate::hypervisor::{
     adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmRecord,
@@ -61,6 +62,8 @@ pub enum VmError {
     Cleanup(#[from] MountError),
     #[error("pod {id} network: {source}")]
     Network { id: String, source: NetworkError },
+    #[error("pod {id} host cgroup: {source}")]
+    Cgroup { id: String, source: CgroupError },
 }
 
 /// What to boot.
@@ -77,6 +80,12 @@ pub struct PodVmSpec {
     pub share_pid_namespace: bool,
     /// The pod network the VM joins; `None` for a VM without a NIC.
     pub network: Option<VmNetwork>,
+    /// Guest RAM and vCPUs (the pod's size).
+    pub memory_mib: u32,
+    pub vcpus: u32,
+    /// The host cgroup (path below each hierarchy's root) the VM's processes run in; `None`:
+    /// the daemon's own.
+    pub cgroup: Option<String>,
 }
 
 /// A running pod VM with a healthy agent.
@@ -101,13 +110,38 @@ pub fn validate_id(id: &str) -> Result<(), VmError> {
 }
 
 impl PodVm {
-    /// Boots the VM and waits until its agent is healthy.
+    /// Boots the VM in its host cgroup and waits until its agent is healthy; a failure
+    /// leaves no process, dir or cgroup.
     pub async fn start(spec: PodVmSpec) -> Result<Self, VmError> {
         validate_id(&spec.id)?;
         let run_dir = spec.state_dir.join("pods").join(&spec.id);
         if run_dir.exists() {
             return Err(VmError::AlreadyExists(spec.id));
         }
+        let cgroup = match spec.cgroup.as_deref().map(HostCgroup::create).transpose() {
+            Ok(cgroup) => cgroup,
+            Err(source) => {
+                return Err(VmError::Cgroup {
+                    id: spec.id,
+                    source,
+                })
+            }
+        };
+        let id = spec.id.clone();
+        let started = Self::start_in(spec, run_dir, cgroup.clone()).await;
+        if let (Err(_), Some(cgroup)) = (&started, cgroup) {
+            if let Err(e) = cgroup.remove().await {
+                tracing::error!(pod_id = %id, error = %e, "rollback left the VM's cgroup behind");
+            }
+        }
+        started
+    }
+
+    async fn start_in(
+        spec: PodVmSpec,
+        run_dir: PathBuf,
+        cgroup: Option<HostCgroup>,
+    ) -> Result<Self, VmError> {
         let shared_dir = run_dir.join("shared");
         std::fs::create_dir_all(&shared_dir).map_err(|source| VmError::Dir {
             path: shared_dir.clone(),
@@ -136,12 +170,13 @@ impl PodVm {
             run_dir: run_dir.clone(),
             shared_dir: shared_dir.clone(),
             cid: cid.cid(),
-            vcpus: spec.hypervisor.vcpus,
-            memory_mib: spec.hypervisor.memory_mib,
+            vcpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
             kernel: spec.hypervisor.kernel.clone(),
             initrd: spec.hypervisor.initrd.clone(),
             kernel_params: spec.hypervisor.kernel_params.clone(),
             nic,
+            cgroup,
         };
         let mut hypervisor = match new_vm(config, spec.backend, &spec.hypervisor) {
             Ok(h) => h,
@@ -195,6 +230,7 @@ impl PodVm {
                 id: record.vm.config.id.clone(),
                 run_dir: record.vm.config.run_dir.clone(),
                 hypervisor: hv,
+                cgroup: record.vm.config.cgroup.clone(),
             },
         };
         let mut hv = match adopt_vm(&record.vm, hypervisor) {
@@ -206,6 +242,7 @@ impl PodVm {
                         id: record.vm.config.id.clone(),
                         run_dir: record.vm.config.run_dir.clone(),
                         hypervisor: None,
+                        cgroup: record.vm.config.cgroup.clone(),
                     },
                 })
             }
@@ -236,6 +273,16 @@ impl PodVm {
             );
         }
         let config = &record.vm.config;
+        if let Some(cgroup) = &config.cgroup {
+            match hv.pid() {
+                Some(pid) if cgroup.contains(pid) => {
+                    tracing::info!(pod_id = %config.id, cgroup = %cgroup.path, "pod VM's host cgroup re-found")
+                }
+                pid => {
+                    tracing::warn!(pod_id = %config.id, cgroup = %cgroup.path, ?pid, "the adopted VMM is not in its host cgroup")
+                }
+            }
+        }
         Ok(Self {
             id: config.id.clone(),
             run_dir: config.run_dir.clone(),
@@ -256,9 +303,18 @@ impl PodVm {
         }
     }
 
-    /// `None` while the VMM runs; how the VM ended once it exited.
+    /// `None` while the VMM runs; how the VM ended once it exited. A VMM killed while its
+    /// cgroup counts OOM kills was killed by the host's OOM killer (the pod cgroup's limit).
     pub fn exit_status(&mut self) -> Option<VmExit> {
-        self.hypervisor.exit_status()
+        let exit = self.hypervisor.exit_status()?;
+        Some(match (exit, self.hypervisor.config().cgroup.as_ref()) {
+            (VmExit::Killed(_) | VmExit::Unknown, Some(cgroup)) if cgroup.oom_kills() > 0 => {
+                VmExit::OutOfMemory {
+                    cgroup: cgroup.path.clone(),
+                }
+            }
+            (exit, _) => exit,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -319,6 +375,7 @@ impl PodVm {
         VmRemains {
             id: self.id,
             run_dir: self.run_dir,
+            cgroup: self.hypervisor.config().cgroup.clone(),
             hypervisor: Some(self.hypervisor),
         }
         .destroy()
@@ -340,20 +397,27 @@ pub struct AdoptFailure {
 }
 
 /// What is left of a pod VM that no longer runs (or is being torn down): helper processes,
-/// mounts and its runtime dir.
+/// mounts, its runtime dir and its host cgroup.
 pub struct VmRemains {
     id: String,
     run_dir: PathBuf,
     hypervisor: Option<Box<dyn Hypervisor>>,
+    cgroup: Option<HostCgroup>,
 }
 
 impl VmRemains {
-    /// Stops every process of the VM and deletes its runtime dir.
+    /// Stops every process of the VM, deletes its runtime dir and removes its cgroup.
     pub async fn destroy(self) -> Result<(), VmError> {
         if let Some(mut hv) = self.hypervisor {
             hv.stop().await?;
         }
         host_mounts::remove_dir_unmounted(&self.run_dir)?;
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.remove().await.map_err(|source| VmError::Cgroup {
+                id: self.id.clone(),
+                source,
+            })?;
+        }
         tracing::info!(pod_id = %self.id, "pod VM destroyed");
         Ok(())
     }

@@ -75,10 +75,16 @@ impl Runtime {
             store.clone(),
             config.registry.clone(),
         )?);
+        let cgroup_driver = config.cgroup_driver.resolve();
+        tracing::info!(
+            cgroup_driver = cgroup_driver.name(),
+            "pod VMs run in host cgroups under their pod's cgroup_parent"
+        );
         let vm = VmSettings {
             state_dir: dirs.state.clone(),
             hypervisor: config.hypervisor.clone(),
             backend: selection.backend,
+            cgroup_driver,
         };
         let network = NetworkSettings {
             cni: config.cni.clone(),

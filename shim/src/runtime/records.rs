@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use vessel_protocols::cri;
 
 use crate::pod_vm::PodVmRecord;
-use crate::runtime::pods::PodNetworkRecord;
+use crate::runtime::pods::{PodNetworkRecord, VmSize};
 
 /// Nanoseconds since the Unix epoch, as CRI timestamps are.
 pub fn now_ns() -> i64 {
@@ -45,6 +45,9 @@ pub struct SandboxRecord {
     /// The pod's namespace and CNI attachment; None for a pod without a network.
     #[serde(default)]
     pub network: Option<PodNetworkRecord>,
+    /// The VM's size and how it was derived; None for a pod recorded before sizes were.
+    #[serde(default)]
+    pub size: Option<VmSize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use vessel_shim::hypervisor::qemu::{boot_args, kernel_params, machine_args};
 use vessel_shim::hypervisor::{probe_kvm, Backend, KvmSupport, VmConfig};
 use vessel_shim::pod_vm::PodVm;
-use vessel_tests::leftovers::processes_naming;
+use vessel_tests::leftovers::pss_kib;
 use vessel_tests::TestEnv;
 
 const FLOOR_MARKER: &str = "vessel-agent: floor";
@@ -125,18 +125,6 @@ async fn measure(env: &TestEnv, backend: Backend, runs: usize) -> Result<Figures
     Ok(figures)
 }
 
-/// The summed PSS of every process whose command line names the pod's runtime dir.
-fn pss_kib(run_dir: &std::path::Path) -> u64 {
-    processes_naming(run_dir)
-        .iter()
-        .filter_map(|(pid, _)| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
-        .filter_map(|rollup| {
-            let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
 /// The backend's VMM with only a serial console on stdout, the same kernel and initramfs,
 /// init powering off at once: time from spawn to the init's first line.
 fn bare_boot(env: &TestEnv, backend: Backend, i: usize) -> Result<Duration> {
@@ -152,6 +140,7 @@ fn bare_boot(env: &TestEnv, backend: Backend, i: usize) -> Result<Duration> {
         initrd: h.initrd.clone(),
         kernel_params: "vessel.floor".into(),
         nic: None,
+        cgroup: None,
     };
     let mut command = match backend {
         Backend::Builtin => {

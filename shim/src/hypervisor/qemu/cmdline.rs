@@ -148,6 +148,7 @@ mod tests {
             initrd: PathBuf::from("/k/initrd"),
             kernel_params: " vessel.log=debug ".into(),
             nic: None,
+            cgroup: None,
         }
     }
 

@@ -52,7 +52,7 @@ const VHOST_VSOCK: &str = "vhost-device-vsock";
 
 impl QemuVm {
     pub fn new(config: VmConfig, binaries: QemuBinaries, kvm: bool) -> Self {
-        let processes = VmProcesses::new(&config.run_dir, QEMU);
+        let processes = VmProcesses::new(&config.run_dir, QEMU).in_cgroup(config.cgroup.as_ref());
         Self {
             config,
             binaries,

@@ -135,6 +135,10 @@ impl Containers {
                 container.state()
             )));
         }
+        let pod = self.pods.get(&container.record().sandbox_id)?.record();
+        if let Some(size) = &pod.size {
+            size.check_fits(resources)?;
+        }
         let agent = self.agent(&container)?;
         let mut req = api::UpdateContainerRequest::new();
         req.container_id = id.to_owned();

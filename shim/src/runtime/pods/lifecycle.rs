@@ -12,7 +12,9 @@ use vessel_protocols::cri;
 use super::config::{node_hostname, validate};
 use super::monitor::monitor_vm;
 use super::network;
+use super::sizing;
 use super::{Pod, Pods};
+use crate::host_cgroup::CgroupError;
 use crate::metadata::Kind;
 use crate::oci::{pod_hostname, shares_pid_namespace};
 use crate::pod_vm::{PodVm, PodVmSpec, VmNetwork};
@@ -27,6 +29,7 @@ impl Pods {
         handler: &str,
     ) -> Result<String, RuntimeError> {
         validate(&config, handler)?;
+        let size = sizing::vm_size(&config, &self.vm.hypervisor, sizing::host_cpus())?;
         if config.hostname.is_empty() {
             // Recorded with the pod, so its containers keep the name it started with.
             config.hostname = node_hostname()?;
@@ -34,6 +37,20 @@ impl Pods {
         let meta = config.metadata.clone().unwrap_or_default();
         let key = pod_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
         let id = new_id().map_err(|e| RuntimeError::Internal(format!("random id: {e}")))?;
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map_or("", |l| l.cgroup_parent.as_str());
+        let cgroup = self
+            .vm
+            .cgroup_driver
+            .pod_cgroup(cgroup_parent, &id)
+            .map_err(|e| match e {
+                CgroupError::BadParent { parent, reason } => {
+                    RuntimeError::invalid("linux.cgroup_parent", format!("{parent:?} {reason}"))
+                }
+                other => RuntimeError::Internal(other.to_string()),
+            })?;
         let reserved = self.names.lock().reserve(key.clone(), &id);
         if let Err(existing) = reserved {
             // A repeat: once any creation in flight has finished, answer with the same pod.
@@ -56,12 +73,13 @@ impl Pods {
             reason: "starting".into(),
             vm: None,
             network: None,
+            size: Some(size),
             config,
         };
         let pod = Arc::new(Pod::new(record));
         let guard = pod.lifecycle.lock().await;
         self.table.write().insert(id.clone(), pod.clone());
-        let result = self.boot(&pod).await;
+        let result = self.boot(&pod, cgroup).await;
         drop(guard);
         if let Err(e) = result {
             self.table.write().remove(&id);
@@ -73,7 +91,7 @@ impl Pods {
     }
 
     /// The pod's network (unless networking is off), then its VM; a failure undoes both.
-    async fn boot(self: &Arc<Self>, pod: &Arc<Pod>) -> Result<(), RuntimeError> {
+    async fn boot(self: &Arc<Self>, pod: &Arc<Pod>, cgroup: String) -> Result<(), RuntimeError> {
         let network = if self.network.cni.enabled {
             let config = pod.record().config;
             let (net_record, vm_network) = network::attach(&self.network, &pod.id, &config).await?;
@@ -86,7 +104,7 @@ impl Pods {
         } else {
             None
         };
-        let started = self.start_vm(pod, network).await;
+        let started = self.start_vm(pod, network, cgroup).await;
         if started.is_err() {
             self.release_network(pod).await;
         }
@@ -111,8 +129,13 @@ impl Pods {
         self: &Arc<Self>,
         pod: &Arc<Pod>,
         network: Option<VmNetwork>,
+        cgroup: String,
     ) -> Result<(), RuntimeError> {
         let record = pod.record();
+        let size = record
+            .size
+            .clone()
+            .ok_or_else(|| RuntimeError::Internal("pod recorded without a VM size".into()))?;
         let meta = record.config.metadata.clone().unwrap_or_default();
         let spec = PodVmSpec {
             id: pod.id.clone(),
@@ -122,8 +145,18 @@ impl Pods {
             hostname: pod_hostname(&record.config),
             share_pid_namespace: shares_pid_namespace(&record.config),
             network,
+            memory_mib: size.memory_mib,
+            vcpus: size.vcpus,
+            cgroup: Some(cgroup.clone()),
         };
-        tracing::info!(pod_id = %pod.id, pod = %format!("{}/{}", meta.namespace, meta.name), "starting pod VM");
+        tracing::info!(
+            pod_id = %pod.id,
+            pod = %format!("{}/{}", meta.namespace, meta.name),
+            memory_mib = size.memory_mib,
+            vcpus = size.vcpus,
+            %cgroup,
+            "starting pod VM"
+        );
         let vm = PodVm::start(spec).await?;
         let ips = network::host_entries(record.network.as_ref());
         if let Err(e) = pod_files::write(vm.shared_dir(), &record.config, &ips) {

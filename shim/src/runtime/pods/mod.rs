@@ -2,7 +2,7 @@
 //! persisted as a [`SandboxRecord`]. RunPodSandbox and StopPodSandbox, and the adoption of a
 //! pod's VM after a daemon restart, are in [`lifecycle`]; the checks of a pod's config in
 //! [`config`]; the task that notices a VM ending unasked in [`monitor`]; each pod's
-//! namespace and CNI attachment in [`network`].
+//! namespace and CNI attachment in [`network`]; the size of its VM in [`sizing`].
 //!
 //! Pods know nothing of containers: when a pod's VM is gone (stopped, or ended unasked) they
 //! call the hook the runtime set with [`Pods::on_vm_gone`], which records the containers.
@@ -12,6 +12,7 @@ mod lifecycle;
 mod monitor;
 pub mod network;
 mod pod;
+pub mod sizing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,10 +22,12 @@ use parking_lot::{Mutex, RwLock};
 
 pub use network::{NetworkSettings, PodNetworkRecord};
 pub use pod::Pod;
+pub use sizing::VmSize;
 
 use super::names::{pod_key, Names};
 use super::{RuntimeError, SandboxRecord};
 use crate::config::HypervisorConfig;
+use crate::host_cgroup::CgroupDriver;
 use crate::hypervisor::Backend;
 use crate::metadata::{Kind, Store};
 
@@ -37,6 +40,8 @@ pub struct VmSettings {
     pub state_dir: PathBuf,
     pub hypervisor: HypervisorConfig,
     pub backend: Backend,
+    /// How pod cgroups are named (the config's `cgroup_driver`, resolved).
+    pub cgroup_driver: CgroupDriver,
 }
 
 pub struct Pods {
@@ -94,6 +99,11 @@ impl Pods {
             Err(RuntimeError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The cgroup driver pods are placed with (RuntimeConfig reports it).
+    pub fn cgroup_driver(&self) -> CgroupDriver {
+        self.vm.cgroup_driver
     }
 
     pub fn list(&self) -> Vec<Arc<Pod>> {

@@ -56,6 +56,18 @@ pub async fn status(
             "pid": pod.vmm_pid().await,
             "reason": record.reason,
             "guest": guest,
+            "vmSize": record.size.as_ref().map(|s| serde_json::json!({
+                "memoryMiB": s.memory_mib,
+                "vcpus": s.vcpus,
+                "containersMemoryMiB": s.containers_memory_mib,
+                "memoryFrom": s.memory_from,
+                "vcpusFrom": s.vcpus_from,
+            })),
+            "cgroup": record.vm.as_ref().and_then(|vm| vm.vm.config.cgroup.as_ref()).map(|c| serde_json::json!({
+                "driver": rt.pods.cgroup_driver().name(),
+                "path": c.path,
+                "hierarchies": c.hierarchies.iter().map(|h| h.mount.join(c.path.trim_start_matches('/'))).collect::<Vec<_>>(),
+            })),
         });
         info.insert("info".to_string(), doc.to_string());
     }

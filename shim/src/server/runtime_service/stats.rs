@@ -52,6 +52,22 @@ async fn pod_stats(rt: &Arc<Runtime>, pod_id: &str) -> Result<cri::PodSandboxSta
         }
     }
     let now = crate::runtime::now_ns();
+    // The VM's host cgroup holds what the pod costs the host: the vCPUs running the guest's
+    // containers, the guest RAM they touched, and the VMM and helpers themselves (the
+    // overhead). Its figures are the pod's; the containers' own sums are the floor.
+    let host = record
+        .vm
+        .as_ref()
+        .and_then(|vm| vm.vm.config.cgroup.as_ref())
+        .map(|c| c.usage())
+        .unwrap_or_default();
+    let at_least = |own: Option<u64>, sum: Option<cri::UInt64Value>| match (own, sum) {
+        (Some(own), Some(sum)) => Some(cri::UInt64Value {
+            value: own.max(sum.value),
+        }),
+        (Some(own), None) => Some(cri::UInt64Value { value: own }),
+        (None, sum) => sum,
+    };
     let sum = |f: &dyn Fn(&cri::ContainerStats) -> Option<u64>| -> Option<cri::UInt64Value> {
         Some(cri::UInt64Value {
             value: containers.iter().filter_map(f).sum(),
@@ -59,25 +75,34 @@ async fn pod_stats(rt: &Arc<Runtime>, pod_id: &str) -> Result<cri::PodSandboxSta
     };
     let cpu = cri::CpuUsage {
         timestamp: now,
-        usage_core_nano_seconds: sum(&|c| {
-            c.cpu
-                .as_ref()?
-                .usage_core_nano_seconds
-                .as_ref()
-                .map(|v| v.value)
-        }),
+        usage_core_nano_seconds: at_least(
+            host.cpu_ns,
+            sum(&|c| {
+                c.cpu
+                    .as_ref()?
+                    .usage_core_nano_seconds
+                    .as_ref()
+                    .map(|v| v.value)
+            }),
+        ),
         usage_nano_cores: None,
     };
     let memory = cri::MemoryUsage {
         timestamp: now,
-        working_set_bytes: sum(&|c| {
-            c.memory
-                .as_ref()?
-                .working_set_bytes
-                .as_ref()
-                .map(|v| v.value)
-        }),
-        usage_bytes: sum(&|c| c.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value)),
+        working_set_bytes: at_least(
+            host.working_set_bytes,
+            sum(&|c| {
+                c.memory
+                    .as_ref()?
+                    .working_set_bytes
+                    .as_ref()
+                    .map(|v| v.value)
+            }),
+        ),
+        usage_bytes: at_least(
+            host.memory_bytes,
+            sum(&|c| c.memory.as_ref()?.usage_bytes.as_ref().map(|v| v.value)),
+        ),
         rss_bytes: sum(&|c| c.memory.as_ref()?.rss_bytes.as_ref().map(|v| v.value)),
         page_faults: sum(&|c| c.memory.as_ref()?.page_faults.as_ref().map(|v| v.value)),
         major_page_faults: sum(&|c| {
@@ -100,7 +125,12 @@ async fn pod_stats(rt: &Arc<Runtime>, pod_id: &str) -> Result<cri::PodSandboxSta
             cpu: Some(cpu),
             memory: Some(memory),
             network: None,
-            process: None,
+            process: (host.processes > 0).then_some(cri::ProcessUsage {
+                timestamp: now,
+                process_count: Some(cri::UInt64Value {
+                    value: host.processes,
+                }),
+            }),
             containers,
         }),
         windows: None,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use vessel_protocols::cri;
 
+use crate::host_cgroup::CgroupDriver;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// The CRI version this runtime implements.
@@ -34,13 +35,19 @@ pub async fn update_runtime_config(
     Ok(cri::UpdateRuntimeConfigResponse {})
 }
 
+/// The cgroup driver in use (the config's `cgroup_driver`, `auto` resolved at start):
+/// kubelet 1.28+ asks, to match its own.
 pub async fn runtime_config(
-    _: &Arc<Runtime>,
+    rt: &Arc<Runtime>,
     _: cri::RuntimeConfigRequest,
 ) -> Result<cri::RuntimeConfigResponse, RuntimeError> {
+    let driver = match rt.pods.cgroup_driver() {
+        CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+        CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+    };
     Ok(cri::RuntimeConfigResponse {
         linux: Some(cri::LinuxRuntimeConfiguration {
-            cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            cgroup_driver: driver as i32,
         }),
     })
 }

@@ -1,0 +1,295 @@
+//! The host cgroup of a pod's VM: the VMM, virtiofsd and the vsock helper run in one cgroup
+//! under the pod's `cgroup_parent` (as Kata's `sandbox_cgroup_only`), so the pod cgroup that
+//! kubelet sizes (the containers' limits plus the RuntimeClass overhead) accounts, limits and
+//! evicts the whole VM.
+//!
+//! The cgroup exists in every mounted hierarchy (each v1 controller and the unified one, so
+//! v2, v1 and hybrid hosts alike); a helper joins it in the forked child before it execs
+//! ([`HostCgroup::procs_files`]), so no instruction of the VMM runs outside it. It is removed
+//! with the pod and re-found from the pod's record after a daemon restart. [`driver`] says what
+//! the parent's name means (cgroupfs path or systemd slice); [`hierarchy`] finds the mounts.
+//!
+//! With the systemd driver the cgroup is created in the slice's directory directly, as with
+//! cgroupfs (no transient scope through D-Bus: kubelet created the pod's slice already).
+
+pub mod driver;
+pub mod hierarchy;
+mod usage;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use driver::{CgroupDriver, DriverSetting};
+pub use hierarchy::Hierarchy;
+pub use usage::CgroupUsage;
+
+/// How long removal waits for the killed processes to leave the cgroup.
+const REMOVE_WAIT: Duration = Duration::from_secs(5);
+/// The v2 controllers a pod's VM cgroup gets, where its parent has them.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "io"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("linux.cgroup_parent {parent:?} {reason}")]
+    BadParent { parent: String, reason: String },
+    #[error("find the host's cgroup hierarchies: {0}")]
+    Hierarchies(String),
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path} still has processes after {secs} s")]
+    Busy { path: PathBuf, secs: u64 },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One pod VM's cgroup, as persisted with the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCgroup {
+    /// The path below each hierarchy's root (`/kubepods/pod1/vessel-<id>`).
+    pub path: String,
+    /// The hierarchies it was created in.
+    pub hierarchies: Vec<Hierarchy>,
+}
+
+impl HostCgroup {
+    /// Creates the cgroup `path` (and any missing parent) in every mounted hierarchy; a
+    /// failure removes what was created.
+    pub fn create(path: &str) -> Result<Self, CgroupError> {
+        let hierarchies = hierarchy::mounted()?;
+        let this = Self {
+            path: path.to_owned(),
+            hierarchies,
+        };
+        for h in &this.hierarchies {
+            if let Err(e) = make(h, path) {
+                let _ = this.remove_now();
+                return Err(e);
+            }
+        }
+        Ok(this)
+    }
+
+    /// The cgroup's directory in `h`.
+    pub fn dir(&self, h: &Hierarchy) -> PathBuf {
+        h.mount.join(self.path.trim_start_matches('/'))
+    }
+
+    /// Each hierarchy's `cgroup.procs` of this cgroup, for a child to write `0` to (which
+    /// moves the writer) before it execs.
+    pub fn procs_files(&self) -> Vec<CString> {
+        self.hierarchies
+            .iter()
+            .filter_map(|h| {
+                CString::new(self.dir(h).join("cgroup.procs").as_os_str().as_bytes()).ok()
+            })
+            .collect()
+    }
+
+    /// Whether `pid` is in this cgroup in every hierarchy (from `/proc/<pid>/cgroup`).
+    pub fn contains(&self, pid: u32) -> bool {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return false;
+        };
+        self.hierarchies.iter().all(|h| {
+            text.lines().any(|line| {
+                let mut parts = line.splitn(3, ':');
+                let (Some(_), Some(controllers), Some(path)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return false;
+                };
+                let same = if h.is_unified() {
+                    controllers.is_empty()
+                } else {
+                    let mut listed: Vec<&str> = controllers.split(',').collect();
+                    listed.sort_unstable();
+                    listed.join(",") == h.controllers
+                };
+                same && path == self.path
+            })
+        })
+    }
+
+    /// Whether every hierarchy still has the cgroup's directory.
+    pub fn exists(&self) -> bool {
+        self.hierarchies.iter().all(|h| self.dir(h).is_dir())
+    }
+
+    /// How often the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        self.hierarchies
+            .iter()
+            .filter_map(|h| usage::oom_kills(h, &self.dir(h)))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// CPU, memory and process figures of the cgroup (what its processes cost the host).
+    pub fn usage(&self) -> CgroupUsage {
+        usage::read(self)
+    }
+
+    /// Removes the cgroup from every hierarchy, waiting for its (killed) processes to leave;
+    /// a cgroup already gone is fine. Parents stay: they are kubelet's (or vessel's default).
+    pub async fn remove(&self) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + REMOVE_WAIT;
+        loop {
+            match self.remove_now() {
+                Err(CgroupError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(CgroupError::Io { path, source })
+                    if source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    return Err(CgroupError::Busy {
+                        path,
+                        secs: REMOVE_WAIT.as_secs(),
+                    })
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn remove_now(&self) -> Result<(), CgroupError> {
+        for h in &self.hierarchies {
+            let dir = self.dir(h);
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates `path` in `h`, parents first. A new v1 cpuset cgroup starts with no CPUs or memory
+/// nodes (nothing could join it): it gets its parent's. In v2 the parent hands down the
+/// controllers the VM's figures need.
+fn make(h: &Hierarchy, path: &str) -> Result<(), CgroupError> {
+    let mut dir = h.mount.clone();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let parent = dir.clone();
+        dir.push(part);
+        if dir.is_dir() {
+            continue;
+        }
+        if h.is_unified() {
+            enable_v2_controllers(&parent);
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        if h.has("cpuset") {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let value = std::fs::read_to_string(parent.join(file)).map_err(io_err(&parent))?;
+                let target = dir.join(file);
+                std::fs::write(&target, value.trim()).map_err(io_err(&target))?;
+            }
+        }
+    }
+    if h.is_unified() {
+        // The leaf's own parent too when it existed already (kubelet's pod cgroup).
+        if let Some(parent) = dir.parent() {
+            enable_v2_controllers(parent);
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: a parent with processes of its own cannot hand controllers down (v2's rule
+/// of no internal processes); the limits above still apply, only the VM's own figures are
+/// then read from the nearest parent that has them.
+fn enable_v2_controllers(parent: &Path) {
+    let Ok(available) = std::fs::read_to_string(parent.join("cgroup.controllers")) else {
+        return;
+    };
+    let enabled =
+        std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+    for c in V2_CONTROLLERS {
+        let has = |text: &str| text.split_whitespace().any(|x| x == c);
+        if has(&available) && !has(&enabled) {
+            if let Err(e) = std::fs::write(parent.join("cgroup.subtree_control"), format!("+{c}")) {
+                tracing::debug!(cgroup = %parent.display(), controller = c, error = %e, "enable controller");
+            }
+        }
+    }
+}
+
+/// Moves the calling (forked, not yet exec'd) process into the cgroup whose `cgroup.procs`
+/// files are `files`; only async-signal-safe system calls.
+pub fn join_in_child(files: &[CString]) -> std::io::Result<()> {
+    for file in files {
+        // SAFETY: `file` is a valid NUL-terminated path; open, write and close are plain
+        // system calls on a descriptor this function owns.
+        let written = unsafe {
+            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            (written == 1).then_some(()).ok_or(error)
+        };
+        written?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    #[tokio::test]
+    async fn a_process_joins_before_exec_and_the_cgroup_goes_with_it() {
+        if !root() {
+            eprintln!("SKIPPED a_process_joins_before_exec: needs root to create cgroups");
+            return;
+        }
+        let path = format!("/vessel-unit-{}/vessel-test", std::process::id());
+        let cg = HostCgroup::create(&path).unwrap();
+        assert!(cg.exists());
+        let files = cg.procs_files();
+        let mut cmd = std::process::Command::new("/bin/sleep");
+        cmd.arg("30");
+        // SAFETY: the closure only makes open/write/close system calls on C strings built
+        // before the fork; nothing allocates.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || join_in_child(&files));
+        }
+        let mut child = cmd.spawn().unwrap();
+        assert!(cg.contains(child.id()), "{cg:?}");
+        assert!(cg.usage().processes >= 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        cg.remove().await.unwrap();
+        assert!(!cg.exists());
+        for h in &cg.hierarchies {
+            std::fs::remove_dir(h.mount.join(format!("vessel-unit-{}", std::process::id())))
+                .unwrap();
+        }
+    }
+}
