@@ -8,7 +8,7 @@ use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
     container_config, create_container as create, exec_sh, expect_err, list_pods, pod_config,
-    remove_pod_checked, run_pod, with_namespaces, Client, CriTest,
+    pod_stats, remove_pod_checked, run_pod, with_namespaces, Client, CriTest,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,16 +279,7 @@ async fn logs_stats_updates_and_reopen() {
         .into_inner()
         .stats;
     assert_eq!(listed.len(), 2);
-    let pod_stats = cri
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("pod stats")
-        .into_inner()
-        .stats
-        .expect("stats");
-    let linux = pod_stats.linux.expect("linux stats");
+    let linux = pod_stats(&mut cri, &pod).await;
     assert_eq!(linux.containers.len(), 2);
     assert!(
         linux

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, container_status, create_container, exec_sh, expect_err, list_pods,
-    pod_config, pod_info, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_pod,
-    wait_state, with_namespaces, Client, CriTest, Daemon,
+    container_config, container_status, exec_sh, expect_err, list_pods, pod_config, pod_info,
+    pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_container, run_pod, wait_state,
+    with_namespaces, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -39,20 +39,7 @@ async fn start_container(
     name: &str,
     cmd: &[&str],
 ) -> String {
-    start_configured(cri, pod, config, container_config(name, image, cmd)).await
-}
-
-async fn start_configured(
-    cri: &mut Client,
-    pod: &str,
-    config: &cri::PodSandboxConfig,
-    container: cri::ContainerConfig,
-) -> String {
-    let id = create_container(cri, pod, config, container)
-        .await
-        .expect("create");
-    vessel_tests::cri::start_container(cri, &id).await;
-    id
+    run_container(cri, pod, config, container_config(name, image, cmd)).await
 }
 
 /// SIGKILLs the VMM of `pod` (either backend's, checked against the run's expected one);
@@ -265,7 +252,7 @@ async fn a_guest_panic_is_reported_as_one() {
         }),
         ..Default::default()
     });
-    let ctr = start_configured(&mut cri, &pod, &config, crash).await;
+    let ctr = run_container(&mut cri, &pod, &config, crash).await;
 
     wait_pod_down(&mut cri, &pod, &ctr, Duration::from_secs(60)).await;
     let reason = pod_reason(&mut cri, &pod).await;

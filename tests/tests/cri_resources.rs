@@ -14,9 +14,9 @@ use tonic::Code;
 use vessel_protocols::cri;
 use vessel_shim::host_cgroup::hierarchy;
 use vessel_tests::cri::{
-    container_config, container_status, create_container, exec_sh, expect_err, list_pods,
-    pod_config, pod_info, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_pod,
-    start_container, wait_state, Client, CriTest, Daemon,
+    container_config, container_status, exec_sh, expect_err, list_pods, pod_config, pod_info,
+    pod_stats, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_container, run_pod,
+    wait_state, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::processes_naming;
 use vessel_tests::registry::Registry;
@@ -57,17 +57,6 @@ fn limited(name: &str, image: &str, cmd: &[&str], memory: i64) -> cri::Container
     c
 }
 
-async fn start(
-    cri: &mut Client,
-    pod: &str,
-    config: &cri::PodSandboxConfig,
-    c: cri::ContainerConfig,
-) -> String {
-    let id = create_container(cri, pod, config, c).await.expect("create");
-    start_container(cri, &id).await;
-    id
-}
-
 /// The guest's MemTotal in KiB and CPU count, as a container sees them.
 async fn guest_shape(cri: &mut Client, ctr: &str) -> (i64, u32) {
     let (_, out) = exec_sh(
@@ -106,8 +95,11 @@ async fn vm_size(cri: &mut Client, pod: &str) -> (i64, i64, Option<i64>) {
     )
 }
 
+/// The host's online CPUs, as the daemon counts them.
 fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    let info = std::fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
+    let n = info.lines().filter(|l| l.starts_with("processor")).count();
+    u32::try_from(n).expect("CPU count").max(1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +125,7 @@ async fn pods_get_a_vm_of_their_size() {
     assert!(vm_mib > 2048, "the guest's base is added: {vm_mib}");
     let expected_cpus = 2.min(host_cpus());
     assert_eq!(vcpus, i64::from(expected_cpus));
-    let hog = start(
+    let hog = run_container(
         &mut cri,
         &big,
         &big_cfg,
@@ -170,7 +162,7 @@ async fn pods_get_a_vm_of_their_size() {
     }
 
     // A container over its own 256 MiB limit is OOM-killed in the guest; the pod lives on.
-    let over = start(
+    let over = run_container(
         &mut cri,
         &big,
         &big_cfg,
@@ -197,16 +189,7 @@ async fn pods_get_a_vm_of_their_size() {
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxReady as i32);
 
     // The pod's stats count the VM's host processes: at least the 1 GiB the guest touched.
-    let stats = cri
-        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: big.clone(),
-        })
-        .await
-        .expect("PodSandboxStats")
-        .into_inner()
-        .stats
-        .and_then(|s| s.linux)
-        .expect("linux stats");
+    let stats = pod_stats(&mut cri, &big).await;
     let working_set = stats
         .memory
         .and_then(|m| m.working_set_bytes)
@@ -231,10 +214,23 @@ async fn pods_get_a_vm_of_their_size() {
         working_set >> 20,
         container_sum >> 20
     );
-    assert!(
-        working_set >= 1 << 30 && working_set > container_sum,
-        "{working_set}"
-    );
+    assert!(working_set >= 1 << 30, "{working_set}");
+    let (_, dirs) = vm_cgroup(&mut cri, &big).await;
+    let host_memory = dirs
+        .iter()
+        .any(|d| d.join("memory.usage_in_bytes").exists() || d.join("memory.current").exists());
+    if host_memory {
+        // The host's figure (guest RAM touched + VMM and helpers) is above the containers'.
+        assert!(
+            working_set > container_sum,
+            "{working_set} vs {container_sum}"
+        );
+    } else {
+        vessel_tests::skipped(
+            test,
+            "(the host-cgroup part of the pod stats) no memory controller reaches the VM's cgroup",
+        );
+    }
     assert!(processes >= 2, "VMM and helpers: {processes}");
 
     // Updates inside the VM's size apply; beyond it they fail, naming the size.
@@ -272,7 +268,7 @@ async fn pods_get_a_vm_of_their_size() {
             (256, 1, None),
             "default size"
         );
-        let ctr = start(
+        let ctr = run_container(
             &mut cri,
             pod,
             cfg,
@@ -312,6 +308,16 @@ impl ParentCgroup {
         let path = format!("/vessel-test-{}/{name}", std::process::id());
         for h in hierarchy::mounted().expect("cgroup hierarchies") {
             let dir = h.mount.join(path.trim_start_matches('/'));
+            if h.is_unified() {
+                // As kubelet does for its pod cgroups: the levels above hand the controllers
+                // down (best effort: a root with processes of its own cannot).
+                for level in [h.mount.clone(), dir.parent().unwrap().to_owned()] {
+                    let _ = std::fs::create_dir_all(&level);
+                    for c in ["+cpu", "+memory", "+pids"] {
+                        let _ = std::fs::write(level.join("cgroup.subtree_control"), c);
+                    }
+                }
+            }
             std::fs::create_dir_all(&dir).expect("create the parent cgroup");
             if h.has("cpuset") {
                 // A v1 cpuset cgroup needs CPUs and nodes before anything can join below it.
@@ -340,11 +346,22 @@ impl ParentCgroup {
 }
 
 impl Drop for ParentCgroup {
+    /// After a failed test the daemon may not have removed its VM's cgroup: what runs there is
+    /// killed and the cgroup removed with the parent.
     fn drop(&mut self) {
         for (_, dir) in self.dirs() {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
+                    for pid in procs(&e.path()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while std::fs::remove_dir(e.path()).is_err() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
                 }
             }
             let _ = std::fs::remove_dir(&dir);
@@ -429,6 +446,13 @@ async fn vm_processes_run_in_the_pod_cgroup_across_restarts() {
         "a refused pod left a VM dir"
     );
 
+    // The daemon runs with an OOM score of its own (the systemd unit protects it with -999;
+    // where the test lacks CAP_SYS_RESOURCE to lower a score, it raises it instead): its pod
+    // VMs must start at the default score, not inherit the daemon's.
+    let daemon_score = format!("/proc/{}/oom_score_adj", daemon.pid().expect("daemon pid"));
+    if std::fs::write(&daemon_score, "-999").is_err() {
+        std::fs::write(&daemon_score, "500").expect("set the daemon's OOM score");
+    }
     let parent = ParentCgroup::new("podcg");
     let cfg = sized(
         pod_config("placed", &logs),
@@ -437,7 +461,7 @@ async fn vm_processes_run_in_the_pod_cgroup_across_restarts() {
         &parent.path,
     );
     let pod = run_pod(&mut cri, &cfg).await;
-    let ctr = start(
+    let ctr = run_container(
         &mut cri,
         &pod,
         &cfg,
@@ -465,6 +489,14 @@ async fn vm_processes_run_in_the_pod_cgroup_across_restarts() {
         for (pid, cmdline) in &helpers {
             assert!(inside.contains(pid), "{cmdline} not in {}", dir.display());
         }
+    }
+    for (pid, cmdline) in &helpers {
+        let score = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+        assert_eq!(
+            score.trim(),
+            "0",
+            "{cmdline} inherited the daemon's OOM protection"
+        );
     }
 
     // A restarted daemon finds the cgroup again; the pod keeps serving.
@@ -510,7 +542,7 @@ async fn a_vm_over_the_pod_cgroup_limit_is_oom_killed_by_the_host() {
         &parent.path,
     );
     let pod = run_pod(&mut cri, &cfg).await;
-    let idle = start(
+    let idle = run_container(
         &mut cri,
         &pod,
         &cfg,
@@ -541,11 +573,14 @@ async fn a_vm_over_the_pod_cgroup_limit_is_oom_killed_by_the_host() {
         );
         limited_somewhere = true;
     }
-    assert!(
-        limited_somewhere,
-        "no memory controller to limit the pod with"
-    );
-    let hog = start(
+    if !limited_somewhere {
+        // A v2 host whose cgroup root cannot hand the memory controller down (a container
+        // without delegation): the pod cannot be limited here.
+        vessel_tests::skipped(test, "no memory controller reaches the pod's cgroup");
+        remove_pod_checked(&mut cri, &daemon, &pod).await;
+        return;
+    }
+    let hog = run_container(
         &mut cri,
         &pod,
         &cfg,

@@ -100,8 +100,8 @@ fn clean_path(parent: &str) -> Result<String, CgroupError> {
 }
 
 /// systemd's slice expansion: `kubepods-burstable-pod1.slice` →
-/// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice`; `-.slice` is the
-/// root slice.
+/// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice`; the root slice
+/// `-.slice` is refused, as cgroupfs's `/` is.
 fn expand_slice(slice: &str) -> Result<String, CgroupError> {
     let bad = |reason: &str| CgroupError::BadParent {
         parent: slice.to_owned(),
@@ -113,7 +113,7 @@ fn expand_slice(slice: &str) -> Result<String, CgroupError> {
         ));
     };
     if name == "-" {
-        return Ok(String::new());
+        return Err(bad("names the root slice"));
     }
     if name.is_empty()
         || name.contains('/')
@@ -169,7 +169,6 @@ mod tests {
             d.pod_cgroup("kubepods-burstable-pod1_2.slice", "abc").unwrap(),
             "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1_2.slice/vessel-abc.scope"
         );
-        assert_eq!(d.pod_cgroup("-.slice", "abc").unwrap(), "/vessel-abc.scope");
         assert_eq!(
             d.pod_cgroup("", "abc").unwrap(),
             "/vessel.slice/vessel-abc.scope"

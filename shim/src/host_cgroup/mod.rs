@@ -16,7 +16,7 @@ pub mod driver;
 pub mod hierarchy;
 mod usage;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -141,10 +141,13 @@ impl HostCgroup {
         usage::read(self)
     }
 
-    /// Removes the cgroup from every hierarchy, waiting for its (killed) processes to leave;
-    /// a cgroup already gone is fine. Parents stay: they are kubelet's (or vessel's default).
+    /// Removes the cgroup from every hierarchy; a cgroup already gone is fine. Whatever still
+    /// runs in it (a helper the VM's stop did not reach: it was not adopted, or it forked) is
+    /// SIGKILLed first, then removal waits for the processes to leave. Parents stay: they are
+    /// kubelet's (or vessel's default).
     pub async fn remove(&self) -> Result<(), CgroupError> {
         let deadline = Instant::now() + REMOVE_WAIT;
+        self.kill_all();
         loop {
             match self.remove_now() {
                 Err(CgroupError::Io { source, .. })
@@ -165,6 +168,22 @@ impl HostCgroup {
         }
     }
 
+    /// SIGKILLs every process in the cgroup, in any hierarchy.
+    fn kill_all(&self) {
+        for h in &self.hierarchies {
+            let Ok(procs) = std::fs::read_to_string(self.dir(h).join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                tracing::warn!(cgroup = %self.path, pid, "killing a process left in a pod VM's cgroup");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
     fn remove_now(&self) -> Result<(), CgroupError> {
         for h in &self.hierarchies {
             let dir = self.dir(h);
@@ -178,40 +197,62 @@ impl HostCgroup {
     }
 }
 
-/// Creates `path` in `h`, parents first. A new v1 cpuset cgroup starts with no CPUs or memory
-/// nodes (nothing could join it): it gets its parent's. In v2 the parent hands down the
-/// controllers the VM's figures need.
+/// Creates `path` in `h`, parents first. In v2, the levels vessel creates and the leaf's
+/// parent (kubelet's pod cgroup) hand down the controllers the VM's figures need; levels above
+/// belong to kubelet or systemd and are left as they are. A v1 cpuset cgroup with no CPUs or
+/// memory nodes (a new one, or one a concurrent creator has not filled yet) could take no
+/// process: every level on the way gets the nearest filled ancestor's.
 fn make(h: &Hierarchy, path: &str) -> Result<(), CgroupError> {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let mut dir = h.mount.clone();
-    for part in path.split('/').filter(|p| !p.is_empty()) {
+    let mut cpuset = if h.has("cpuset") {
+        Some(read_cpuset(&dir)?)
+    } else {
+        None
+    };
+    for (i, part) in parts.iter().enumerate() {
         let parent = dir.clone();
         dir.push(part);
-        if dir.is_dir() {
-            continue;
-        }
-        if h.is_unified() {
+        let leaf = i + 1 == parts.len();
+        let exists = dir.is_dir();
+        if h.is_unified() && (!exists || leaf) {
             enable_v2_controllers(&parent);
         }
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_err(&dir)(e)),
+        if !exists {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
         }
-        if h.has("cpuset") {
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                let value = std::fs::read_to_string(parent.join(file)).map_err(io_err(&parent))?;
-                let target = dir.join(file);
-                std::fs::write(&target, value.trim()).map_err(io_err(&target))?;
+        if let Some(inherited) = cpuset.as_mut() {
+            let own = read_cpuset(&dir)?;
+            for (file, value, inherit) in [
+                ("cpuset.cpus", &own.0, &inherited.0),
+                ("cpuset.mems", &own.1, &inherited.1),
+            ] {
+                if value.is_empty() {
+                    let target = dir.join(file);
+                    std::fs::write(&target, inherit).map_err(io_err(&target))?;
+                }
+            }
+            if !own.0.is_empty() && !own.1.is_empty() {
+                *inherited = own;
             }
         }
     }
-    if h.is_unified() {
-        // The leaf's own parent too when it existed already (kubelet's pod cgroup).
-        if let Some(parent) = dir.parent() {
-            enable_v2_controllers(parent);
-        }
-    }
     Ok(())
+}
+
+/// A v1 cpuset cgroup's CPUs and memory nodes (empty: none yet).
+fn read_cpuset(dir: &Path) -> Result<(String, String), CgroupError> {
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path)
+            .map(|v| v.trim().to_owned())
+            .map_err(io_err(&path))
+    };
+    Ok((read("cpuset.cpus")?, read("cpuset.mems")?))
 }
 
 /// Best effort: a parent with processes of its own cannot hand controllers down (v2's rule
@@ -234,24 +275,31 @@ fn enable_v2_controllers(parent: &Path) {
 }
 
 /// Moves the calling (forked, not yet exec'd) process into the cgroup whose `cgroup.procs`
-/// files are `files`; only async-signal-safe system calls.
-pub fn join_in_child(files: &[CString]) -> std::io::Result<()> {
-    for file in files {
-        // SAFETY: `file` is a valid NUL-terminated path; open, write and close are plain
-        // system calls on a descriptor this function owns.
-        let written = unsafe {
-            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let error = std::io::Error::last_os_error();
-            libc::close(fd);
-            (written == 1).then_some(()).ok_or(error)
-        };
-        written?;
+/// files are `files`; only async-signal-safe system calls. (Called elsewhere, it would move
+/// the daemon itself.)
+pub(crate) fn join_in_child(files: &[CString]) -> std::io::Result<()> {
+    files.iter().try_for_each(|file| write_in_child(file, b"0"))
+}
+
+/// Writes `value` to the file `path` with open, write and close only (async-signal-safe, for
+/// a forked child before exec).
+pub(crate) fn write_in_child(path: &CStr, value: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string and `value` a live slice; open, write
+    // and close are plain system calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let written = libc::write(fd, value.as_ptr().cast(), value.len());
+        let error = std::io::Error::last_os_error();
+        libc::close(fd);
+        if usize::try_from(written).ok() == Some(value.len()) {
+            Ok(())
+        } else {
+            Err(error)
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -268,7 +316,13 @@ mod tests {
             eprintln!("SKIPPED a_process_joins_before_exec: needs root to create cgroups");
             return;
         }
-        let path = format!("/vessel-unit-{}/vessel-test", std::process::id());
+        let top = format!("vessel-unit-{}", std::process::id());
+        // The parent exists already, as a concurrent creator left it: a v1 cpuset without
+        // CPUs or nodes yet, which the new cgroup must not inherit.
+        for h in hierarchy::mounted().unwrap() {
+            std::fs::create_dir(h.mount.join(&top)).unwrap();
+        }
+        let path = format!("/{top}/vessel-test");
         let cg = HostCgroup::create(&path).unwrap();
         assert!(cg.exists());
         let files = cg.procs_files();
@@ -283,13 +337,16 @@ mod tests {
         let mut child = cmd.spawn().unwrap();
         assert!(cg.contains(child.id()), "{cg:?}");
         assert!(cg.usage().processes >= 1);
-        child.kill().unwrap();
-        child.wait().unwrap();
+        // Removal kills what is still inside.
         cg.remove().await.unwrap();
         assert!(!cg.exists());
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
         for h in &cg.hierarchies {
-            std::fs::remove_dir(h.mount.join(format!("vessel-unit-{}", std::process::id())))
-                .unwrap();
+            std::fs::remove_dir(h.mount.join(&top)).unwrap();
         }
     }
 }

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 use super::HypervisorError;
-use crate::host_cgroup::join_in_child;
+use crate::host_cgroup::{join_in_child, write_in_child};
 
 /// The descriptor number a passed descriptor has in the child.
 pub const PASSED_FD: RawFd = 3;
@@ -129,33 +129,36 @@ impl ChildProcess {
             // Its own process group, so stopping it reaches whatever it forks.
             .process_group(0);
         let passed = pass_fd.map(|fd| fd.as_raw_fd());
-        if passed.is_some() || !cgroup_procs.is_empty() {
-            let cgroup_procs = cgroup_procs.to_vec();
-            // dup2 leaves the copy without FD_CLOEXEC, so it survives exec; a source already
-            // at the target number only has FD_CLOEXEC cleared. Joining the cgroup here, before
-            // exec, means none of the program's own instructions runs outside it.
-            // SAFETY: the closure runs in the forked child before exec, where only
-            // async-signal-safe calls are allowed: dup2(2), fcntl(2) and the open/write/close
-            // of `join_in_child` are single system calls on descriptors the parent holds open
-            // until spawn returns and on C strings built before the fork; nothing allocates.
-            unsafe {
-                command.pre_exec(move || {
-                    join_in_child(&cgroup_procs)?;
-                    let Some(source) = passed else {
-                        return Ok(());
-                    };
-                    let ok = if source == PASSED_FD {
-                        libc::fcntl(PASSED_FD, libc::F_SETFD, 0) >= 0
-                    } else {
-                        libc::dup2(source, PASSED_FD) >= 0
-                    };
-                    if ok {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+        let cgroup_procs = cgroup_procs.to_vec();
+        // Joining the cgroup here, before exec, means none of the program's own instructions
+        // runs outside it. The daemon may run protected from the OOM killer (the systemd
+        // unit's OOMScoreAdjust): a pod VM must not be, so its processes start at the default
+        // score (raising it needs no privilege; best effort). dup2 leaves the copy without
+        // FD_CLOEXEC, so it survives exec; a source already at the target number only has
+        // FD_CLOEXEC cleared.
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed: dup2(2), fcntl(2) and the open/write/close of
+        // `join_in_child` and `write_in_child` are single system calls on descriptors the
+        // parent holds open until spawn returns and on C strings built before the fork;
+        // nothing allocates.
+        unsafe {
+            command.pre_exec(move || {
+                join_in_child(&cgroup_procs)?;
+                let _ = write_in_child(c"/proc/self/oom_score_adj", b"0");
+                let Some(source) = passed else {
+                    return Ok(());
+                };
+                let ok = if source == PASSED_FD {
+                    libc::fcntl(PASSED_FD, libc::F_SETFD, 0) >= 0
+                } else {
+                    libc::dup2(source, PASSED_FD) >= 0
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
         }
         let child = command.spawn().map_err(|source| HypervisorError::Spawn {
             program: program.display().to_string(),

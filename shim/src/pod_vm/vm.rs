@@ -19,8 +19,8 @@ use crate::config::HypervisorConfig;
 use crate::host_cgroup::{CgroupError, HostCgroup};
 use crate::host_mounts::{self, MountError};
 use crate::hypervisor::{
-    adopt_vm, new_vm, tail_file, Backend, Hypervisor, HypervisorError, VmConfig, VmExit, VmRecord,
-    SHARED_FS_TAG,
+    adopt_vm, new_vm, tail_file, Backend, Exited, Hypervisor, HypervisorError, VmConfig, VmExit,
+    VmRecord, SHARED_FS_TAG,
 };
 use crate::network::tap::PodInterface;
 
@@ -248,6 +248,7 @@ impl PodVm {
             }
         };
         if let Some(exit) = hv.exit_status() {
+            let exit = host_oom(exit, hv.config());
             return Err(remains(Some(hv), exit.to_string()));
         }
         let agent = match AgentClient::connect(&hv.agent_socket()).await {
@@ -307,14 +308,7 @@ impl PodVm {
     /// cgroup counts OOM kills was killed by the host's OOM killer (the pod cgroup's limit).
     pub fn exit_status(&mut self) -> Option<VmExit> {
         let exit = self.hypervisor.exit_status()?;
-        Some(match (exit, self.hypervisor.config().cgroup.as_ref()) {
-            (VmExit::Killed(_) | VmExit::Unknown, Some(cgroup)) if cgroup.oom_kills() > 0 => {
-                VmExit::OutOfMemory {
-                    cgroup: cgroup.path.clone(),
-                }
-            }
-            (exit, _) => exit,
-        })
+        Some(host_oom(exit, self.hypervisor.config()))
     }
 
     pub fn id(&self) -> &str {
@@ -383,6 +377,25 @@ impl PodVm {
     }
 }
 
+/// A VMM that SIGKILL ended (or that is gone, adopted, with no status) while its cgroup
+/// counts OOM kills was killed by the host's OOM killer: the pod cgroup's limit.
+fn host_oom(exit: VmExit, config: &VmConfig) -> VmExit {
+    let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
+    match (exit, config.cgroup.as_ref()) {
+        (VmExit::Killed(Exited::Signal(signal)), Some(cgroup))
+            if signal == sigkill && cgroup.oom_kills() > 0 =>
+        {
+            VmExit::OutOfMemory {
+                cgroup: cgroup.path.clone(),
+            }
+        }
+        (VmExit::Unknown, Some(cgroup)) if cgroup.oom_kills() > 0 => VmExit::OutOfMemory {
+            cgroup: cgroup.path.clone(),
+        },
+        (exit, _) => exit,
+    }
+}
+
 /// A persisted pod VM, for [`PodVm::adopt`].
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PodVmRecord {
@@ -407,17 +420,22 @@ pub struct VmRemains {
 
 impl VmRemains {
     /// Stops every process of the VM, deletes its runtime dir and removes its cgroup.
+    /// Each step is tried even when an earlier one failed; the first failure is returned.
     pub async fn destroy(self) -> Result<(), VmError> {
-        if let Some(mut hv) = self.hypervisor {
-            hv.stop().await?;
-        }
-        host_mounts::remove_dir_unmounted(&self.run_dir)?;
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.remove().await.map_err(|source| VmError::Cgroup {
+        let stopped = match self.hypervisor {
+            Some(mut hv) => hv.stop().await.map_err(VmError::from),
+            None => Ok(()),
+        };
+        // Whatever the stop missed is killed with the cgroup.
+        let removed = match &self.cgroup {
+            Some(cgroup) => cgroup.remove().await.map_err(|source| VmError::Cgroup {
                 id: self.id.clone(),
                 source,
-            })?;
-        }
+            }),
+            None => Ok(()),
+        };
+        let deleted = host_mounts::remove_dir_unmounted(&self.run_dir).map_err(VmError::from);
+        stopped.and(removed).and(deleted)?;
         tracing::info!(pod_id = %self.id, "pod VM destroyed");
         Ok(())
     }

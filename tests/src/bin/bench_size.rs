@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, create_container, exec_sh, pod_config, pod_info, pull, registry_with_busybox,
-    run_pod, start_container, Client, Daemon,
+    container_config, exec_sh, pod_config, pod_info, pull, registry_with_busybox, run_container,
+    run_pod, Client, Daemon,
 };
 use vessel_tests::leftovers::pss_kib;
 use vessel_tests::TestEnv;
@@ -60,15 +60,8 @@ async fn main() -> Result<()> {
     let mut pods = Vec::new();
     for cfg in [&small_cfg, &big_cfg] {
         let pod = run_pod(&mut cri, cfg).await;
-        let ctr = create_container(
-            &mut cri,
-            &pod,
-            cfg,
-            container_config("idle", &image, &["sleep", "100000"]),
-        )
-        .await
-        .context("create")?;
-        start_container(&mut cri, &ctr).await;
+        let idle = container_config("idle", &image, &["sleep", "100000"]);
+        let ctr = run_container(&mut cri, &pod, cfg, idle).await;
         pods.push((pod, ctr));
     }
     tokio::time::sleep(SETTLE).await;

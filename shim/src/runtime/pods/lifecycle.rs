@@ -264,13 +264,20 @@ impl Pods {
             Err(failure) => {
                 let reason = format!("pod VM lost while vessel-shim was down: {}", failure.reason);
                 tracing::warn!(pod_id = %pod.id, %reason);
-                if let Err(e) = failure.remains.destroy().await {
+                // A failed cleanup keeps the VM in the record, so StopPodSandbox tries again.
+                let cleaned = failure.remains.destroy().await;
+                if let Err(e) = &cleaned {
                     tracing::error!(pod_id = %pod.id, error = %e, "clean up lost pod VM");
                 }
                 let record = pod.update(|r| {
                     r.state = PodState::NotReady;
-                    r.reason = reason;
-                    r.vm = None;
+                    match &cleaned {
+                        Ok(()) => {
+                            r.reason = reason;
+                            r.vm = None;
+                        }
+                        Err(e) => r.reason = format!("{reason}; cleanup failed: {e}"),
+                    }
                 });
                 if let Err(e) = self.persist(&record) {
                     tracing::error!(pod_id = %pod.id, error = %e, "persist pod state");

@@ -35,7 +35,7 @@ pub fn vm_size(
     let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
     let limit = resources.map_or(0, |r| r.memory_limit_in_bytes);
     let (memory_mib, containers_memory_mib, memory_from) = if limit > 0 {
-        let containers = (limit + MIB - 1) / MIB;
+        let containers = div_ceil(limit, MIB);
         let total = containers + i64::from(hv.guest_base_mib);
         if total > i64::from(hv.max_memory_mib) {
             return Err(RuntimeError::invalid(
@@ -68,7 +68,7 @@ pub fn vm_size(
             .map(|r| r.cpu_period)
             .filter(|p| *p > 0)
             .unwrap_or(DEFAULT_CPU_PERIOD);
-        let wanted = (quota + period - 1) / period;
+        let wanted = div_ceil(quota, period);
         if wanted > i64::from(hv.max_vcpus) {
             return Err(RuntimeError::invalid(
                 "linux.resources.cpu_quota",
@@ -106,10 +106,19 @@ pub fn vm_size(
     })
 }
 
-/// This host's CPUs (those the daemon may run on).
+/// `a / b` rounded up, for positive `a` and `b`, without overflow near `i64::MAX`.
+fn div_ceil(a: i64, b: i64) -> i64 {
+    (a - 1) / b + 1
+}
+
+/// This host's online CPUs (not the daemon's own affinity or cgroup quota, which a service
+/// manager may have narrowed).
 pub fn host_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+    use procfs::Current;
+    procfs::CpuInfo::current()
+        .ok()
+        .and_then(|info| u32::try_from(info.num_cores()).ok())
+        .filter(|n| *n > 0)
         .unwrap_or(1)
 }
 
@@ -134,7 +143,7 @@ impl VmSize {
             } else {
                 DEFAULT_CPU_PERIOD
             };
-            let wanted = (r.cpu_quota + period - 1) / period;
+            let wanted = div_ceil(r.cpu_quota, period);
             if wanted > i64::from(self.vcpus) {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "linux.cpu_quota {} per period {period} asks for {wanted} CPUs; the pod's VM of {} MiB has {} vCPUs; CPU hot-plug is not supported yet",
@@ -180,6 +189,20 @@ mod tests {
         assert_eq!(s.vcpus, 2);
         assert!(s.vcpus_from.contains("capped"), "{}", s.vcpus_from);
         assert_eq!(s.memory_mib, hv.memory_mib);
+    }
+
+    #[test]
+    fn absurd_values_are_refused_not_wrapped() {
+        let hv = HypervisorConfig::default();
+        let e = vm_size(&pod(i64::MAX, 0, 0), &hv, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_memory_mib"), "{e}");
+        let e = vm_size(&pod(0, i64::MAX, 1), &hv, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_vcpus"), "{e}");
+        assert!(host_cpus() >= 1);
     }
 
     #[test]

@@ -64,7 +64,6 @@ pub async fn status(
                 "vcpusFrom": s.vcpus_from,
             })),
             "cgroup": record.vm.as_ref().and_then(|vm| vm.vm.config.cgroup.as_ref()).map(|c| serde_json::json!({
-                "driver": rt.pods.cgroup_driver().name(),
                 "path": c.path,
                 "hierarchies": c.hierarchies.iter().map(|h| h.mount.join(c.path.trim_start_matches('/'))).collect::<Vec<_>>(),
             })),
