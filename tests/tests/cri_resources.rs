@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tonic::Code;
 use vessel_protocols::cri;
-use vessel_shim::host_cgroup::hierarchy;
+use vessel_tests::cgroups::{procs, ParentCgroup};
 use vessel_tests::cri::{
     container_config, container_status, exec_sh, expect_err, list_pods, pod_config, pod_info,
     pod_stats, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_container, run_pod,
@@ -297,81 +297,6 @@ async fn cgroupfs_daemon(test: &str, toml: &str) -> (Registry, Daemon, String) {
     (registry, daemon, image)
 }
 
-/// A cgroup parent of the test's own, like kubelet's pod cgroup, in every hierarchy;
-/// removed (with anything left below it) when dropped.
-struct ParentCgroup {
-    path: String,
-}
-
-impl ParentCgroup {
-    fn new(name: &str) -> Self {
-        let path = format!("/vessel-test-{}/{name}", std::process::id());
-        for h in hierarchy::mounted().expect("cgroup hierarchies") {
-            let dir = h.mount.join(path.trim_start_matches('/'));
-            if h.is_unified() {
-                // As kubelet does for its pod cgroups: the levels above hand the controllers
-                // down (best effort: a root with processes of its own cannot).
-                for level in [h.mount.clone(), dir.parent().unwrap().to_owned()] {
-                    let _ = std::fs::create_dir_all(&level);
-                    for c in ["+cpu", "+memory", "+pids"] {
-                        let _ = std::fs::write(level.join("cgroup.subtree_control"), c);
-                    }
-                }
-            }
-            std::fs::create_dir_all(&dir).expect("create the parent cgroup");
-            if h.has("cpuset") {
-                // A v1 cpuset cgroup needs CPUs and nodes before anything can join below it.
-                for level in [dir.parent().unwrap().to_owned(), dir.clone()] {
-                    for file in ["cpuset.cpus", "cpuset.mems"] {
-                        let parent = level.parent().unwrap().join(file);
-                        let value = std::fs::read_to_string(parent).unwrap();
-                        std::fs::write(level.join(file), value.trim()).unwrap();
-                    }
-                }
-            }
-        }
-        Self { path }
-    }
-
-    fn dirs(&self) -> Vec<(hierarchy::Hierarchy, PathBuf)> {
-        hierarchy::mounted()
-            .expect("cgroup hierarchies")
-            .into_iter()
-            .map(|h| {
-                let dir = h.mount.join(self.path.trim_start_matches('/'));
-                (h, dir)
-            })
-            .collect()
-    }
-}
-
-impl Drop for ParentCgroup {
-    /// After a failed test the daemon may not have removed its VM's cgroup: what runs there is
-    /// killed and the cgroup removed with the parent.
-    fn drop(&mut self) {
-        for (_, dir) in self.dirs() {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    for pid in procs(&e.path()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while std::fs::remove_dir(e.path()).is_err() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
-            if let Some(top) = dir.parent() {
-                let _ = std::fs::remove_dir(top);
-            }
-        }
-    }
-}
-
 /// The cgroup of a pod's VM, from its verbose status: the path and each hierarchy's dir.
 async fn vm_cgroup(cri: &mut Client, pod: &str) -> (String, Vec<PathBuf>) {
     let info = pod_info(cri, pod).await;
@@ -384,14 +309,6 @@ async fn vm_cgroup(cri: &mut Client, pod: &str) -> (String, Vec<PathBuf>) {
         .map(|d| PathBuf::from(d.as_str().unwrap()))
         .collect();
     (path, dirs)
-}
-
-fn procs(dir: &std::path::Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
