@@ -136,11 +136,11 @@ impl ChildProcess {
         // score (raising it needs no privilege; best effort). dup2 leaves the copy without
         // FD_CLOEXEC, so it survives exec; a source already at the target number only has
         // FD_CLOEXEC cleared.
-        // SAFETY: the closure runs in the forked child before exec, where only
-        // async-signal-safe calls are allowed: dup2(2), fcntl(2) and the open/write/close of
-        // `join_in_child` and `write_in_child` are single system calls on descriptors the
-        // parent holds open until spawn returns and on C strings built before the fork;
-        // nothing allocates.
+        // Between fork and exec only async-signal-safe calls are allowed: dup2(2), fcntl(2)
+        // and the open/write/close of `join_in_child` and `write_in_child` are single system
+        // calls on descriptors the parent holds open until spawn returns and on C strings
+        // built before the fork.
+        // SAFETY: the closure is async-signal-safe (above) and allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 join_in_child(&cgroup_procs)?;
