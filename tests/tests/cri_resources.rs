@@ -15,12 +15,9 @@ use vessel_protocols::cri;
 use vessel_tests::cgroups::{procs, ParentCgroup};
 use vessel_tests::cri::{
     container_config, container_status, exec_sh, expect_err, list_pods, pod_config, pod_info,
-    pod_stats, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_container, run_pod,
-    wait_state, Client, CriTest, Daemon,
+    pod_stats, pod_vmm, remove_pod_checked, run_container, run_pod, wait_state, Client, CriTest,
 };
 use vessel_tests::leftovers::processes_naming;
-use vessel_tests::registry::Registry;
-use vessel_tests::TestEnv;
 
 const MIB: i64 = 1 << 20;
 
@@ -284,18 +281,9 @@ async fn pods_get_a_vm_of_their_size() {
     }
 }
 
-/// A registry with busybox and a daemon that names pod cgroups as cgroupfs paths (the tests'
-/// parents are paths on every host, systemd's or not), with `toml` besides; busybox pulled.
-async fn cgroupfs_daemon(test: &str, toml: &str) -> (Registry, Daemon, String) {
-    let (registry, image) = registry_with_busybox().await;
-    let config = format!("cgroup_driver = \"cgroupfs\"\n{toml}");
-    let daemon = Daemon::start_with_config(Some(&config)).await;
-    vessel_tests::check_backend(test, &daemon.vmm().await);
-    pull(&mut daemon.image_client().await, &image, None)
-        .await
-        .expect("pull busybox");
-    (registry, daemon, image)
-}
+/// Pod cgroups named as cgroupfs paths: the tests' parents are paths on every host, systemd's
+/// or not.
+const CGROUPFS: &str = "cgroup_driver = \"cgroupfs\"\n";
 
 /// The cgroup of a pod's VM, from its verbose status: the path and each hierarchy's dir.
 async fn vm_cgroup(cri: &mut Client, pod: &str) -> (String, Vec<PathBuf>) {
@@ -314,15 +302,17 @@ async fn vm_cgroup(cri: &mut Client, pod: &str) -> (String, Vec<PathBuf>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_processes_run_in_the_pod_cgroup_across_restarts() {
     let test = "vm_processes_run_in_the_pod_cgroup_across_restarts";
-    let Some(env) = TestEnv::detect(test) else {
+    let config = format!("{CGROUPFS}[hypervisor]\nmax_memory_mib = 1024\nmax_vcpus = 4\n");
+    let Some(CriTest {
+        env,
+        mut daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup_with_config(test, Some(&config)).await
+    else {
         return;
     };
-    if !vessel_tests::registry::available(test) {
-        return;
-    }
-    let (_registry, mut daemon, image) =
-        cgroupfs_daemon(test, "[hypervisor]\nmax_memory_mib = 1024\nmax_vcpus = 4\n").await;
-    let mut cri = daemon.client().await;
     let logs = env.state_dir().join("logs");
     let rc = cri
         .runtime_config(cri::RuntimeConfigRequest {})
@@ -443,14 +433,16 @@ async fn vm_processes_run_in_the_pod_cgroup_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_over_the_pod_cgroup_limit_is_oom_killed_by_the_host() {
     let test = "a_vm_over_the_pod_cgroup_limit_is_oom_killed_by_the_host";
-    let Some(env) = TestEnv::detect(test) else {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup_with_config(test, Some(CGROUPFS)).await
+    else {
         return;
     };
-    if !vessel_tests::registry::available(test) {
-        return;
-    }
-    let (_registry, daemon, image) = cgroupfs_daemon(test, "").await;
-    let mut cri = daemon.client().await;
     let parent = ParentCgroup::new("oompod");
     let cfg = sized(
         pod_config("oom", &env.state_dir().join("logs")),

@@ -380,19 +380,14 @@ impl PodVm {
 /// A VMM that SIGKILL ended (or that is gone, adopted, with no status) while its cgroup
 /// counts OOM kills was killed by the host's OOM killer: the pod cgroup's limit.
 fn host_oom(exit: VmExit, config: &VmConfig) -> VmExit {
-    let sigkill = nix::sys::signal::Signal::SIGKILL as i32;
-    match (exit, config.cgroup.as_ref()) {
-        (VmExit::Killed(Exited::Signal(signal)), Some(cgroup))
-            if signal == sigkill && cgroup.oom_kills() > 0 =>
-        {
+    let sigkill = VmExit::Killed(Exited::Signal(nix::sys::signal::Signal::SIGKILL as i32));
+    match config.cgroup.as_ref() {
+        Some(cgroup) if (exit == sigkill || exit == VmExit::Unknown) && cgroup.oom_kills() > 0 => {
             VmExit::OutOfMemory {
                 cgroup: cgroup.path.clone(),
             }
         }
-        (VmExit::Unknown, Some(cgroup)) if cgroup.oom_kills() > 0 => VmExit::OutOfMemory {
-            cgroup: cgroup.path.clone(),
-        },
-        (exit, _) => exit,
+        _ => exit,
     }
 }
 

@@ -151,12 +151,17 @@ pub struct CriTest {
 impl CriTest {
     /// `None`, after a printed SKIPPED line, when the machine lacks what the test needs.
     pub async fn setup(test: &str) -> Option<Self> {
+        Self::setup_with_config(test, None).await
+    }
+
+    /// [`CriTest::setup`] with a daemon config of the test's (see [`Daemon::start_with_config`]).
+    pub async fn setup_with_config(test: &str, toml: Option<&str>) -> Option<Self> {
         let env = crate::TestEnv::detect(test)?;
         if !crate::registry::available(test) {
             return None;
         }
         let (registry, image) = registry_with_busybox().await;
-        let daemon = Daemon::start().await;
+        let daemon = Daemon::start_with_config(toml).await;
         crate::check_backend(test, &daemon.vmm().await);
         pull(&mut daemon.image_client().await, &image, None)
             .await

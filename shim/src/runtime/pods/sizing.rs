@@ -64,11 +64,7 @@ pub fn vm_size(
     };
     let quota = resources.map_or(0, |r| r.cpu_quota);
     let (vcpus, vcpus_from) = if quota > 0 {
-        let period = resources
-            .map(|r| r.cpu_period)
-            .filter(|p| *p > 0)
-            .unwrap_or(DEFAULT_CPU_PERIOD);
-        let wanted = div_ceil(quota, period);
+        let (wanted, period) = cpus_for(quota, resources.map_or(0, |r| r.cpu_period));
         if wanted > i64::from(hv.max_vcpus) {
             return Err(RuntimeError::invalid(
                 "linux.resources.cpu_quota",
@@ -106,6 +102,17 @@ pub fn vm_size(
     })
 }
 
+/// The whole CPUs a positive CFS quota per `period` (the default period when 0) asks for,
+/// and the period it was read against.
+fn cpus_for(quota: i64, period: i64) -> (i64, i64) {
+    let period = if period > 0 {
+        period
+    } else {
+        DEFAULT_CPU_PERIOD
+    };
+    (div_ceil(quota, period), period)
+}
+
 /// `a / b` rounded up, for positive `a` and `b`, without overflow near `i64::MAX`.
 fn div_ceil(a: i64, b: i64) -> i64 {
     (a - 1) / b + 1
@@ -138,12 +145,7 @@ impl VmSize {
             )));
         }
         if r.cpu_quota > 0 {
-            let period = if r.cpu_period > 0 {
-                r.cpu_period
-            } else {
-                DEFAULT_CPU_PERIOD
-            };
-            let wanted = div_ceil(r.cpu_quota, period);
+            let (wanted, period) = cpus_for(r.cpu_quota, r.cpu_period);
             if wanted > i64::from(self.vcpus) {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "linux.cpu_quota {} per period {period} asks for {wanted} CPUs; the pod's VM of {} MiB has {} vCPUs; CPU hot-plug is not supported yet",

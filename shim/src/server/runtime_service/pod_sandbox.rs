@@ -65,7 +65,7 @@ pub async fn status(
             })),
             "cgroup": record.vm.as_ref().and_then(|vm| vm.vm.config.cgroup.as_ref()).map(|c| serde_json::json!({
                 "path": c.path,
-                "hierarchies": c.hierarchies.iter().map(|h| h.mount.join(c.path.trim_start_matches('/'))).collect::<Vec<_>>(),
+                "hierarchies": c.hierarchies.iter().map(|h| c.dir(h)).collect::<Vec<_>>(),
             })),
         });
         info.insert("info".to_string(), doc.to_string());
