@@ -7,6 +7,15 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
+# A run from a clean tree gains nothing from incremental artefacts (GiBs on disk).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# The build tree, guest images and test binaries take about 8 GiB; say so up front rather than
+# fail half-way with "No space left on device".
+free_kib=$(df -Pk "$repo" | awk 'NR == 2 { print $4 }')
+echo "test: $((free_kib / 1024 / 1024)) GiB free on the disk of $repo" >&2
+if [ "$free_kib" -lt $((8 * 1024 * 1024)) ]; then
+    echo "test: warning: under 8 GiB free; the build may run out of space" >&2
+fi
 scripts/setup.sh
 scripts/build-guest.sh
 # The guest image of an older agent, for the upgrade test (a pod VM adopted across an upgrade).
