@@ -1,5 +1,6 @@
 //! vessel-agent: PID 1 of a pod's microVM. Boots the guest (init/), then serves the agent
-//! API over ttrpc on vsock port 1024 (rpc/), creating the pod's containers with
+//! API over ttrpc on vsock port 1024 (rpc/) and byte streams (exec and attach I/O, port
+//! forwarding) on vsock port 1025 (streams/), creating the pod's containers with
 //! libcontainer (container/) on storage it mounts (storage/), and sets up the pod network's
 //! interface, loopback and routes (network.rs). Started with
 //! `__vessel-libcontainer` it is instead the one-shot libcontainer helper; started as
@@ -20,6 +21,7 @@ mod pause;
 mod rpc;
 mod sandbox;
 mod storage;
+mod streams;
 
 use std::process::ExitCode;
 

@@ -35,17 +35,25 @@ pub enum Capability {
     PodPidNamespace,
     /// The agent configures the pod interface and routes (UpdateInterface, UpdateRoutes).
     PodNetwork,
+    /// The agent serves byte streams (exec and attach I/O, port forwarding) on
+    /// [`crate::stream::STREAM_VSOCK_PORT`].
+    Streams,
 }
 
 impl Capability {
     /// Every capability this version of the contract defines.
-    pub const ALL: [Capability; 2] = [Capability::PodPidNamespace, Capability::PodNetwork];
+    pub const ALL: [Capability; 3] = [
+        Capability::PodPidNamespace,
+        Capability::PodNetwork,
+        Capability::Streams,
+    ];
 
     /// The name on the wire.
     pub fn name(self) -> &'static str {
         match self {
             Capability::PodPidNamespace => "pod-pid-namespace",
             Capability::PodNetwork => "pod-network",
+            Capability::Streams => "streams",
         }
     }
 

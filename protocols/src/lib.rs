@@ -5,6 +5,8 @@
 //! - [`agent`]: the host ↔ guest agent API (`proto/agent.proto`), served over ttrpc.
 //! - [`guest`]: the rest of the guest contract: id rules, guest paths both sides use, and the
 //!   capabilities an agent reports.
+//! - [`stream`]: the framing of the byte streams (exec and attach I/O, port forwarding) that
+//!   travel beside the ttrpc connection.
 
 /// Kubernetes CRI `runtime.v1`.
 pub use k8s_cri::v1 as cri;
@@ -23,6 +25,7 @@ pub mod agent {
 }
 
 pub mod guest;
+pub mod stream;
 
 /// The vsock port the agent's ttrpc server listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -41,6 +41,24 @@ pub struct Config {
     pub registry: crate::image::RegistryConfig,
     /// `[cni]`: the pod network's configuration and plugins (see `network::cni`).
     pub cni: crate::network::CniConfig,
+    pub streaming: StreamingConfig,
+}
+
+/// `[streaming]`: the server that Exec, Attach and PortForward hand their clients to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// `host:port` to listen on; port 0 takes a free one. kubelet reaches it on the node (and
+    /// proxies it for the API server), so loopback is the default.
+    pub address: String,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:0".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -50,6 +68,7 @@ impl Default for Config {
             hypervisor: HypervisorConfig::default(),
             registry: Default::default(),
             cni: Default::default(),
+            streaming: Default::default(),
         }
     }
 }
@@ -239,6 +258,16 @@ impl Config {
         self.cni
             .validate()
             .map_err(|reason| ConfigError::Invalid { key: "cni", reason })?;
+        self.streaming
+            .address
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| ConfigError::Invalid {
+                key: "streaming.address",
+                reason: format!(
+                    "{:?} is not an IP address and port: {e}",
+                    self.streaming.address
+                ),
+            })?;
         Ok(())
     }
 }

@@ -6,6 +6,9 @@
 //! - [`server`]: the CRI socket; `runtime_service/` and `image_service/` hold one thin
 //!   handler file per RPC family, `authority.rs` the HTTP/2 fix for old clients,
 //!   `instrument.rs` the per-call log line and gRPC status. → `runtime`, `image`
+//! - [`streaming`]: the streaming server of Exec, Attach and PortForward (HTTP upgraded to
+//!   SPDY/3.1 or WebSocket, single-use tokens), run through the pod's agent streams.
+//!   → `runtime`, `pod_vm`
 //! - [`runtime`]: the core: `pods/` (RunPodSandbox, StopPodSandbox, VM adoption and
 //!   monitor, the pod's namespace and CNI attachment), `containers/` (create, lifecycle, log pumps and exits), `exec.rs`,
 //!   `stats.rs`, the persisted records and name reservations. → `pod_vm`, `oci`, `image`,
@@ -39,3 +42,4 @@ pub mod oci;
 pub mod pod_vm;
 pub mod runtime;
 pub mod server;
+pub mod streaming;

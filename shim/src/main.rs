@@ -8,6 +8,7 @@ use vessel_shim::config::Config;
 use vessel_shim::hypervisor::{probe_kvm, select};
 use vessel_shim::runtime::{Dirs, Runtime};
 use vessel_shim::server::serve;
+use vessel_shim::streaming::StreamingServer;
 
 /// The config a node installs (deploy/config.toml); `--config` wins.
 const DEFAULT_CONFIG: &str = "/etc/vessel/config.toml";
@@ -65,7 +66,10 @@ async fn main() -> Result<()> {
     let runtime = Runtime::start(config, dirs, selection)
         .await
         .context("start runtime")?;
-    serve(runtime.clone(), &flags.socket, shutdown_signal())
+    let streaming = StreamingServer::start(&runtime.config.streaming, runtime.clone())
+        .await
+        .context("start the streaming server")?;
+    serve(runtime.clone(), streaming, &flags.socket, shutdown_signal())
         .await
         .context("serve CRI")?;
     tracing::info!("vessel-shim stopped; pod VMs keep running and are adopted at the next start");

@@ -10,6 +10,7 @@ pub mod node_net;
 pub mod registry;
 pub mod rootfs;
 pub mod spec;
+pub mod streams;
 pub mod tiny_elf;
 pub mod token_auth;
 

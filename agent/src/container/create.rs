@@ -103,7 +103,7 @@ impl Containers {
             bundle: bundle.to_path_buf(),
             console_socket,
         };
-        let (pid, io) = self.spawn(request, terminal, p.stdin, &p.id).await?;
+        let (pid, io) = self.spawn(request, terminal, p.stdin).await?;
         Ok((pid, io, cgroup, rootfs))
     }
 
@@ -113,10 +113,9 @@ impl Containers {
         request: impl FnOnce(Option<PathBuf>) -> Request,
         terminal: bool,
         with_stdin: bool,
-        name: &str,
     ) -> Result<(i32, ProcessIo)> {
         if terminal {
-            let console = ConsoleSocket::listen(name)?;
+            let console = ConsoleSocket::listen()?;
             let req = request(Some(console.path().to_path_buf()));
             match self.runtime.call(req, Vec::new()).await {
                 Ok(pid) => {
@@ -169,8 +168,7 @@ impl Containers {
             process: file.clone(),
             console_socket,
         };
-        let name = format!("{}-{}", p.container_id, p.exec_id);
-        let spawned = self.spawn(request, terminal, p.stdin, &name).await;
+        let spawned = self.spawn(request, terminal, p.stdin).await;
         let _ = std::fs::remove_file(&file);
         let (pid, io) = spawned?;
         let proc = Process::track(&p.exec_id, pid, io, &self.reaper, &container.cgroup);

@@ -204,6 +204,11 @@ impl Containers {
         }
     }
 
+    /// Whether the process exists (a stream to it can be opened).
+    pub fn check_process(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.get(id)?.process(exec_id).map(drop)
+    }
+
     /// Waits for a process to exit.
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
         let c = self.get(id)?;

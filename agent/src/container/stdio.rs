@@ -101,7 +101,12 @@ impl StreamBuffer {
                 let mut st = self.state.lock();
                 if !st.data.is_empty() {
                     let n = max.min(st.data.len());
-                    let out: Vec<u8> = st.data.drain(..n).collect();
+                    // Two slice copies, not a byte-by-byte drain: this is the data path.
+                    let (front, back) = st.data.as_slices();
+                    let mut out = Vec::with_capacity(n);
+                    out.extend_from_slice(&front[..n.min(front.len())]);
+                    out.extend_from_slice(&back[..n - n.min(front.len())]);
+                    st.data.drain(..n);
                     drop(st);
                     self.writable.notify_waiters();
                     return out;

@@ -7,6 +7,7 @@
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -55,10 +56,14 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Listens at `<CONSOLE_DIR>/<name>.sock`. Must run inside the tokio runtime.
-    pub fn listen(name: &str) -> Result<Self> {
+    /// Listens at `<CONSOLE_DIR>/<n>.sock`, `n` unique in this agent: a name from the
+    /// container and exec ids would pass the 108 bytes a socket path may have. Must run
+    /// inside the tokio runtime.
+    pub fn listen() -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
         std::fs::create_dir_all(CONSOLE_DIR).map_err(io_error(CONSOLE_DIR))?;
-        let path = Path::new(CONSOLE_DIR).join(format!("{name}.sock"));
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = Path::new(CONSOLE_DIR).join(format!("{n}.sock"));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .map_err(io_error(format!("console socket {}", path.display())))?;

@@ -11,7 +11,7 @@ use super::AgentService;
 
 /// The parts of the guest contract this agent implements beyond the first one, reported in
 /// GetGuestDetails so that a newer shim knows what it may ask of this guest image.
-pub const CAPABILITIES: [Capability; 2] = [Capability::PodPidNamespace, Capability::PodNetwork];
+pub const CAPABILITIES: [Capability; 3] = Capability::ALL;
 
 pub async fn check(_: &AgentService, _: api::CheckRequest) -> Result<api::CheckResponse> {
     let mut r = api::CheckResponse::new();

@@ -4,7 +4,7 @@
 //! with the method and the request's ids, errors mapped through [`error::AgentError::into_ttrpc`].
 
 mod container;
-mod convert;
+pub(crate) mod convert;
 mod error;
 mod guest;
 mod network;
@@ -50,6 +50,9 @@ pub async fn serve(listen: &str, pid1: bool) -> anyhow::Result<()> {
     let svc = Arc::new(AgentService::new(pid1, reaper));
     if let Some(path) = listen.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
+    }
+    if let Some(address) = crate::streams::address(listen) {
+        crate::streams::serve(address, Arc::clone(&svc)).await?;
     }
     let mut server = ttrpc::r#async::Server::new()
         .bind(listen)?

@@ -118,6 +118,8 @@ fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
 #[derive(Clone)]
 pub struct AgentClient {
     inner: TtrpcAgentClient,
+    /// The VM's hybrid-vsock socket, where streams open connections of their own.
+    socket: std::sync::Arc<Path>,
 }
 
 macro_rules! rpc {
@@ -139,7 +141,13 @@ impl AgentClient {
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::from(stream));
         Ok(Self {
             inner: TtrpcAgentClient::new(client),
+            socket: socket.into(),
         })
+    }
+
+    /// The VM's hybrid-vsock socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Connects and checks health, retrying until the agent answers or `deadline` passes.

@@ -23,6 +23,8 @@ pub enum RuntimeError {
     DeadlineExceeded(String),
     #[error("{0}")]
     Unimplemented(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -67,6 +69,7 @@ impl RuntimeError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unimplemented(_) => Code::Unimplemented,
+            Self::Unavailable(_) => Code::Unavailable,
             Self::Vm(VmError::InvalidId { .. }) => Code::InvalidArgument,
             Self::Vm(VmError::AlreadyExists(_)) => Code::AlreadyExists,
             Self::Vm(VmError::Unsupported { .. }) => Code::FailedPrecondition,

@@ -22,19 +22,22 @@ use vessel_protocols::cri::runtime_service_server::{RuntimeService, RuntimeServi
 use self::authority::AuthorityFixStream;
 use self::instrument::call;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::streaming::StreamingServer;
 
 /// kubelet's default gRPC message limit; ExecSync output can be that large.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// The RuntimeService over the runtime core.
+/// The RuntimeService over the runtime core, and the streaming server its Exec, Attach and
+/// PortForward hand clients to.
 #[derive(Clone)]
 pub struct CriService {
     runtime: Arc<Runtime>,
+    streaming: Arc<StreamingServer>,
 }
 
 impl CriService {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    pub fn new(runtime: Arc<Runtime>, streaming: Arc<StreamingServer>) -> Self {
+        Self { runtime, streaming }
     }
 }
 
@@ -59,6 +62,7 @@ impl Connected for AuthorityFixStream<UnixStream> {
 /// Serves CRI on `socket` until `shutdown` completes. A stale socket file is replaced.
 pub async fn serve(
     runtime: Arc<Runtime>,
+    streaming: Arc<StreamingServer>,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -74,7 +78,7 @@ pub async fn serve(
         UnixListener::bind(socket).map_err(|e| ServeError::Bind(socket.to_owned(), e))?;
     tracing::info!(socket = %socket.display(), "serving CRI");
     let incoming = UnixListenerStream::new(listener).map(|s| s.map(AuthorityFixStream::new));
-    let service = RuntimeServiceServer::new(CriService::new(runtime.clone()))
+    let service = RuntimeServiceServer::new(CriService::new(runtime.clone(), streaming))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let images = ImageServiceServer::new(CriImageService::new(runtime.clone()))
@@ -152,14 +156,29 @@ cri_service! {
         update_container_resources: UpdateContainerResourcesRequest -> UpdateContainerResourcesResponse = runtime_service::container::update_resources;
         reopen_container_log: ReopenContainerLogRequest -> ReopenContainerLogResponse = runtime_service::container::reopen_log;
         exec_sync: ExecSyncRequest -> ExecSyncResponse = runtime_service::exec::exec_sync;
-        exec: ExecRequest -> ExecResponse = runtime_service::exec::exec;
-        attach: AttachRequest -> AttachResponse = runtime_service::exec::attach;
-        port_forward: PortForwardRequest -> PortForwardResponse = runtime_service::exec::port_forward;
         container_stats: ContainerStatsRequest -> ContainerStatsResponse = runtime_service::stats::container;
         list_container_stats: ListContainerStatsRequest -> ListContainerStatsResponse = runtime_service::stats::list_containers;
         pod_sandbox_stats: PodSandboxStatsRequest -> PodSandboxStatsResponse = runtime_service::stats::pod;
         list_pod_sandbox_stats: ListPodSandboxStatsRequest -> ListPodSandboxStatsResponse = runtime_service::stats::list_pods;
     {
+
+    async fn exec(&self, request: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        let req = request.into_inner();
+        call("exec", runtime_service::exec::exec(&self.runtime, &self.streaming, req)).await
+    }
+
+    async fn attach(&self, request: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        let req = request.into_inner();
+        call("attach", runtime_service::exec::attach(&self.runtime, &self.streaming, req)).await
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        let req = request.into_inner();
+        call("port_forward", runtime_service::exec::port_forward(&self.runtime, &self.streaming, req)).await
+    }
 
     type GetContainerEventsStream = EventStream;
 

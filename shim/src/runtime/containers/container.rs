@@ -1,10 +1,14 @@
-//! A container in the runtime: its record, its CRI log and the tasks that follow it (log
-//! pumps, exit watcher).
+//! A container in the runtime: its record, its CRI log, the tasks that follow it (log
+//! pumps, exit watcher) and the attached clients its output also goes to.
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
 
 use crate::image::LayerLease;
-use crate::logs::LogFile;
+use crate::logs::{LogFile, Stream};
 
 use crate::runtime::{ContainerRecord, ContainerState};
 
@@ -19,9 +23,17 @@ pub struct Container {
     pub exited: tokio::sync::watch::Sender<bool>,
     /// The log pumps, handed to the exit watcher so an exit is recorded after the last output.
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Attached clients (CRI Attach): each gets the output the log pumps read.
+    attached: Mutex<Vec<mpsc::Sender<(Stream, Bytes)>>>,
     /// Keeps the image layers under the rootfs from garbage collection.
     _layers: Option<LayerLease>,
 }
+
+/// Output chunks an attached client may be behind by before the log pump waits for it.
+const ATTACH_BACKLOG: usize = 64;
+/// How long the log pump waits for an attached client that does not keep up before it
+/// detaches it (the CRI log must not stall on one slow client).
+const ATTACH_STALL: Duration = Duration::from_secs(10);
 
 impl Container {
     pub(super) fn new(
@@ -38,6 +50,7 @@ impl Container {
             log,
             exited: tokio::sync::watch::channel(done).0,
             pumps: Mutex::new(Vec::new()),
+            attached: Mutex::new(Vec::new()),
             _layers: layers,
         }
     }
@@ -63,6 +76,40 @@ impl Container {
         let mut record = self.record.lock();
         f(&mut record);
         record.clone()
+    }
+
+    /// A new attached client: the output read from now on, until the container exits (the
+    /// channel then closes) or the client falls [`ATTACH_STALL`] behind.
+    pub fn subscribe(&self) -> mpsc::Receiver<(Stream, Bytes)> {
+        let (tx, rx) = mpsc::channel(ATTACH_BACKLOG);
+        self.attached.lock().push(tx);
+        rx
+    }
+
+    /// Hands a chunk of output to the attached clients (the log pump, after the CRI log).
+    pub(super) async fn fan_out(&self, stream: Stream, data: &Bytes) {
+        let clients = self.attached.lock().clone();
+        if clients.is_empty() {
+            return;
+        }
+        let mut gone = Vec::new();
+        for client in clients {
+            let sent = client.send_timeout((stream, data.clone()), ATTACH_STALL);
+            if sent.await.is_err() {
+                tracing::info!(container_id = %self.id, "attached client gone or too slow: detached");
+                gone.push(client);
+            }
+        }
+        if !gone.is_empty() {
+            self.attached
+                .lock()
+                .retain(|c| !gone.iter().any(|g| g.same_channel(c)));
+        }
+    }
+
+    /// Closes every attached client's output (the container's output has ended).
+    pub(super) fn detach_all(&self) {
+        self.attached.lock().clear();
     }
 
     /// Waits until the container is recorded as exited, up to `timeout`.

@@ -1,10 +1,11 @@
 //! The containers of this host: a table of [`Container`]s by id with their name reservations,
 //! each persisted as a [`ContainerRecord`]. CreateContainer is in [`create`]; Start, Stop,
 //! Remove, UpdateContainerResources and ReopenContainerLog in [`lifecycle`]; the log pumps
-//! and exit watcher of a running container in [`output`].
+//! and exit watcher of a running container in [`output`]; Attach in [`attach`].
 //!
 //! A container reaches its guest through its pod ([`Pods`]); pods never reach back.
 
+mod attach;
 mod container;
 mod create;
 mod lifecycle;
@@ -19,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 pub use container::Container;
 
 use super::names::{container_key, Names};
-use super::pods::Pods;
+use super::pods::{Pod, Pods};
 use super::{now_ns, ContainerRecord, ContainerState, RuntimeError};
 use crate::host_mounts;
 use crate::image::{self, ImageStore};
@@ -99,7 +100,12 @@ impl Containers {
 
     /// The agent of the container's pod, while the pod is ready.
     pub(super) fn agent(&self, container: &Container) -> Result<AgentClient, RuntimeError> {
-        self.pods.get(&container.sandbox_id)?.agent()
+        self.pod_of(container)?.agent()
+    }
+
+    /// The container's pod.
+    pub(super) fn pod_of(&self, container: &Container) -> Result<Arc<Pod>, RuntimeError> {
+        self.pods.get(&container.sandbox_id)
     }
 
     fn persist(&self, record: &ContainerRecord) -> Result<(), RuntimeError> {
@@ -139,6 +145,7 @@ impl Containers {
             tracing::error!(error = %e, "persist container states");
         }
         for c in containers {
+            c.detach_all();
             c.exited.send_replace(true);
         }
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use vessel_protocols::agent as api;
 
@@ -15,29 +16,35 @@ use crate::runtime::{now_ns, ContainerState};
 /// How long an exit waits for the log pumps to drain the last output.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Copies one output stream of a container's init process into its CRI log until EOF.
-async fn pump(agent: AgentClient, container_id: String, stream: Stream, log: Option<Arc<LogFile>>) {
+/// Copies one output stream of a container's init process into its CRI log, and to the
+/// attached clients, until EOF.
+async fn pump(agent: AgentClient, container: Arc<Container>, stream: Stream) {
+    let container_id = container.id.as_str();
+    let log = &container.log;
     let mut splitter = LineSplitter::new(stream);
     let mut lines = Vec::new();
     loop {
         let mut req = api::ReadStreamRequest::new();
-        req.container_id = container_id.clone();
+        req.container_id = container_id.to_owned();
         let chunk = match stream {
             Stream::Stdout => agent.read_stdout(req).await,
             Stream::Stderr => agent.read_stderr(req).await,
         };
         match chunk {
             Ok(chunk) if chunk.data.is_empty() => break,
-            Ok(chunk) => splitter.push(&chunk.data, Utc::now(), &mut lines),
+            Ok(chunk) => {
+                splitter.push(&chunk.data, Utc::now(), &mut lines);
+                write_log(log, container_id, &mut lines);
+                container.fan_out(stream, &Bytes::from(chunk.data)).await;
+            }
             Err(e) => {
                 tracing::debug!(container_id, stream = stream.as_str(), error = %e, "log pump ends");
                 break;
             }
         }
-        write_log(&log, &container_id, &mut lines);
     }
     splitter.finish(Utc::now(), &mut lines);
-    write_log(&log, &container_id, &mut lines);
+    write_log(log, container_id, &mut lines);
 }
 
 fn write_log(log: &Option<Arc<LogFile>>, container_id: &str, lines: &mut Vec<u8>) {
@@ -51,19 +58,12 @@ fn write_log(log: &Option<Arc<LogFile>>, container_id: &str, lines: &mut Vec<u8>
 
 /// Starts the log pumps of a container; returns their handles.
 pub(super) fn start_pumps(
-    container: &Container,
+    container: &Arc<Container>,
     agent: &AgentClient,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     [Stream::Stdout, Stream::Stderr]
         .into_iter()
-        .map(|stream| {
-            tokio::spawn(pump(
-                agent.clone(),
-                container.id.clone(),
-                stream,
-                container.log.clone(),
-            ))
-        })
+        .map(|stream| tokio::spawn(pump(agent.clone(), Arc::clone(container), stream)))
         .collect()
 }
 
@@ -81,6 +81,7 @@ pub(super) fn watch_exit(
         req.container_id = container.id.clone();
         let waited = agent.wait_process(req).await;
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, futures_join(pumps)).await;
+        container.detach_all();
         let Some(containers) = containers.upgrade() else {
             return;
         };

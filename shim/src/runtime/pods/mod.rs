@@ -2,7 +2,8 @@
 //! persisted as a [`SandboxRecord`]. RunPodSandbox and StopPodSandbox, and the adoption of a
 //! pod's VM after a daemon restart, are in [`lifecycle`]; the checks of a pod's config in
 //! [`config`]; the task that notices a VM ending unasked in [`monitor`]; each pod's
-//! namespace and CNI attachment in [`network`]; the size of its VM in [`sizing`].
+//! namespace and CNI attachment in [`network`]; the size of its VM in [`sizing`]; the
+//! connections of PortForward in [`port_forward`].
 //!
 //! Pods know nothing of containers: when a pod's VM is gone (stopped, or ended unasked) they
 //! call the hook the runtime set with [`Pods::on_vm_gone`], which records the containers.
@@ -12,6 +13,7 @@ mod lifecycle;
 mod monitor;
 pub mod network;
 mod pod;
+mod port_forward;
 pub mod sizing;
 
 use std::collections::BTreeMap;
