@@ -55,6 +55,23 @@ pub enum Frame {
     Exit(Bytes),
 }
 
+impl Frame {
+    /// The frame's kind and size, for messages: never its bytes (the guest is untrusted).
+    pub fn describe(&self) -> String {
+        let (kind, len) = match self {
+            Frame::Open(p) => ("open", p.len()),
+            Frame::Opened(p) => ("opened", p.len()),
+            Frame::Data(p) => ("data", p.len()),
+            Frame::Stdout(p) => ("stdout", p.len()),
+            Frame::Stderr(p) => ("stderr", p.len()),
+            Frame::Eof => ("eof", 0),
+            Frame::Resize { .. } => ("resize", 4),
+            Frame::Exit(p) => ("exit", p.len()),
+        };
+        format!("{kind} frame of {len} bytes")
+    }
+}
+
 /// A frame that cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {

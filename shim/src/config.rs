@@ -51,12 +51,15 @@ pub struct StreamingConfig {
     /// `host:port` to listen on; port 0 takes a free one. kubelet reaches it on the node (and
     /// proxies it for the API server), so loopback is the default.
     pub address: String,
+    /// A connection on which nothing moved for this long is closed (kubelet's default too).
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for StreamingConfig {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:0".into(),
+            idle_timeout_secs: 4 * 3600,
         }
     }
 }

@@ -46,7 +46,10 @@ pub async fn http_status(ns: &NetNs, url: &str) -> u16 {
     let request = format!("GET /{path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await.expect("send");
     let mut reply = Vec::new();
-    let _ = tcp.read_to_end(&mut reply).await;
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut reply))
+        .await
+        .expect("an HTTP answer within 30 s")
+        .expect("read the answer");
     let text = String::from_utf8_lossy(&reply);
     text.split_whitespace()
         .nth(1)
@@ -132,10 +135,14 @@ impl WsClient {
             .expect("websocket send");
     }
 
-    /// The next channel message; `None` once the server closed.
+    /// The next channel message; `None` once the server closed. Panics after two minutes
+    /// without one.
     pub async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            let raw: Vec<u8> = match self.ws.next().await? {
+            let next = tokio::time::timeout(Duration::from_secs(120), self.ws.next())
+                .await
+                .expect("a websocket message within 2 minutes");
+            let raw: Vec<u8> = match next? {
                 Ok(Message::Binary(b)) => b.to_vec(),
                 Ok(Message::Text(t)) => t.as_bytes().to_vec(),
                 Ok(Message::Close(_)) | Err(_) => return None,
@@ -252,20 +259,85 @@ impl Crictl {
         cmd
     }
 
-    /// Runs `crictl <args>` with `stdin` piped in; its output (also on failure).
+    /// Runs `crictl <args>` with `stdin` piped in; its output (also on failure). Panics if it
+    /// runs past two minutes.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = self
+        run_with_input(self.command(args), stdin, false, Duration::from_secs(120))
+    }
+
+    /// Starts `crictl <args>` in the background (port-forward), killed when dropped.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        let child = self
             .command(args)
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start crictl");
-        let mut input = child.stdin.take().expect("stdin");
-        input.write_all(stdin).expect("write crictl stdin");
-        drop(input);
-        child.wait_with_output().expect("crictl output")
+        Background(Some(child))
+    }
+}
+
+/// A background process of a test, killed when dropped (a failed test leaves none).
+pub struct Background(Option<std::process::Child>);
+
+impl Background {
+    /// Kills it; its output until then.
+    pub fn stop(mut self) -> Output {
+        let mut child = self.0.take().expect("running");
+        let _ = child.kill();
+        child.wait_with_output().expect("background output")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` with `input` on its stdin, which then closes, or with `hold_stdin` stays open
+/// until the command exits (as a terminal's would); its output. Panics, after killing it, if
+/// it runs past `limit`.
+pub fn run_with_input(mut cmd: Command, input: &[u8], hold_stdin: bool, limit: Duration) -> Output {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    let stdin = hold_stdin.then_some(stdin);
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     }
 }
 

@@ -390,13 +390,27 @@ async fn a_pod_from_an_older_guest_image_is_served_after_an_upgrade() {
         exec_sh(&mut cri, &second, "echo new").await,
         (0, "new\n".into())
     );
+    // Streams need the current agent: refused by name, while ExecSync above still works.
+    let streamed = cri
+        .exec(cri::ExecRequest {
+            container_id: second.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await;
+    expect_err(
+        streamed,
+        tonic::Code::FailedPrecondition,
+        "needs guest capability \"streams\"",
+    );
 
     // New pods boot the current image, whose agent has the capability.
     let shared_pod = run_pod(&mut cri, &shared).await;
     let guest = &pod_info(&mut cri, &shared_pod).await["guest"];
     assert_eq!(
         guest["capabilities"],
-        serde_json::json!(["pod-pid-namespace", "pod-network"]),
+        serde_json::json!(["pod-pid-namespace", "pod-network", "streams"]),
         "{guest}"
     );
     let ctr = start_container(

@@ -3,7 +3,6 @@
 //! client written for the tests from kubelet's protocol ([`vessel_tests::streams`]). The
 //! daemon, crictl and every connection run in a node namespace of the test's own.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vessel_protocols::cri;
@@ -11,7 +10,7 @@ use vessel_shim::network::netns::NetNs;
 use vessel_tests::cri::*;
 use vessel_tests::node_net::{self, NodeNet};
 use vessel_tests::registry::Registry;
-use vessel_tests::streams::{exit_status, http_status, quote, Crictl, WsClient};
+use vessel_tests::streams::{exit_status, http_status, quote, run_with_input, Crictl, WsClient};
 use vessel_tests::TestEnv;
 
 /// What the web container serves, and where.
@@ -161,7 +160,12 @@ async fn crictl_exec_attach_and_port_forward() {
         .join(" ");
     let mut script = std::process::Command::new("script");
     script.args(["-qec", &line, "/dev/null"]);
-    let out = run_with_input(script, b"tty; echo pty-$((40+2)); exit\n");
+    let out = run_with_input(
+        script,
+        b"tty; echo pty-$((40+2)); exit\n",
+        true,
+        Duration::from_secs(120),
+    );
     let shown = text(&out.stdout);
     assert!(
         shown.contains("/dev/pts/"),
@@ -203,12 +207,7 @@ async fn crictl_exec_attach_and_port_forward() {
     assert!(t.log("ticker").contains("tick-5"));
 
     // port-forward: several requests at once through one forwarder.
-    let mut forward = crictl
-        .command(&["port-forward", &t.pod, &format!("18080:{WEB_PORT}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("crictl port-forward");
+    let forward = crictl.spawn(&["port-forward", &t.pod, &format!("18080:{WEB_PORT}")]);
     let node = &t.node;
     let body = eventually(Duration::from_secs(60), "port-forward serves", || {
         node.http_get("127.0.0.1", 18080, "/")
@@ -229,16 +228,10 @@ async fn crictl_exec_attach_and_port_forward() {
     for body in bodies {
         assert_eq!(body.expect("GET through port-forward").trim(), PAGE);
     }
-    let _ = forward.kill();
-    let _ = forward.wait();
+    forward.stop();
 
     // A port nobody listens on: the error comes on that request's error stream.
-    let mut closed = crictl
-        .command(&["port-forward", &t.pod, "18081:9"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("crictl port-forward");
+    let closed = crictl.spawn(&["port-forward", &t.pod, "18081:9"]);
     let got = eventually(Duration::from_secs(60), "forwarder listens", || {
         Some(node.http_get("127.0.0.1", 18081, "/"))
             .filter(|r| !matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused))
@@ -248,28 +241,10 @@ async fn crictl_exec_attach_and_port_forward() {
         got.as_ref().map(|b| b.is_empty()).unwrap_or(true),
         "a closed port served {got:?}"
     );
-    let _ = closed.kill();
-    let out = closed.wait_with_output().expect("crictl output");
+    let out = closed.stop();
     let said = text(&out.stderr) + &text(&out.stdout);
     assert!(said.contains("error forwarding port 9"), "{said}");
     t.finish().await;
-}
-
-/// Runs a command with `input` on stdin; its output (at most 2 minutes).
-fn run_with_input(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).expect("write stdin");
-    // The terminal's stdin stays open until the shell is done, as a person's would.
-    let out = child.wait_with_output().expect("wait");
-    drop(stdin);
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -338,14 +313,12 @@ async fn websocket_exec_attach_resize_and_port_forward() {
         got.closed
     );
 
-    // Resize: the terminal takes the size sent on channel 4.
+    // Resize: the terminal takes the size sent on channel 4 (which may land after the
+    // shell starts: it asks until it has it).
+    let ask = "for i in $(seq 1 100); do s=$(stty size); [ \"$s\" = '45 123' ] && break; \
+               sleep 0.2; done; echo $s";
     let url = t
-        .exec_url(exec_req(
-            &web,
-            &["sh", "-c", "sleep 2; stty size"],
-            false,
-            true,
-        ))
+        .exec_url(exec_req(&web, &["sh", "-c", ask], false, true))
         .await;
     let mut ws = WsClient::connect(ns, &url, "v4.channel.k8s.io")
         .await

@@ -24,7 +24,10 @@ pub const STREAM_CAPACITY: usize = 1 << 20;
 /// Bytes returned by a read that asks for 0 (the default).
 pub const DEFAULT_READ_LEN: usize = 64 * 1024;
 /// Size of one read from the pipe.
-const CHUNK: usize = 32 * 1024;
+const CHUNK: usize = 128 * 1024;
+/// The capacity asked for output pipes (the kernel's default is 64 KiB): a process writing
+/// fast output wakes the agent less often, which counts under emulation.
+const OUTPUT_PIPE_SIZE: libc::c_int = 1 << 20;
 
 #[derive(Default)]
 struct BufState {
@@ -172,6 +175,9 @@ pub struct AgentStdio {
 pub fn pipes(with_stdin: bool) -> io::Result<(ContainerStdio, AgentStdio)> {
     let (out_r, out_w) = pipe2()?;
     let (err_r, err_w) = pipe2()?;
+    for pipe in [&out_r, &err_r] {
+        enlarge(pipe);
+    }
     let (stdin, agent_stdin) = if with_stdin {
         let (in_r, in_w) = pipe2()?;
         (in_r, Some(pipe::Sender::from_owned_fd(in_w)?))
@@ -190,6 +196,18 @@ pub fn pipes(with_stdin: bool) -> io::Result<(ContainerStdio, AgentStdio)> {
             stderr: pipe::Receiver::from_owned_fd(err_r)?,
         },
     ))
+}
+
+/// Asks for [`OUTPUT_PIPE_SIZE`]; a smaller pipe (the limit of an unprivileged agent in a dev
+/// run) still works.
+fn enlarge(pipe: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    if let Err(e) = nix::fcntl::fcntl(
+        pipe.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE),
+    ) {
+        tracing::debug!(error = %e, "output pipe keeps its default size");
+    }
 }
 
 fn pipe2() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -284,7 +302,8 @@ mod tests {
         let mut w = pipe::Sender::from_owned_fd(container.stdout).unwrap();
         // Far more than buffer + pipe capacity: the writer must stall.
         let writer = tokio::spawn(async move {
-            let data = vec![7u8; 1 << 20];
+            // Beyond the buffer and the enlarged pipe.
+            let data = vec![7u8; 4 << 20];
             w.write_all(&data).await.unwrap();
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -300,7 +319,7 @@ mod tests {
             total += chunk.len();
         }
         writer.await.unwrap();
-        assert_eq!(total, 1 << 20);
+        assert_eq!(total, 4 << 20);
     }
 
     #[tokio::test]

@@ -126,7 +126,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(d.agent_version, env!("CARGO_PKG_VERSION"));
-        assert_eq!(d.capabilities, ["pod-pid-namespace", "pod-network"]);
+        assert_eq!(
+            d.capabilities,
+            ["pod-pid-namespace", "pod-network", "streams"]
+        );
         assert!(d.online_cpus >= 1);
     }
 

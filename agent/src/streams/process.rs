@@ -4,7 +4,7 @@
 //! frame ends the stream. A host that goes away first gets the process killed when it asked
 //! for that (an exec whose client left), as containerd's CRI plugin does.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,14 @@ use crate::rpc::{convert, AgentService};
 /// After the exit, how long output may stand still before the stream ends without it (a
 /// child the process left behind can hold its pipes open forever).
 const DRAIN_IDLE: Duration = Duration::from_secs(2);
+
+/// How far the output pumps got: bytes read, and pumps waiting for the host to take a frame
+/// (a slow host is not idle output).
+#[derive(Default)]
+struct Progress {
+    moved: AtomicU64,
+    sending: AtomicUsize,
+}
 
 /// Which process, and what the host asked of the stream.
 struct Target {
@@ -50,11 +58,14 @@ where
     let (sink, mut source) = conn.split();
     let (tx, rx) = mpsc::channel(2);
     let writer = tokio::spawn(write_frames(sink, rx));
-    let moved = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::default());
     let pumps: Vec<JoinHandle<()>> = if req.output {
         [Stream::Stdout, Stream::Stderr]
             .into_iter()
-            .map(|s| tokio::spawn(pump(Arc::clone(&target), s, tx.clone(), Arc::clone(&moved))))
+            .map(|s| {
+                let pump = pump(Arc::clone(&target), s, tx.clone(), Arc::clone(&progress));
+                tokio::spawn(pump)
+            })
             .collect()
     } else {
         Vec::new()
@@ -74,7 +85,7 @@ where
             return;
         }
     };
-    drain(pumps, &moved).await;
+    drain(pumps, &progress).await;
     match exit {
         Ok(info) => match convert::wait_response(info).write_to_bytes() {
             Ok(bytes) => {
@@ -123,7 +134,12 @@ where
 
 /// Sends one output stream as frames until its end. Once the host is gone the output is
 /// still read to its end, so the process never blocks on a full pipe and its record goes.
-async fn pump(target: Arc<Target>, stream: Stream, tx: mpsc::Sender<Frame>, moved: Arc<AtomicU64>) {
+async fn pump(
+    target: Arc<Target>,
+    stream: Stream,
+    tx: mpsc::Sender<Frame>,
+    progress: Arc<Progress>,
+) {
     let mut host = Some(tx);
     loop {
         let data = match target
@@ -135,31 +151,37 @@ async fn pump(target: Arc<Target>, stream: Stream, tx: mpsc::Sender<Frame>, move
             Ok(data) if !data.is_empty() => data,
             _ => return,
         };
-        moved.fetch_add(data.len() as u64, Ordering::Relaxed);
+        progress
+            .moved
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(tx) = &host {
             let data = Bytes::from(data);
             let frame = match stream {
                 Stream::Stdout => Frame::Stdout(data),
                 Stream::Stderr => Frame::Stderr(data),
             };
-            if tx.send(frame).await.is_err() {
+            progress.sending.fetch_add(1, Ordering::Relaxed);
+            let sent = tx.send(frame).await;
+            progress.sending.fetch_sub(1, Ordering::Relaxed);
+            if sent.is_err() {
                 host = None;
             }
         }
     }
 }
 
-/// Waits for the output pumps to end, or for their output to stand still.
-async fn drain(pumps: Vec<JoinHandle<()>>, moved: &AtomicU64) {
+/// Waits for the output pumps to end, or for their output to stand still: nothing read for
+/// [`DRAIN_IDLE`] while no pump waits on the host.
+async fn drain(pumps: Vec<JoinHandle<()>>, progress: &Progress) {
     let all = futures_util::future::join_all(pumps);
     tokio::pin!(all);
-    let mut seen = moved.load(Ordering::Relaxed);
+    let mut seen = progress.moved.load(Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = &mut all => return,
             () = tokio::time::sleep(DRAIN_IDLE) => {
-                let now = moved.load(Ordering::Relaxed);
-                if now == seen {
+                let now = progress.moved.load(Ordering::Relaxed);
+                if now == seen && progress.sending.load(Ordering::Relaxed) == 0 {
                     tracing::info!("a streamed process exited; its output is open but idle: stream ends");
                     return;
                 }

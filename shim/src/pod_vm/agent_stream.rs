@@ -61,23 +61,31 @@ impl AgentClient {
         &self,
         target: api::stream_open::Target,
     ) -> Result<AgentStream, StreamError> {
-        let conn = connect_hybrid_vsock(self.socket(), STREAM_VSOCK_PORT).await?;
-        let mut conn = Framed::new(conn, StreamCodec::default());
         let mut open = api::StreamOpen::new();
         open.target = Some(target);
         let open = open
             .write_to_bytes()
             .map_err(|e| StreamError::Protocol(format!("encode open frame: {e}")))?;
-        let answer = tokio::time::timeout(OPEN_TIMEOUT, async {
-            conn.send(Frame::Open(open.into())).await?;
-            conn.next().await.transpose()
-        })
-        .await
-        .map_err(|_| StreamError::Protocol(format!("no answer within {OPEN_TIMEOUT:?}")))?
-        .map_err(|e| StreamError::Protocol(e.to_string()))?;
+        let opening = async {
+            let conn = connect_hybrid_vsock(self.socket(), STREAM_VSOCK_PORT).await?;
+            let mut conn = Framed::new(conn, StreamCodec::default());
+            conn.send(Frame::Open(open.into()))
+                .await
+                .map_err(|e| StreamError::Protocol(e.to_string()))?;
+            let answer = conn
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| StreamError::Protocol(e.to_string()))?;
+            Ok::<_, StreamError>((conn, answer))
+        };
+        let (conn, answer) = tokio::time::timeout(OPEN_TIMEOUT, opening)
+            .await
+            .map_err(|_| StreamError::Protocol(format!("no answer within {OPEN_TIMEOUT:?}")))??;
         let Some(Frame::Opened(answer)) = answer else {
+            let got = answer.map_or("the end of the stream".into(), |f| f.describe());
             return Err(StreamError::Protocol(format!(
-                "expected an open answer, got {answer:?}"
+                "expected an open answer, got {got}"
             )));
         };
         let answer = api::StreamOpened::parse_from_bytes(&answer)

@@ -118,12 +118,14 @@ mod tests {
         let new = GuestInfo::from_details(&details(&[
             "pod-pid-namespace",
             "pod-network",
+            "streams",
             "from-the-future",
         ]));
         assert!(new.missing().is_empty());
         new.require(Capability::PodPidNamespace, "x").unwrap();
         new.require(Capability::PodNetwork, "x").unwrap();
-        assert_eq!(new.capabilities.len(), 2);
+        new.require(Capability::Streams, "x").unwrap();
+        assert_eq!(new.capabilities.len(), 3);
         let mut long = details(&[]);
         long.agent_version = "9".repeat(10_000);
         assert_eq!(

@@ -24,7 +24,7 @@ pub enum RuntimeError {
     #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
-    Unavailable(String),
+    ResourceExhausted(String),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -49,6 +49,7 @@ pub enum Code {
     DeadlineExceeded,
     Unimplemented,
     Unavailable,
+    ResourceExhausted,
     Unauthenticated,
     Internal,
 }
@@ -69,7 +70,7 @@ impl RuntimeError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Unimplemented(_) => Code::Unimplemented,
-            Self::Unavailable(_) => Code::Unavailable,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Vm(VmError::InvalidId { .. }) => Code::InvalidArgument,
             Self::Vm(VmError::AlreadyExists(_)) => Code::AlreadyExists,
             Self::Vm(VmError::Unsupported { .. }) => Code::FailedPrecondition,

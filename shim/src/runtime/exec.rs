@@ -65,6 +65,19 @@ async fn collect(agent: &AgentClient, id: &str, exec_id: &str) -> Result<ExecOut
     })
 }
 
+/// SIGKILLs an exec and collects its output and exit (for at most 5 s), so the agent
+/// forgets the process.
+async fn kill_and_reap(agent: &AgentClient, id: &str, exec_id: &str) {
+    let mut kill = api::SignalProcessRequest::new();
+    kill.container_id = id.to_owned();
+    kill.exec_id = exec_id.to_owned();
+    kill.signal = 9;
+    if let Err(e) = agent.signal_process(kill).await {
+        tracing::warn!(container_id = id, exec_id, error = %e, "kill an exec");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), collect(agent, id, exec_id)).await;
+}
+
 /// Processes started in containers.
 pub struct Exec {
     containers: Arc<Containers>,
@@ -140,11 +153,7 @@ impl Exec {
             Ok(stream) => Ok(stream),
             Err(e) => {
                 // The process runs without anyone to read it: stop it.
-                let mut kill = api::SignalProcessRequest::new();
-                kill.container_id = id.to_owned();
-                kill.exec_id = exec_id;
-                kill.signal = 9;
-                let _ = agent.signal_process(kill).await;
+                kill_and_reap(&agent, id, &exec_id).await;
                 Err(RuntimeError::Internal(format!("exec stream: {e}")))
             }
         }
@@ -170,16 +179,7 @@ impl Exec {
         match tokio::time::timeout(limit, run).await {
             Ok(out) => Ok(out?),
             Err(_) => {
-                let mut kill = api::SignalProcessRequest::new();
-                kill.container_id = id.to_owned();
-                kill.exec_id = exec_id.clone();
-                kill.signal = 9;
-                if let Err(e) = agent.signal_process(kill).await {
-                    tracing::warn!(container_id = id, exec_id, error = %e, "kill timed-out exec");
-                }
-                // Collect the exit so the agent forgets the process.
-                let _ = tokio::time::timeout(Duration::from_secs(5), collect(&agent, id, &exec_id))
-                    .await;
+                kill_and_reap(&agent, id, &exec_id).await;
                 Err(RuntimeError::DeadlineExceeded(format!(
                     "command in container {id} timed out after {timeout} s"
                 )))

@@ -19,6 +19,7 @@ pub fn status(e: &RuntimeError) -> Status {
         Code::DeadlineExceeded => GrpcCode::DeadlineExceeded,
         Code::Unimplemented => GrpcCode::Unimplemented,
         Code::Unavailable => GrpcCode::Unavailable,
+        Code::ResourceExhausted => GrpcCode::ResourceExhausted,
         Code::Unauthenticated => GrpcCode::Unauthenticated,
         Code::Internal => GrpcCode::Internal,
     };

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use super::cache::Pending;
@@ -27,6 +27,8 @@ type Reply = Response<Full<Bytes>>;
 
 const STREAM_PROTOCOL: &str = "X-Stream-Protocol-Version";
 const ACCEPTED_PROTOCOLS: &str = "X-Accepted-Stream-Protocol-Versions";
+/// The largest WebSocket message or frame a client may send.
+const MAX_WS_MESSAGE: usize = 1 << 20;
 
 fn plain(status: StatusCode, body: impl Into<String>) -> Reply {
     let mut reply = Response::new(Full::new(Bytes::from(body.into())));
@@ -170,11 +172,8 @@ fn websocket_upgrade(
             let ports = if pf.port.is_empty() {
                 portforward::parse_ports(&query_values(req, "port"))
             } else {
-                pf.port
-                    .iter()
-                    .map(|p| u16::try_from(*p).ok().filter(|p| *p > 0).ok_or(*p))
-                    .collect::<Result<Vec<u16>, i32>>()
-                    .map_err(|p| format!("port {p} is not a TCP port"))
+                let ports: Vec<String> = pf.port.iter().map(i32::to_string).collect();
+                portforward::parse_ports(&ports)
             };
             match ports {
                 Ok(ports) => (&WS_PORT_FORWARD, Some(ports)),
@@ -239,7 +238,12 @@ fn spawn_session(
         let io = TokioIo::new(upgraded);
         let connection = match &transport {
             Transport::Ws(_) | Transport::WsPortForward(..) => {
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                // Clients send small messages (client-go: 32 KiB chunks); far larger ones
+                // are refused rather than held.
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_WS_MESSAGE))
+                    .max_frame_size(Some(MAX_WS_MESSAGE));
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 Connection::WebSocket(Box::new(ws))
             }
             _ => Connection::Spdy(io),

@@ -9,6 +9,7 @@
 
 pub mod cache;
 mod http;
+pub mod idle;
 pub mod portforward;
 pub mod protocols;
 pub mod remote;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 
@@ -37,6 +38,10 @@ use crate::runtime::{Runtime, RuntimeError};
 
 /// After a session ends, how long the client gets to close the connection itself.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long the last frames of a connection may take to go out before it is dropped.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send its request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamingError {
@@ -66,6 +71,8 @@ pub struct StreamingServer {
     cache: RequestCache,
     base_url: String,
     runtime: Arc<Runtime>,
+    /// `[streaming] idle_timeout_secs`.
+    idle: Duration,
 }
 
 impl StreamingServer {
@@ -86,6 +93,7 @@ impl StreamingServer {
             cache: RequestCache::default(),
             base_url: base_url(local),
             runtime,
+            idle: Duration::from_secs(config.idle_timeout_secs),
         });
         tracing::info!(url = %server.base_url, "streaming server listening");
         let accepting = Arc::clone(&server);
@@ -108,6 +116,8 @@ impl StreamingServer {
             tokio::spawn(async move {
                 let service = service_fn(move |req| http::handle(Arc::clone(&server), req));
                 let served = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(tcp), service)
                     .with_upgrades()
                     .await;
@@ -122,7 +132,7 @@ impl StreamingServer {
     pub fn url(&self, request: Pending) -> Result<String, RuntimeError> {
         let kind = request.kind();
         let token = self.cache.insert(request).map_err(|e| match e {
-            CacheError::Full => RuntimeError::Unavailable(e.to_string()),
+            CacheError::Full => RuntimeError::ResourceExhausted(e.to_string()),
             CacheError::Random(e) => RuntimeError::Internal(format!("streaming token: {e}")),
         })?;
         Ok(format!("{}/{kind}/{token}", self.base_url))
@@ -134,7 +144,7 @@ impl StreamingServer {
         match (pending, transport, connection) {
             (Pending::Exec(req), Transport::Spdy(version), Connection::Spdy(io)) => {
                 let opts = opts(req.stdin, req.stdout, req.stderr, req.tty);
-                let mut session = spdy::Session::start(io);
+                let mut session = spdy::Session::start(io, self.idle);
                 if let Some(client) = sessions::spdy_client(&mut session, version, opts).await {
                     remote::exec(runtime, req, client).await;
                 }
@@ -142,26 +152,28 @@ impl StreamingServer {
             }
             (Pending::Attach(req), Transport::Spdy(version), Connection::Spdy(io)) => {
                 let opts = opts(req.stdin, req.stdout, req.stderr, req.tty);
-                let mut session = spdy::Session::start(io);
+                let mut session = spdy::Session::start(io, self.idle);
                 if let Some(client) = sessions::spdy_client(&mut session, version, opts).await {
                     remote::attach(runtime, req, client).await;
                 }
                 linger_spdy(session).await;
             }
             (Pending::PortForward(req), Transport::SpdyPortForward, Connection::Spdy(io)) => {
-                let session = spdy::Session::start(io);
+                let session = spdy::Session::start(io, self.idle);
                 portforward::serve_spdy(runtime, req.pod_sandbox_id, session).await;
             }
             (Pending::Exec(req), Transport::Ws(protocol), Connection::WebSocket(ws)) => {
                 let opts = opts(req.stdin, req.stdout, req.stderr, req.tty);
-                let mut channels = ws_channels(ws, protocol, &sessions::ws_readable(opts));
+                let mut channels =
+                    ws_channels(ws, protocol, self.idle, &sessions::ws_readable(opts));
                 let client = sessions::ws_client(&mut channels, protocol, opts).await;
                 remote::exec(runtime, req, client).await;
                 channels.close().await;
             }
             (Pending::Attach(req), Transport::Ws(protocol), Connection::WebSocket(ws)) => {
                 let opts = opts(req.stdin, req.stdout, req.stderr, req.tty);
-                let mut channels = ws_channels(ws, protocol, &sessions::ws_readable(opts));
+                let mut channels =
+                    ws_channels(ws, protocol, self.idle, &sessions::ws_readable(opts));
                 let client = sessions::ws_client(&mut channels, protocol, opts).await;
                 remote::attach(runtime, req, client).await;
                 channels.close().await;
@@ -171,7 +183,12 @@ impl StreamingServer {
                 Transport::WsPortForward(protocol, ports),
                 Connection::WebSocket(ws),
             ) => {
-                let channels = ws_channels(ws, protocol, &portforward::ws_readable(ports.len()));
+                let channels = ws_channels(
+                    ws,
+                    protocol,
+                    self.idle,
+                    &portforward::ws_readable(ports.len()),
+                );
                 portforward::serve_ws(runtime, req.pod_sandbox_id, ports, channels).await;
             }
             _ => tracing::error!("streaming session: request and transport do not match"),
@@ -191,9 +208,16 @@ fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> StreamOpts {
 fn ws_channels(
     ws: Box<WebSocketStream<TokioIo<Upgraded>>>,
     protocol: WsProtocol,
+    idle: Duration,
     readable: &[u8],
 ) -> Channels {
-    Channels::start(*ws, protocol.encoding, protocol.close_signal, readable)
+    Channels::start(
+        *ws,
+        protocol.encoding,
+        protocol.close_signal,
+        readable,
+        idle,
+    )
 }
 
 /// Gives a SPDY client that read its status the time to close the connection itself (it

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use vessel_protocols::stream::{Frame, MAX_CHUNK};
 
@@ -80,7 +81,10 @@ async fn relay(agent: AgentStream, mut from_client: mpsc::Receiver<Bytes>, out: 
                 }
                 Frame::Eof => return,
                 other => {
-                    tracing::warn!(?other, "unexpected frame on a port stream");
+                    tracing::warn!(
+                        frame = other.describe(),
+                        "unexpected frame on a port stream"
+                    );
                     return;
                 }
             }
@@ -147,6 +151,8 @@ struct Pair {
 /// Serves PortForward over a SPDY connection until the client closes it.
 pub async fn serve_spdy(runtime: Arc<Runtime>, pod_id: String, mut session: Session) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
+    // The connections being forwarded: they end with the session.
+    let mut forwards = JoinSet::new();
     loop {
         let next_deadline = pairs
             .values()
@@ -160,9 +166,10 @@ pub async fn serve_spdy(runtime: Arc<Runtime>, pod_id: String, mut session: Sess
             },
             () = session.gone.cancelled() => break,
             () = sleep_until(next_deadline) => {
-                expire(&mut pairs).await;
+                expire(&mut pairs, &session).await;
                 continue;
             }
+            Some(_) = forwards.join_next(), if !forwards.is_empty() => continue,
         };
         if let Err(why) = stream_port(&stream) {
             tracing::debug!(why, "port forward stream refused");
@@ -200,7 +207,7 @@ pub async fn serve_spdy(runtime: Arc<Runtime>, pod_id: String, mut session: Sess
         *slot = Some(stream);
         if let (Some(_), Some(_)) = (&pair.error, &pair.data) {
             let Some(Pair {
-                error: Some(mut error),
+                error: Some(error),
                 data: Some(data),
                 ..
             }) = pairs.remove(&request)
@@ -210,24 +217,19 @@ pub async fn serve_spdy(runtime: Arc<Runtime>, pod_id: String, mut session: Sess
             let port = stream_port(&data).unwrap_or_default();
             let runtime = Arc::clone(&runtime);
             let pod_id = pod_id.clone();
-            tokio::spawn(async move {
+            forwards.spawn(async move {
                 let Stream {
                     data: from_client,
                     writer: mut out,
                     ..
                 } = data;
-                forward(
-                    runtime,
-                    pod_id,
-                    port,
-                    from_client,
-                    &mut out,
-                    &mut error.writer,
-                )
-                .await;
+                // The client writes nothing on the error stream: its data is not read.
+                let mut error = error.writer;
+                forward(runtime, pod_id, port, from_client, &mut out, &mut error).await;
             });
         }
     }
+    forwards.abort_all();
     session.close().await;
 }
 
@@ -238,8 +240,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Drops the pairs whose second stream never came.
-async fn expire(pairs: &mut HashMap<String, Pair>) {
+/// Drops the pairs whose second stream never came: the error stream says so, a lone data
+/// stream is reset.
+async fn expire(pairs: &mut HashMap<String, Pair>, session: &Session) {
     let now = Instant::now();
     let expired: Vec<String> = pairs
         .iter()
@@ -250,14 +253,19 @@ async fn expire(pairs: &mut HashMap<String, Pair>) {
         .map(|(id, _)| id.clone())
         .collect();
     for id in expired {
-        if let Some(Pair {
-            error: Some(mut error),
-            ..
-        }) = pairs.remove(&id)
-        {
-            let message = format!("(request={id}) timed out waiting for streams");
-            let _ = error.writer.write(Bytes::from(message)).await;
-            error.writer.close().await;
+        match pairs.remove(&id) {
+            Some(Pair {
+                error: Some(mut error),
+                ..
+            }) => {
+                let message = format!("(request={id}) timed out waiting for streams");
+                let _ = error.writer.write(Bytes::from(message)).await;
+                error.writer.close().await;
+            }
+            Some(Pair {
+                data: Some(data), ..
+            }) => session.reset(data.id).await,
+            _ => {}
         }
     }
 }
@@ -270,7 +278,7 @@ pub async fn serve_ws(
     ports: Vec<u16>,
     mut channels: Channels,
 ) {
-    let mut forwards = Vec::new();
+    let mut forwards = JoinSet::new();
     for (i, port) in ports.into_iter().enumerate() {
         let (data_ch, error_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
         let mut out = channels.writer(data_ch);
@@ -285,15 +293,17 @@ pub async fn serve_ws(
             .unwrap_or_else(|| mpsc::channel(1).1);
         let runtime = Arc::clone(&runtime);
         let pod_id = pod_id.clone();
-        forwards.push(tokio::spawn(async move {
+        forwards.spawn(async move {
             forward(runtime, pod_id, port, from_client, &mut out, &mut error).await;
-        }));
+        });
     }
-    let all = futures_util::future::join_all(forwards);
+    let all = async { while forwards.join_next().await.is_some() {} };
     tokio::select! {
-        _ = all => {}
+        () = all => {}
         () = channels.gone.cancelled() => {}
     }
+    // Forwards still running when the client left end with it.
+    forwards.abort_all();
     channels.close().await;
 }
 

@@ -180,10 +180,10 @@ pub async fn exec(runtime: Arc<Runtime>, req: cri::ExecRequest, io: ClientIo) {
         gone,
     } = io;
     let id = req.container_id.as_str();
-    let started = runtime
-        .exec
-        .start_streamed(id, req.cmd.clone(), req.tty, req.stdin)
-        .await;
+    let started = tokio::select! {
+        started = runtime.exec.start_streamed(id, req.cmd.clone(), req.tty, req.stdin) => started,
+        () = gone.cancelled() => return,
+    };
     let agent = match started {
         Ok(agent) => agent,
         Err(e) => {
@@ -249,7 +249,8 @@ where
             }
             Some(Ok(other)) => {
                 return Some(Outcome::Internal(format!(
-                    "unexpected frame from the agent: {other:?}"
+                    "unexpected {} from the agent",
+                    other.describe()
                 )))
             }
             Some(Err(e)) => return Some(Outcome::Internal(format!("agent stream: {e}"))),
@@ -279,7 +280,11 @@ pub async fn attach(runtime: Arc<Runtime>, req: cri::AttachRequest, io: ClientIo
         gone,
     } = io;
     let id = req.container_id.as_str();
-    let attachment = match runtime.containers.attach(id, req.stdin, req.tty).await {
+    let attaching = tokio::select! {
+        a = runtime.containers.attach(id, req.stdin, req.tty) => a,
+        () = gone.cancelled() => return,
+    };
+    let attachment = match attaching {
         Ok(a) => a,
         Err(e) => {
             let outcome = Outcome::Internal(format!("error attaching to container: {e}"));
@@ -292,13 +297,17 @@ pub async fn attach(runtime: Arc<Runtime>, req: cri::AttachRequest, io: ClientIo
         tty = req.tty,
         "attached"
     );
+    // StdinOnce (without a terminal, as containerd has it): the container's stdin closes when
+    // this attach's does, or when the attach ends.
+    let close_stdin_after = attachment.stdin_once && req.stdin && !req.tty;
     let mut output = attachment.output;
+    let mut exited = attachment.exited;
     let input = attachment.input.map(|agent| {
         let (sink, source) = agent.split();
         // The agent's side carries only the exit frame of the init; the output comes from the
         // log pumps. Keep reading it so the connection's buffers never fill.
         let drain = source.for_each(|_| async {});
-        let forward = forward_input(stdin, resize, sink, attachment.stdin_once);
+        let forward = forward_input(stdin, resize, sink, close_stdin_after);
         tokio::spawn(async move {
             tokio::join!(forward, drain);
         })
@@ -317,27 +326,38 @@ pub async fn attach(runtime: Arc<Runtime>, req: cri::AttachRequest, io: ClientIo
         }
         true
     };
-    let finished = tokio::select! {
-        finished = ended => finished,
+    let output_ended = tokio::select! {
+        ended = ended => ended,
         () = gone.cancelled() => false,
     };
     if let Some(input) = input {
         input.abort();
     }
-    if finished {
-        tracing::info!(container_id = id, "attached container's output ended");
-        ClientIo::finish(
-            &mut stdout,
-            &mut stderr,
-            &mut error,
-            format,
-            Outcome::Success,
-        )
-        .await;
-    } else {
-        tracing::info!(container_id = id, "attach client gone");
+    if close_stdin_after {
+        if let Err(e) = runtime.containers.close_stdin(id).await {
+            tracing::debug!(container_id = id, error = %e, "close stdin after attach");
+        }
     }
+    if !output_ended {
+        tracing::info!(container_id = id, "attach client gone");
+        return;
+    }
+    // The output ends when the container's does, just before its exit is recorded; a client
+    // detached for falling behind sees the container still running.
+    let recorded = tokio::time::timeout(EXIT_RECORDED, exited.wait_for(|done| *done))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let outcome = if recorded {
+        tracing::info!(container_id = id, "attached container's output ended");
+        Outcome::Success
+    } else {
+        Outcome::Internal("the client fell too far behind the container's output".into())
+    };
+    ClientIo::finish(&mut stdout, &mut stderr, &mut error, format, outcome).await;
 }
+
+/// How long after its output ends a container's exit may take to be recorded.
+const EXIT_RECORDED: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[cfg(test)]
 mod tests {

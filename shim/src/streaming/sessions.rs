@@ -80,7 +80,11 @@ pub async fn spdy_client(
         };
         *slot = Some(stream);
     }
-    let writer = |s: Option<Stream>| s.map(|s| Box::new(s.writer) as Box<dyn Output>);
+    // Streams the request did not ask for are left alone, as kubelet does.
+    let writer = |s: Option<Stream>, asked: bool| {
+        s.filter(|_| asked)
+            .map(|s| Box::new(s.writer) as Box<dyn Output>)
+    };
     let mut stdin = opened.stdin;
     if version == SpdyVersion::V1 {
         // v1 closes the server's side of stdin at once (kubelet does).
@@ -89,11 +93,11 @@ pub async fn spdy_client(
         }
     }
     Some(ClientIo {
-        stdin: stdin.map(|s| s.data),
-        resize: opened.resize.map(|s| s.data),
-        stdout: writer(opened.stdout),
-        stderr: writer(opened.stderr),
-        error: writer(opened.error),
+        stdin: stdin.filter(|_| opts.stdin).map(|s| s.data),
+        resize: opened.resize.filter(|_| opts.tty).map(|s| s.data),
+        stdout: writer(opened.stdout, opts.stdout),
+        stderr: writer(opened.stderr, opts.stderr),
+        error: writer(opened.error, true),
         format: version.status_format(),
         gone: session.gone.clone(),
     })

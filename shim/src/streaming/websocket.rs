@@ -19,7 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::idle::Activity;
 use super::remote::Output;
+use super::CLOSE_TIMEOUT;
 
 /// The channel number of v5's close signal.
 const CLOSE_SIGNAL: u8 = 255;
@@ -61,6 +63,7 @@ impl Channels {
         encoding: Encoding,
         close_signal: bool,
         readable: &[u8],
+        idle: std::time::Duration,
     ) -> Self
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -68,6 +71,7 @@ impl Channels {
         let (sink, source) = ws.split();
         let (out_tx, out_rx) = mpsc::channel(16);
         let gone = CancellationToken::new();
+        let activity = Activity::watch(idle, gone.clone());
         let mut inputs = HashMap::new();
         let mut senders = HashMap::new();
         for &ch in readable {
@@ -75,13 +79,20 @@ impl Channels {
             inputs.insert(ch, rx);
             senders.insert(ch, tx);
         }
-        let writer = tokio::spawn(write_messages(sink, out_rx, encoding, gone.clone()));
+        let writer = tokio::spawn(write_messages(
+            sink,
+            out_rx,
+            encoding,
+            gone.clone(),
+            activity.clone(),
+        ));
         tokio::spawn(read_messages(
             source,
             senders,
             encoding,
             close_signal,
             gone.clone(),
+            activity,
         ));
         Channels {
             inputs,
@@ -102,11 +113,21 @@ impl Channels {
         }
     }
 
-    /// Ends the connection once everything queued is sent (close code 1000).
+    /// Ends the connection once everything queued is sent (close code 1000), at once if the
+    /// client does not take it within [`CLOSE_TIMEOUT`].
     pub async fn close(self) {
-        let _ = self.out.send(Out::Close).await;
-        drop(self.out);
-        let _ = self.writer.await;
+        let out = self.out;
+        let mut writer = self.writer;
+        let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = out.send(Out::Close).await;
+            drop(out);
+            let _ = (&mut writer).await;
+        })
+        .await;
+        if flushed.is_err() {
+            writer.abort();
+        }
+        self.gone.cancel();
     }
 }
 
@@ -196,6 +217,7 @@ async fn read_messages<S>(
     encoding: Encoding,
     close_signal: bool,
     gone: CancellationToken,
+    activity: Activity,
 ) where
     S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -204,6 +226,7 @@ async fn read_messages<S>(
             m = source.next() => m,
             () = gone.cancelled() => break,
         };
+        activity.touch();
         let message = match message {
             Some(Ok(Message::Close(_))) | None => break,
             Some(Ok(m)) => m,
@@ -238,10 +261,18 @@ async fn write_messages<S>(
     mut out: mpsc::Receiver<Out>,
     encoding: Encoding,
     gone: CancellationToken,
+    activity: Activity,
 ) where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    while let Some(item) = out.recv().await {
+    loop {
+        let item = tokio::select! {
+            item = out.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            () = gone.cancelled() => break,
+        };
         let message = match item {
             Out::Data(ch, data) => encode(ch, &data, encoding),
             Out::CloseChannel(ch) => Message::Binary(Bytes::from(vec![CLOSE_SIGNAL, ch])),
@@ -255,14 +286,21 @@ async fn write_messages<S>(
                 break;
             }
         };
-        let sent = if out.is_empty() {
-            sink.send(message).await
-        } else {
-            sink.feed(message).await
+        let send = async {
+            if out.is_empty() {
+                sink.send(message).await
+            } else {
+                sink.feed(message).await
+            }
+        };
+        let sent = tokio::select! {
+            sent = send => sent,
+            () = gone.cancelled() => break,
         };
         if sent.is_err() {
             break;
         }
+        activity.touch();
     }
     let _ = sink.close().await;
     gone.cancel();

@@ -57,6 +57,15 @@ impl Containers {
         Ok(container)
     }
 
+    /// Closes the stdin of the container's init (StdinOnce after an attach).
+    pub async fn close_stdin(&self, id: &str) -> Result<(), RuntimeError> {
+        let container = self.get(id)?;
+        let mut req = vessel_protocols::agent::CloseStdinRequest::new();
+        req.container_id = id.to_owned();
+        self.agent(&container)?.close_stdin(req).await?;
+        Ok(())
+    }
+
     /// Attaches to the container: its output from now on, and an input stream when the
     /// client sends stdin or has a terminal to resize.
     pub async fn attach(

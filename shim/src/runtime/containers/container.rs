@@ -1,8 +1,6 @@
 //! A container in the runtime: its record, its CRI log, the tasks that follow it (log
 //! pumps, exit watcher) and the attached clients its output also goes to.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -24,16 +22,22 @@ pub struct Container {
     /// The log pumps, handed to the exit watcher so an exit is recorded after the last output.
     pumps: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Attached clients (CRI Attach): each gets the output the log pumps read.
-    attached: Mutex<Vec<mpsc::Sender<(Stream, Bytes)>>>,
+    attached: Mutex<Attached>,
     /// Keeps the image layers under the rootfs from garbage collection.
     _layers: Option<LayerLease>,
 }
 
-/// Output chunks an attached client may be behind by before the log pump waits for it.
-const ATTACH_BACKLOG: usize = 64;
-/// How long the log pump waits for an attached client that does not keep up before it
-/// detaches it (the CRI log must not stall on one slow client).
-const ATTACH_STALL: Duration = Duration::from_secs(10);
+/// The attached clients, and whether the container's output has ended (a client attaching
+/// after that gets a closed channel at once).
+#[derive(Default)]
+struct Attached {
+    clients: Vec<mpsc::Sender<(Stream, Bytes)>>,
+    ended: bool,
+}
+
+/// Output chunks an attached client may be behind by; one further behind is detached, so
+/// the CRI log never waits for a slow client.
+const ATTACH_BACKLOG: usize = 256;
 
 impl Container {
     pub(super) fn new(
@@ -50,7 +54,7 @@ impl Container {
             log,
             exited: tokio::sync::watch::channel(done).0,
             pumps: Mutex::new(Vec::new()),
-            attached: Mutex::new(Vec::new()),
+            attached: Mutex::new(Attached::default()),
             _layers: layers,
         }
     }
@@ -78,38 +82,35 @@ impl Container {
         record.clone()
     }
 
-    /// A new attached client: the output read from now on, until the container exits (the
-    /// channel then closes) or the client falls [`ATTACH_STALL`] behind.
+    /// A new attached client: the output read from now on, until the container's output
+    /// ends or the client falls [`ATTACH_BACKLOG`] chunks behind (the channel then closes).
     pub fn subscribe(&self) -> mpsc::Receiver<(Stream, Bytes)> {
         let (tx, rx) = mpsc::channel(ATTACH_BACKLOG);
-        self.attached.lock().push(tx);
+        let mut attached = self.attached.lock();
+        if !attached.ended {
+            attached.clients.push(tx);
+        }
         rx
     }
 
-    /// Hands a chunk of output to the attached clients (the log pump, after the CRI log).
-    pub(super) async fn fan_out(&self, stream: Stream, data: &Bytes) {
-        let clients = self.attached.lock().clone();
-        if clients.is_empty() {
-            return;
-        }
-        let mut gone = Vec::new();
-        for client in clients {
-            let sent = client.send_timeout((stream, data.clone()), ATTACH_STALL);
-            if sent.await.is_err() {
-                tracing::info!(container_id = %self.id, "attached client gone or too slow: detached");
-                gone.push(client);
+    /// Hands a chunk of output to the attached clients (the log pump, after the CRI log),
+    /// without waiting for any.
+    pub(super) fn fan_out(&self, stream: Stream, data: &Bytes) {
+        let mut attached = self.attached.lock();
+        attached.clients.retain(|client| {
+            let kept = client.try_send((stream, data.clone())).is_ok();
+            if !kept && !client.is_closed() {
+                tracing::info!(container_id = %self.id, "attached client too slow for the output: detached");
             }
-        }
-        if !gone.is_empty() {
-            self.attached
-                .lock()
-                .retain(|c| !gone.iter().any(|g| g.same_channel(c)));
-        }
+            kept
+        });
     }
 
-    /// Closes every attached client's output (the container's output has ended).
+    /// Closes every attached client's output: the container's output has ended.
     pub(super) fn detach_all(&self) {
-        self.attached.lock().clear();
+        let mut attached = self.attached.lock();
+        attached.ended = true;
+        attached.clients.clear();
     }
 
     /// Waits until the container is recorded as exited, up to `timeout`.

@@ -35,7 +35,7 @@ async fn pump(agent: AgentClient, container: Arc<Container>, stream: Stream) {
             Ok(chunk) => {
                 splitter.push(&chunk.data, Utc::now(), &mut lines);
                 write_log(log, container_id, &mut lines);
-                container.fan_out(stream, &Bytes::from(chunk.data)).await;
+                container.fan_out(stream, &Bytes::from(chunk.data));
             }
             Err(e) => {
                 tracing::debug!(container_id, stream = stream.as_str(), error = %e, "log pump ends");

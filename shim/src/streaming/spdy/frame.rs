@@ -10,6 +10,10 @@ const CONTROL_BIT: u32 = 0x8000_0000;
 const ID_MASK: u32 = 0x7fff_ffff;
 /// The largest payload a 24-bit length allows.
 pub const MAX_PAYLOAD: usize = (1 << 24) - 1;
+/// The largest frames this server reads: client-go writes data in chunks of 32 KiB and header
+/// blocks of a few bytes, so a client cannot make it hold 16 MiB per frame.
+const MAX_DATA_READ: usize = 4 << 20;
+const MAX_CONTROL_READ: usize = 64 << 10;
 
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
@@ -72,7 +76,7 @@ pub enum FrameError {
     Short { kind: &'static str, len: usize },
     #[error("spdy: unsupported version {0}")]
     Version(u16),
-    #[error("spdy: frame payload of {0} bytes is over the 24-bit limit")]
+    #[error("spdy: frame payload of {0} bytes is over the limit")]
     TooLarge(usize),
 }
 
@@ -101,6 +105,14 @@ impl Decoder for SpdyCodec {
         let first = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
         let flags = src[4];
         let len = usize::from(src[5]) << 16 | usize::from(src[6]) << 8 | usize::from(src[7]);
+        let limit = if first & CONTROL_BIT == 0 {
+            MAX_DATA_READ
+        } else {
+            MAX_CONTROL_READ
+        };
+        if len > limit {
+            return Err(FrameError::TooLarge(len));
+        }
         if src.len() < 8 + len {
             src.reserve(8 + len - src.len());
             return Ok(None);
@@ -335,6 +347,12 @@ mod tests {
         // WINDOW_UPDATE and SETTINGS are read and left alone.
         let window = [0x80, 3, 0, 9, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 1, 0];
         assert_eq!(decode(&window), Frame::Ignored(9));
+        let huge = [0, 0, 0, 1, 0, 0xff, 0xff, 0xff];
+        let mut buf = BytesMut::from(&huge[..]);
+        assert!(matches!(
+            SpdyCodec.decode(&mut buf),
+            Err(FrameError::TooLarge(_))
+        ));
         let v2 = [0x80, 2, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1];
         let mut buf = BytesMut::from(&v2[..]);
         assert!(matches!(

@@ -25,7 +25,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_stream_is_answered_and_carries_data_both_ways() {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let mut session = Session::start(server);
+        let mut session = Session::start(server, std::time::Duration::from_secs(60));
         let mut client = Framed::new(client, SpdyCodec);
         let mut deflate = Deflater::new().unwrap();
         let mut inflate = Inflater::default();
@@ -97,7 +97,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_id_going_backwards_is_refused() {
         let (client, server) = tokio::io::duplex(1 << 16);
-        let mut session = Session::start(server);
+        let mut session = Session::start(server, std::time::Duration::from_secs(60));
         let mut client = Framed::new(client, SpdyCodec);
         let mut deflate = Deflater::new().unwrap();
         for id in [5, 3] {

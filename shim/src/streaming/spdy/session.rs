@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{Frame, SpdyCodec, FLAG_FIN, RST_CANCEL, RST_PROTOCOL_ERROR};
 use super::headers::{self, Deflater, Headers, Inflater};
+use crate::streaming::idle::Activity;
 use crate::streaming::remote::Output;
+use crate::streaming::CLOSE_TIMEOUT;
 
 /// Most bytes of one DATA frame this side sends.
 const MAX_DATA: usize = 128 * 1024;
@@ -106,8 +108,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Serves SPDY on an upgraded connection.
-    pub fn start<IO>(io: IO) -> Self
+    /// Serves SPDY on an upgraded connection, closed after `idle` without a frame.
+    pub fn start<IO>(io: IO, idle: std::time::Duration) -> Self
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -115,16 +117,19 @@ impl Session {
         let (out_tx, out_rx) = mpsc::channel(WRITE_BACKLOG);
         let (streams_tx, streams_rx) = mpsc::channel(4);
         let gone = CancellationToken::new();
+        let activity = Activity::watch(idle, gone.clone());
         let writer = tokio::spawn(write_frames(
             FramedWrite::new(write, SpdyCodec),
             out_rx,
             gone.clone(),
+            activity.clone(),
         ));
         tokio::spawn(read_frames(
             FramedRead::new(read, SpdyCodec),
             out_tx.clone(),
             streams_tx,
             gone.clone(),
+            activity,
         ));
         Session {
             streams: streams_rx,
@@ -139,11 +144,21 @@ impl Session {
         let _ = self.out.send(Out::Reset(id, RST_CANCEL)).await;
     }
 
-    /// Ends the connection once everything queued is sent: GOAWAY, then the socket closes.
+    /// Ends the connection once everything queued is sent: GOAWAY, then the socket closes
+    /// (at once if the client does not take them within [`CLOSE_TIMEOUT`]).
     pub async fn close(self) {
-        let _ = self.out.send(Out::GoAway).await;
-        drop(self.out);
-        let _ = self.writer.await;
+        let out = self.out;
+        let mut writer = self.writer;
+        let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = out.send(Out::GoAway).await;
+            drop(out);
+            let _ = (&mut writer).await;
+        })
+        .await;
+        if flushed.is_err() {
+            writer.abort();
+        }
+        self.gone.cancel();
     }
 }
 
@@ -152,6 +167,7 @@ async fn read_frames<R>(
     out: mpsc::Sender<Out>,
     streams: mpsc::Sender<Stream>,
     gone: CancellationToken,
+    activity: Activity,
 ) where
     R: AsyncRead + Unpin,
 {
@@ -163,6 +179,7 @@ async fn read_frames<R>(
             frame = frames.next() => frame,
             () = gone.cancelled() => break,
         };
+        activity.touch();
         let frame = match frame {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => {
@@ -249,6 +266,7 @@ async fn write_frames<W>(
     mut sink: FramedWrite<W, SpdyCodec>,
     mut frames: mpsc::Receiver<Out>,
     gone: CancellationToken,
+    activity: Activity,
 ) where
     W: AsyncWrite + Unpin,
 {
@@ -260,7 +278,14 @@ async fn write_frames<W>(
             return;
         }
     };
-    while let Some(out) = frames.recv().await {
+    loop {
+        let out = tokio::select! {
+            out = frames.recv() => match out {
+                Some(out) => out,
+                None => break,
+            },
+            () = gone.cancelled() => break,
+        };
         let last = matches!(out, Out::GoAway);
         let frame = match out {
             Out::Reply(id) => match deflater.block(&[]) {
@@ -290,14 +315,21 @@ async fn write_frames<W>(
             },
         };
         // Frames queued behind this one go out in the same write.
-        let sent = if frames.is_empty() || last {
-            sink.send(frame).await
-        } else {
-            sink.feed(frame).await
+        let send = async {
+            if frames.is_empty() || last {
+                sink.send(frame).await
+            } else {
+                sink.feed(frame).await
+            }
+        };
+        let sent = tokio::select! {
+            sent = send => sent,
+            () = gone.cancelled() => break,
         };
         if sent.is_err() {
             break;
         }
+        activity.touch();
         if last {
             break;
         }
