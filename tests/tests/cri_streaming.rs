@@ -313,6 +313,46 @@ async fn websocket_exec_attach_resize_and_port_forward() {
         got.closed
     );
 
+    // Flow control: a client that does not read holds the process back (nothing buffers
+    // without bound on the way), and once it reads, every byte arrives.
+    let big = "head -c 50000000 /dev/zero; echo flowed >&2";
+    let url = t
+        .exec_url(exec_req(&web, &["sh", "-c", big], false, false))
+        .await;
+    let ws = WsClient::connect(ns, &url, "v4.channel.k8s.io")
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // (busybox may run head in the forked shell, under the shell's command line.)
+    let (_, blocked) = exec_sh(
+        &mut t.cri,
+        &web,
+        "ps -o args | grep -c '[h]ead -c 50000000'",
+    )
+    .await;
+    assert_ne!(blocked, "0\n", "the writer waits for its reader");
+    let got = ws.collect(limit).await;
+    assert_eq!(got.channels.get(&1).map(Vec::len), Some(50_000_000));
+    assert_eq!(got.text(2), "flowed\n");
+    assert_eq!(exit_status(&got.channels[&3]).0, "Success");
+
+    // Output still on its way when the process exits reaches a client that reads late.
+    let url = t
+        .exec_url(exec_req(
+            &web,
+            &["head", "-c", "3000000", "/dev/zero"],
+            false,
+            false,
+        ))
+        .await;
+    let ws = WsClient::connect(ns, &url, "v4.channel.k8s.io")
+        .await
+        .expect("connect");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let got = ws.collect(limit).await;
+    assert_eq!(got.channels.get(&1).map(Vec::len), Some(3_000_000));
+    assert_eq!(exit_status(&got.channels[&3]).0, "Success");
+
     // Resize: the terminal takes the size sent on channel 4 (which may land after the
     // shell starts: it asks until it has it).
     let ask = "for i in $(seq 1 100); do s=$(stty size); [ \"$s\" = '45 123' ] && break; \

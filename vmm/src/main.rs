@@ -138,12 +138,27 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    bound_malloc_arenas();
     match run(args) {
         Ok(end) => exit_code(end),
         Err(e) => {
             eprintln!("vessel-vmm: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Keeps glibc's malloc to its main arena (the VMM has a handful of threads), before the
+/// seccomp filters are installed. A thread with an arena of its own has it trimmed on a
+/// large free, and the first trim opens /proc/sys/vm/overcommit_memory: an `openat` no
+/// filtered thread may make, which ended the VMM once the vsock device freed a large buffer
+/// (strace: `free` → `shrink_heap` → `openat` in the event loop thread). The main arena
+/// shrinks with `brk`, which every thread may call; so does working out an arena limit.
+fn bound_malloc_arenas() {
+    // SAFETY: mallopt only sets a malloc tunable; it is called before any thread starts.
+    let set = unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    if set != 1 {
+        tracing::warn!("mallopt(M_ARENA_MAX) failed");
     }
 }
 

@@ -76,11 +76,38 @@ async fn main() -> Result<()> {
         ..Default::default()
     });
     let ctr = run_container(&mut cri, &pod, &config, ctr_config).await;
-    wait_ready(&mut cri, &ctr).await?;
+    let measured = measure(&mut cri, &ns, &node, crictl.as_ref(), &pod, &ctr).await;
+    if measured.is_err() {
+        let log = vessel_shim::hypervisor::tail_file(&daemon.log(), 60);
+        eprintln!("---- vessel-shim log (last lines)\n{log}");
+        vessel_tests::print_pod_logs(&daemon.state().join("pods"));
+    }
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
+    measured
+}
+
+/// Every figure, printed.
+async fn measure(
+    cri: &mut Client,
+    ns: &NetNs,
+    node: &NodeNet,
+    crictl: Option<&Crictl>,
+    pod: &str,
+    ctr: &str,
+) -> Result<()> {
+    let (pod, ctr) = (pod.to_owned(), ctr.to_owned());
+    wait_ready(cri, &ctr).await?;
 
     let mut guest = f64::MAX;
     for _ in 0..ROUNDS {
-        guest = guest.min(exec_sync_cost(&mut cri, &ctr, "cat /blob/f > /dev/null").await?);
+        guest = guest.min(exec_sync_cost(cri, &ctr, "cat /blob/f > /dev/null").await?);
     }
     println!("in the guest: cat to /dev/null: {}", rate(guest));
     let report = |what: &str, secs: f64| {
@@ -93,31 +120,23 @@ async fn main() -> Result<()> {
 
     let (mut ws_exec, mut ws_forward) = (f64::MAX, f64::MAX);
     for _ in 0..ROUNDS {
-        ws_exec = ws_exec.min(ws_exec_cost(&mut cri, &ns, &ctr).await?);
-        ws_forward = ws_forward.min(ws_forward_cost(&mut cri, &ns, &pod).await?);
+        ws_exec = ws_exec.min(ws_exec_cost(cri, ns, &ctr).await?);
+        ws_forward = ws_forward.min(ws_forward_cost(cri, ns, &pod).await?);
     }
     report("exec stdout over WebSocket", ws_exec);
     report("port-forward over WebSocket", ws_forward);
-    match &crictl {
+    match crictl {
         Some(crictl) => {
             let mut spdy_exec = f64::MAX;
             for _ in 0..ROUNDS {
                 spdy_exec = spdy_exec.min(crictl_exec_cost(crictl, &ctr)?);
             }
             report("exec stdout over SPDY (crictl)", spdy_exec);
-            let spdy_forward = crictl_forward_cost(crictl, &node, &pod).await?;
+            let spdy_forward = crictl_forward_cost(crictl, node, &pod).await?;
             report("port-forward over SPDY (crictl)", spdy_forward);
         }
         None => println!("SPDY figures: no crictl (see SKIPPED line)"),
     }
-    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
-        pod_sandbox_id: pod.clone(),
-    })
-    .await?;
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await?;
     Ok(())
 }
 
@@ -191,8 +210,14 @@ async fn ws_exec_cost(cri: &mut Client, ns: &NetNs, ctr: &str) -> Result<f64> {
     Ok((full - empty).max(1e-6))
 }
 
-/// Bytes from the nc port and the seconds of one WebSocket port forward.
-async fn ws_forward(cri: &mut Client, ns: &NetNs, pod: &str, port: u16) -> Result<(usize, f64)> {
+/// Bytes from the nc port, the error channel's text and the seconds of one WebSocket port
+/// forward.
+async fn ws_forward(
+    cri: &mut Client,
+    ns: &NetNs,
+    pod: &str,
+    port: u16,
+) -> Result<(usize, String, f64)> {
     let start = Instant::now();
     let url = cri
         .port_forward(cri::PortForwardRequest {
@@ -204,24 +229,27 @@ async fn ws_forward(cri: &mut Client, ns: &NetNs, pod: &str, port: u16) -> Resul
         .url;
     let mut ws = WsClient::connect(ns, &url, "v4.channel.k8s.io").await?;
     let mut bytes = 0;
+    let mut error = Vec::new();
     let mut preamble = [false; 2];
     while let Some((ch, data)) = ws.next().await {
         match ch {
             0 | 1 if !preamble[ch as usize] => preamble[ch as usize] = true,
             0 => bytes += data.len(),
+            1 => error.extend(data),
             _ => {}
         }
     }
-    Ok((bytes, start.elapsed().as_secs_f64()))
+    let error = String::from_utf8_lossy(&error).into_owned();
+    Ok((bytes, error, start.elapsed().as_secs_f64()))
 }
 
 async fn ws_forward_cost(cri: &mut Client, ns: &NetNs, pod: &str) -> Result<f64> {
     // A port nobody listens on: the session's cost without the bytes.
-    let (_, empty) = ws_forward(cri, ns, pod, 9).await?;
-    let (bytes, full) = ws_forward(cri, ns, pod, NC_PORT).await?;
+    let (_, _, empty) = ws_forward(cri, ns, pod, 9).await?;
+    let (bytes, error, full) = ws_forward(cri, ns, pod, NC_PORT).await?;
     ensure!(
         bytes == SIZE,
-        "port-forward over WebSocket moved {bytes} of {SIZE} bytes"
+        "port-forward over WebSocket moved {bytes} of {SIZE} bytes: {error}"
     );
     Ok((full - empty).max(1e-6))
 }
