@@ -39,7 +39,7 @@ use crate::runtime::{Runtime, RuntimeError};
 /// After a session ends, how long the client gets to close the connection itself.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long the last frames of a connection may take to go out before it is dropped.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send its request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -225,6 +225,27 @@ fn ws_channels(
 async fn linger_spdy(session: spdy::Session) {
     let _ = tokio::time::timeout(CLOSE_GRACE, session.gone.cancelled()).await;
     session.close().await;
+}
+
+/// Ends a connection's writer task: `last` (SPDY's GOAWAY, WebSocket's close frame) goes
+/// after everything queued, then the socket closes; a client that does not take them within
+/// [`CLOSE_TIMEOUT`] is cut off. `gone` is cancelled either way.
+async fn close_connection<T: Send>(
+    out: tokio::sync::mpsc::Sender<T>,
+    last: T,
+    mut writer: tokio::task::JoinHandle<()>,
+    gone: &tokio_util::sync::CancellationToken,
+) {
+    let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = out.send(last).await;
+        drop(out);
+        let _ = (&mut writer).await;
+    })
+    .await;
+    if flushed.is_err() {
+        writer.abort();
+    }
+    gone.cancel();
 }
 
 /// `http://host:port`, with IPv6 hosts in brackets.

@@ -223,8 +223,14 @@ pub async fn serve_spdy(runtime: Arc<Runtime>, pod_id: String, mut session: Sess
                     writer: mut out,
                     ..
                 } = data;
-                // The client writes nothing on the error stream: its data is not read.
-                let mut error = error.writer;
+                // The client writes nothing on the error stream: what it might send there
+                // is dropped, never waited on.
+                let Stream {
+                    writer: mut error,
+                    data: unread,
+                    ..
+                } = error;
+                drop(unread);
                 forward(runtime, pod_id, port, from_client, &mut out, &mut error).await;
             });
         }

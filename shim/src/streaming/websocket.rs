@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::idle::Activity;
 use super::remote::Output;
-use super::CLOSE_TIMEOUT;
 
 /// The channel number of v5's close signal.
 const CLOSE_SIGNAL: u8 = 255;
@@ -114,20 +113,9 @@ impl Channels {
     }
 
     /// Ends the connection once everything queued is sent (close code 1000), at once if the
-    /// client does not take it within [`CLOSE_TIMEOUT`].
+    /// client does not take it in time.
     pub async fn close(self) {
-        let out = self.out;
-        let mut writer = self.writer;
-        let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            let _ = out.send(Out::Close).await;
-            drop(out);
-            let _ = (&mut writer).await;
-        })
-        .await;
-        if flushed.is_err() {
-            writer.abort();
-        }
-        self.gone.cancel();
+        super::close_connection(self.out, Out::Close, self.writer, &self.gone).await;
     }
 }
 

@@ -20,7 +20,6 @@ use super::frame::{Frame, SpdyCodec, FLAG_FIN, RST_CANCEL, RST_PROTOCOL_ERROR};
 use super::headers::{self, Deflater, Headers, Inflater};
 use crate::streaming::idle::Activity;
 use crate::streaming::remote::Output;
-use crate::streaming::CLOSE_TIMEOUT;
 
 /// Most bytes of one DATA frame this side sends.
 const MAX_DATA: usize = 128 * 1024;
@@ -145,20 +144,9 @@ impl Session {
     }
 
     /// Ends the connection once everything queued is sent: GOAWAY, then the socket closes
-    /// (at once if the client does not take them within [`CLOSE_TIMEOUT`]).
+    /// (at once if the client does not take them in time).
     pub async fn close(self) {
-        let out = self.out;
-        let mut writer = self.writer;
-        let flushed = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            let _ = out.send(Out::GoAway).await;
-            drop(out);
-            let _ = (&mut writer).await;
-        })
-        .await;
-        if flushed.is_err() {
-            writer.abort();
-        }
-        self.gone.cancel();
+        crate::streaming::close_connection(self.out, Out::GoAway, self.writer, &self.gone).await;
     }
 }
 
