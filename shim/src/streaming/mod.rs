@@ -248,6 +248,37 @@ async fn close_connection<T: Send>(
     gone.cancel();
 }
 
+/// Writes one item of a connection's writer task: flushed when `flush` (nothing queued
+/// behind it), else only fed so the items behind it go out in the same write. False when the
+/// connection is gone or the write failed.
+async fn write_one<S, T>(
+    sink: &mut S,
+    item: T,
+    flush: bool,
+    gone: &tokio_util::sync::CancellationToken,
+    activity: &idle::Activity,
+) -> bool
+where
+    S: futures_util::Sink<T> + Unpin,
+{
+    use futures_util::SinkExt;
+    let send = async {
+        if flush {
+            sink.send(item).await
+        } else {
+            sink.feed(item).await
+        }
+    };
+    let sent = tokio::select! {
+        sent = send => sent.is_ok(),
+        () = gone.cancelled() => false,
+    };
+    if sent {
+        activity.touch();
+    }
+    sent
+}
+
 /// `http://host:port`, with IPv6 hosts in brackets.
 fn base_url(addr: SocketAddr) -> String {
     format!("http://{addr}")

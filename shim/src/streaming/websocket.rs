@@ -274,21 +274,9 @@ async fn write_messages<S>(
                 break;
             }
         };
-        let send = async {
-            if out.is_empty() {
-                sink.send(message).await
-            } else {
-                sink.feed(message).await
-            }
-        };
-        let sent = tokio::select! {
-            sent = send => sent,
-            () = gone.cancelled() => break,
-        };
-        if sent.is_err() {
+        if !super::write_one(&mut sink, message, out.is_empty(), &gone, &activity).await {
             break;
         }
-        activity.touch();
     }
     let _ = sink.close().await;
     gone.cancel();

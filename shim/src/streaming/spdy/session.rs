@@ -302,22 +302,10 @@ async fn write_frames<W>(
                 status: 0,
             },
         };
-        // Frames queued behind this one go out in the same write.
-        let send = async {
-            if frames.is_empty() || last {
-                sink.send(frame).await
-            } else {
-                sink.feed(frame).await
-            }
-        };
-        let sent = tokio::select! {
-            sent = send => sent,
-            () = gone.cancelled() => break,
-        };
-        if sent.is_err() {
+        let flush = frames.is_empty() || last;
+        if !crate::streaming::write_one(&mut sink, frame, flush, &gone, &activity).await {
             break;
         }
-        activity.touch();
         if last {
             break;
         }
