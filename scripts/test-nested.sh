@@ -15,7 +15,7 @@ cd "$repo"
 # The test files (tests/tests/<name>.rs) whose tests depend on the backend.
 default_families=(builtin_vm pod_vm cri_runtime cri_containers cri_conformance cri_volumes
                   cri_security cri_resilience cri_image_run cri_network
-                  cri_resources cri_streaming)
+                  cri_resources cri_streaming native_pods)
 if [ "${1:-}" = --list ]; then
     printf '%s\n' "${default_families[@]}"
     exit 0

@@ -5,7 +5,8 @@
 //! interface, loopback and routes (network.rs). Started with
 //! `__vessel-libcontainer` it is instead the one-shot libcontainer helper; started as
 //! `/pause`, a pod's infra process (pause.rs); as `/sbin/modprobe`, the kernel's module loader
-//! (init/modprobe.rs).
+//! (init/modprobe.rs); as `vessel-agent host …`, a native pod's infra process on the host
+//! (init/host.rs).
 //!
 //! Errors: each part has its own enum that knows its ttrpc status code
 //! (`container::ContainerError`, `sandbox::SandboxError`, `storage::StorageError`, …); the
@@ -17,6 +18,7 @@ mod container;
 mod error;
 mod init;
 mod network;
+mod paths;
 mod pause;
 mod rpc;
 mod sandbox;
@@ -28,7 +30,7 @@ use std::process::ExitCode;
 use vessel_protocols::AGENT_VSOCK_PORT;
 
 /// Overrides the listen address in dev runs (e.g. `unix:///tmp/agent.sock`).
-const LISTEN_ENV: &str = "VESSEL_AGENT_LISTEN";
+pub const LISTEN_ENV: &str = "VESSEL_AGENT_LISTEN";
 
 fn main() -> ExitCode {
     if container::libcontainer::helper::is_helper_invocation() {
@@ -39,6 +41,13 @@ fn main() -> ExitCode {
     }
     if init::modprobe::is_modprobe_invocation() {
         return init::modprobe::main();
+    }
+    if init::host::is_host_invocation() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Err(e) = init::host::parse(&args).and_then(|pod| init::host::enter(&pod)) {
+            eprintln!("vessel-agent: host pod: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let boot = init::boot();
     if boot.pid1 {

@@ -143,6 +143,17 @@ async fn set_up(
         .map_err(netlink(format!("set up {name}")))
 }
 
+/// Brings loopback up: a native pod's agent does it in the pod's network namespace, which
+/// nothing else configures but CNI's interface.
+pub async fn loopback_up() -> Result<(), NetworkError> {
+    let handle = connect()?;
+    let all = links(&handle).await?;
+    match all.iter().find(|l| name_of(l) == "lo") {
+        Some(lo) => set_up(&handle, lo.header.index, None, "lo").await,
+        None => Err(NetworkError::NoInterface("lo".into())),
+    }
+}
+
 /// Configures the interface `want` names (by MAC, else by name): its MTU when given, exactly
 /// its addresses (others, but IPv6 link-local ones, are removed), up; and loopback up.
 pub async fn update_interface(want: &api::Interface) -> Result<api::Interface, NetworkError> {

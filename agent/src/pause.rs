@@ -20,16 +20,13 @@ use crate::init::reaper::Reaper;
 /// The infra process's `argv[0]`, which containers see in `/proc/1/cmdline`.
 pub const PAUSE_ARG0: &str = "/pause";
 
-/// The empty directory the infra process makes its root.
-const PAUSE_ROOT: &str = "/run/vessel/pause";
-
 /// How long teardown waits for the infra process to be reaped after SIGKILL.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// The pause process could not be started (answered as INTERNAL).
 #[derive(Debug, thiserror::Error)]
 pub enum PauseError {
-    #[error("create {PAUSE_ROOT}: {0}")]
+    #[error("create the pause root: {0}")]
     Root(#[source] std::io::Error),
     #[error("start the pod's pause process: {0}")]
     Spawn(#[source] std::io::Error),
@@ -65,7 +62,9 @@ pub fn main() -> ExitCode {
 /// An empty root, no capabilities, no new privileges: a container sharing the namespace
 /// finds nothing of the guest through `/proc/1/root` and nothing to gain from the process.
 fn confine() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    nix::unistd::chroot(PAUSE_ROOT)?;
+    // The agent starts it in its pause dir (`crate::paths::pause`), so that its command
+    // line stays `/pause` and its environment empty.
+    nix::unistd::chroot(".")?;
     nix::unistd::chdir("/")?;
     nix::sys::prctl::set_no_new_privs()?;
     caps::clear(None, caps::CapSet::Bounding)?;
@@ -94,14 +93,16 @@ pub struct PodInit {
 impl PodInit {
     /// Starts the infra process in a new pid namespace.
     pub fn start(reaper: &Arc<Reaper>) -> Result<Self, PauseError> {
-        std::fs::create_dir_all(PAUSE_ROOT).map_err(PauseError::Root)?;
+        let root = crate::paths::pause();
+        std::fs::create_dir_all(&root).map_err(PauseError::Root)?;
         let _gate = reaper.spawn_gate();
         // unshare(CLONE_NEWPID) changes the namespace of the calling thread's later children:
         // a thread of its own, which ends after the spawn, keeps the agent's other spawns out.
-        let spawned = std::thread::spawn(|| -> std::io::Result<u32> {
+        let spawned = std::thread::spawn(move || -> std::io::Result<u32> {
             nix::sched::unshare(CloneFlags::CLONE_NEWPID)?;
             let child = Command::new("/proc/self/exe")
                 .arg0(PAUSE_ARG0)
+                .current_dir(&root)
                 .env_clear()
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

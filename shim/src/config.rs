@@ -34,6 +34,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The handler of a pod that names none (CRI's empty `runtime_handler`).
+    pub default_handler: String,
+    /// `[handlers.<name>]`: the runtime handlers served, each `kind = "vm"` or `"native"`.
+    pub handlers: std::collections::BTreeMap<String, crate::handlers::Handler>,
+    /// `[native]`: what runs the pods of native handlers.
+    pub native: NativeConfig,
     /// How pod cgroups are named (kubelet's `cgroupDriver` must match).
     pub cgroup_driver: crate::host_cgroup::DriverSetting,
     pub hypervisor: HypervisorConfig,
@@ -64,9 +70,28 @@ impl Default for StreamingConfig {
     }
 }
 
+/// `[native]`: the host agent each native pod gets (the same program as the guest's).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeConfig {
+    /// The `vessel-agent` binary run on the host.
+    pub agent: PathBuf,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        Self {
+            agent: sibling_binary("vessel-agent"),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
+            default_handler: crate::handlers::DEFAULT_HANDLER.into(),
+            handlers: crate::handlers::defaults(),
+            native: NativeConfig::default(),
             cgroup_driver: crate::host_cgroup::DriverSetting::Auto,
             hypervisor: HypervisorConfig::default(),
             registry: Default::default(),
@@ -197,6 +222,12 @@ impl Config {
 
     /// Checks value ranges; paths are checked when a VM starts, where the error can say more.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::handlers::validate(&self.handlers, &self.default_handler).map_err(|reason| {
+            ConfigError::Invalid {
+                key: "handlers",
+                reason,
+            }
+        })?;
         let h = &self.hypervisor;
         if !(1..=64).contains(&h.vcpus) {
             return Err(ConfigError::Invalid {

@@ -19,7 +19,9 @@
 //! - [`network`]: pod networking on the host: CNI (config, plugin calls, ADD/DEL with their
 //!   cache), pinned network namespaces, the VM's tap joined to the CNI interface.
 //! - [`hypervisor`]: the VMM backends (the built-in vessel-vmm, QEMU) behind one trait,
-//!   the helper processes (virtiofsd, vhost-device-vsock) and the backend choice.
+//!   the helper processes (virtiofsd, vhost-device-vsock) and the backend choice; `native`,
+//!   the same trait over a host agent for the pods of native handlers.
+//! - [`handlers`]: the runtime handlers served (`kata`: microVM, `runc`: native).
 //! - [`oci`]: the OCI spec of a container from its CRI config (security context, mounts,
 //!   resources, seccomp, devices, users).
 //! - [`image`]: pulls from registries, the content store, layer unpacking, the image
@@ -31,6 +33,7 @@
 //! - [`config`]: the TOML config with embedded defaults.
 
 pub mod config;
+pub mod handlers;
 pub mod host_cgroup;
 pub mod host_mounts;
 pub mod hypervisor;

@@ -156,6 +156,9 @@ impl TestEnv {
             memory_mib: self.hypervisor.memory_mib,
             vcpus: self.hypervisor.vcpus,
             cgroup: None,
+            native_agent: vessel_shim::config::NativeConfig::default().agent,
+            host_network: false,
+            host_ipc: false,
         }
     }
 

@@ -50,5 +50,6 @@ pub fn bare_spec(
         etc_hosts: None,
         resolv_conf: None,
         hostname_file: None,
+        host: None,
     })
 }

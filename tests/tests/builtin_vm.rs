@@ -124,6 +124,7 @@ async fn the_builtin_backend_starts_and_stops_its_processes() {
         kernel_params: String::new(),
         nic: None,
         cgroup: None,
+        native: None,
     };
     let binaries = BuiltinBinaries {
         vmm: workspace_binary("vessel-vmm"),

@@ -29,10 +29,10 @@ async fn bad_input_gets_named_errors_and_leaks_nothing() {
     let r = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_cfg.clone()),
-            runtime_handler: "runc".into(),
+            runtime_handler: "gvisor".into(),
         })
         .await;
-    expect_err(r, Code::InvalidArgument, "runc");
+    expect_err(r, Code::InvalidArgument, "gvisor");
     let r = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(cri::PodSandboxConfig::default()),

@@ -1,4 +1,4 @@
-//! A container's cgroup v2 directory: statistics, resource updates, OOM kill counting and
+//! A container's cgroup (v2, or v1 on a host that a native pod's agent runs on): statistics, resource updates, OOM kill counting and
 //! signalling every member.
 
 use std::collections::HashMap;
@@ -27,38 +27,72 @@ pub struct Stats {
     pub pids: u64,
 }
 
-/// A cgroup v2 directory.
+/// Which cgroup layout the host has: the unified (v2) hierarchy, as in every pod VM, or
+/// one v1 hierarchy per controller, as on the hybrid and legacy hosts a native pod's agent
+/// may run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Layout {
+    /// The cgroup's own dir in the unified hierarchy.
+    V2 { dir: PathBuf },
+    /// The root under which each controller's hierarchy is mounted (`<root>/memory`, …).
+    V1 { root: PathBuf },
+}
+
+/// A container's cgroup, on whichever layout the host has.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     /// Relative to the hierarchy root, e.g. `/vessel/c1`.
     rel: PathBuf,
-    dir: PathBuf,
+    layout: Layout,
 }
+
+/// cpuacct.stat counts in USER_HZ ticks, which Linux fixes at 100 per second.
+const NS_PER_USER_HZ_TICK: u64 = 10_000_000;
+/// v1's `memory.limit_in_bytes` without a limit: the largest page-aligned i64.
+const V1_NO_LIMIT: u64 = 0x7FFF_FFFF_FFFF_F000;
 
 impl Cgroup {
     pub fn new(rel: &str) -> Self {
         let rel = PathBuf::from(rel);
-        let dir = Path::new(CGROUP_ROOT).join(rel.strip_prefix("/").unwrap_or(&rel));
-        Cgroup { rel, dir }
+        let v1 = !matches!(
+            libcgroups::common::get_cgroup_setup(),
+            Ok(libcgroups::common::CgroupSetup::Unified) | Err(_)
+        );
+        let layout = if v1 {
+            Layout::V1 {
+                root: PathBuf::from(CGROUP_ROOT),
+            }
+        } else {
+            Layout::V2 {
+                dir: Path::new(CGROUP_ROOT).join(rel.strip_prefix("/").unwrap_or(&rel)),
+            }
+        };
+        Cgroup { rel, layout }
     }
 
-    #[cfg(test)]
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The path of `file` of `controller` (v1 hierarchy name; v2 has one dir for all).
+    fn file(&self, controller: &str, file: &str) -> PathBuf {
+        match &self.layout {
+            Layout::V2 { dir } => dir.join(file),
+            Layout::V1 { root } => root
+                .join(controller)
+                .join(self.rel.strip_prefix("/").unwrap_or(&self.rel))
+                .join(file),
+        }
     }
 
     /// A flat-keyed file (`cpu.stat`, `memory.stat`, `memory.events`); empty when the
     /// kernel lacks it.
-    fn keyed(&self, file: &str) -> HashMap<String, u64> {
-        std::fs::read_to_string(self.dir.join(file))
+    fn keyed(&self, controller: &str, file: &str) -> HashMap<String, u64> {
+        std::fs::read_to_string(self.file(controller, file))
             .map(|content| flat_keyed(&content))
             .unwrap_or_default()
     }
 
     /// A one-value file, parsed by libcgroups; `max` (no limit), a missing file and garbage
     /// read as 0.
-    fn value(&self, file: &str) -> u64 {
-        parse_single_value(&self.dir.join(file))
+    fn value(&self, controller: &str, file: &str) -> u64 {
+        parse_single_value(&self.file(controller, file))
             .ok()
             .filter(|&v| v != u64::MAX)
             .unwrap_or(0)
@@ -66,52 +100,93 @@ impl Cgroup {
 
     /// Current statistics; files the kernel lacks count as zero.
     pub fn stats(&self) -> Stats {
-        let cpu = self.keyed("cpu.stat");
-        let mem = self.keyed("memory.stat");
-        let current = self.value("memory.current");
-        let inactive_file = mem.get("inactive_file").copied().unwrap_or(0);
-        Stats {
-            cpu_usage_ns: cpu.get("usage_usec").copied().unwrap_or(0) * 1000,
-            cpu_user_ns: cpu.get("user_usec").copied().unwrap_or(0) * 1000,
-            cpu_system_ns: cpu.get("system_usec").copied().unwrap_or(0) * 1000,
-            memory_usage_bytes: current,
-            memory_working_set_bytes: current.saturating_sub(inactive_file),
-            memory_limit_bytes: self.value("memory.max"),
-            memory_rss_bytes: mem.get("anon").copied().unwrap_or(0),
-            page_faults: mem.get("pgfault").copied().unwrap_or(0),
-            major_page_faults: mem.get("pgmajfault").copied().unwrap_or(0),
-            pids: self.value("pids.current"),
+        match self.layout {
+            Layout::V2 { .. } => self.stats_v2(),
+            Layout::V1 { .. } => self.stats_v1(),
         }
     }
 
-    /// The `oom_kill` count of `memory.events` (0 when unreadable).
+    fn stats_v2(&self) -> Stats {
+        let cpu = self.keyed("cpu", "cpu.stat");
+        let mem = self.keyed("memory", "memory.stat");
+        let current = self.value("memory", "memory.current");
+        let key = |map: &HashMap<String, u64>, k: &str| map.get(k).copied().unwrap_or(0);
+        Stats {
+            cpu_usage_ns: key(&cpu, "usage_usec") * 1000,
+            cpu_user_ns: key(&cpu, "user_usec") * 1000,
+            cpu_system_ns: key(&cpu, "system_usec") * 1000,
+            memory_usage_bytes: current,
+            memory_working_set_bytes: current.saturating_sub(key(&mem, "inactive_file")),
+            memory_limit_bytes: self.value("memory", "memory.max"),
+            memory_rss_bytes: key(&mem, "anon"),
+            page_faults: key(&mem, "pgfault"),
+            major_page_faults: key(&mem, "pgmajfault"),
+            pids: self.value("pids", "pids.current"),
+        }
+    }
+
+    /// The v1 files: `total_*` of memory.stat count the cgroup's children too, as v2 does.
+    fn stats_v1(&self) -> Stats {
+        let cpu = self.keyed("cpuacct", "cpuacct.stat");
+        let mem = self.keyed("memory", "memory.stat");
+        let usage = self.value("memory", "memory.usage_in_bytes");
+        let key = |map: &HashMap<String, u64>, k: &str| map.get(k).copied().unwrap_or(0);
+        let limit = self.value("memory", "memory.limit_in_bytes");
+        Stats {
+            cpu_usage_ns: self.value("cpuacct", "cpuacct.usage"),
+            cpu_user_ns: key(&cpu, "user") * NS_PER_USER_HZ_TICK,
+            cpu_system_ns: key(&cpu, "system") * NS_PER_USER_HZ_TICK,
+            memory_usage_bytes: usage,
+            memory_working_set_bytes: usage.saturating_sub(key(&mem, "total_inactive_file")),
+            memory_limit_bytes: if limit >= V1_NO_LIMIT { 0 } else { limit },
+            memory_rss_bytes: key(&mem, "total_rss"),
+            page_faults: key(&mem, "total_pgfault"),
+            major_page_faults: key(&mem, "total_pgmajfault"),
+            pids: self.value("pids", "pids.current"),
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a member (0 when unreadable): the
+    /// `oom_kill` count of v2's `memory.events` or of v1's `memory.oom_control`.
     pub fn oom_kills(&self) -> u64 {
-        self.keyed("memory.events")
+        let file = match self.layout {
+            Layout::V2 { .. } => "memory.events",
+            Layout::V1 { .. } => "memory.oom_control",
+        };
+        self.keyed("memory", file)
             .get("oom_kill")
             .copied()
             .unwrap_or(0)
     }
 
-    /// Applies OCI resources (cpu, memory, pids, cpuset, io…) with libcgroups' v2 manager.
+    /// Applies OCI resources (cpu, memory, pids, cpuset, io…) with libcgroups' manager for
+    /// the layout.
     pub fn update(&self, resources: &LinuxResources) -> Result<()> {
         let failed = |e: &dyn std::error::Error| ContainerError::CgroupUpdate {
             path: self.rel.display().to_string(),
             cause: crate::error::chain(e),
         };
-        let manager =
-            Manager::new(PathBuf::from(CGROUP_ROOT), self.rel.clone()).map_err(|e| failed(&e))?;
         let opt = ControllerOpt {
             resources,
             disable_oom_killer: false,
             oom_score_adj: None,
             freezer_state: None,
         };
-        manager.apply(&opt).map_err(|e| failed(&e))
+        match self.layout {
+            Layout::V2 { .. } => Manager::new(PathBuf::from(CGROUP_ROOT), self.rel.clone())
+                .map_err(|e| failed(&e))?
+                .apply(&opt)
+                .map_err(|e| failed(&e)),
+            Layout::V1 { .. } => libcgroups::v1::manager::Manager::new(&self.rel)
+                .map_err(|e| failed(&e))?
+                .apply(&opt)
+                .map_err(|e| failed(&e)),
+        }
     }
 
     /// Pids of the cgroup's members (this cgroup only).
     pub fn pids(&self) -> Vec<i32> {
-        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+        std::fs::read_to_string(self.file("pids", "cgroup.procs"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.trim().parse().ok())
@@ -120,7 +195,10 @@ impl Cgroup {
 
     /// Sends `signal` to every member; SIGKILL uses `cgroup.kill` where the kernel has it.
     pub fn signal_all(&self, signal: i32) -> Result<()> {
-        if signal == libc::SIGKILL && std::fs::write(self.dir.join("cgroup.kill"), "1").is_ok() {
+        if signal == libc::SIGKILL
+            && matches!(self.layout, Layout::V2 { .. })
+            && std::fs::write(self.file("", "cgroup.kill"), "1").is_ok()
+        {
             return Ok(());
         }
         for pid in self.pids() {
@@ -177,7 +255,9 @@ mod tests {
         .unwrap();
         let cg = Cgroup {
             rel: PathBuf::from("/x"),
-            dir: d.to_path_buf(),
+            layout: Layout::V2 {
+                dir: d.to_path_buf(),
+            },
         };
         let s = cg.stats();
         assert_eq!(s.cpu_usage_ns, 1_500_000);
@@ -193,10 +273,56 @@ mod tests {
 
     #[test]
     fn cgroup_dir_is_below_the_root() {
+        let cg = Cgroup::new("/vessel/c1");
         assert_eq!(
-            Cgroup::new("/vessel/c1").dir(),
-            Path::new("/sys/fs/cgroup/vessel/c1")
+            cg.file("memory", "memory.stat"),
+            match cg.layout {
+                Layout::V2 { .. } => PathBuf::from("/sys/fs/cgroup/vessel/c1/memory.stat"),
+                Layout::V1 { .. } => PathBuf::from("/sys/fs/cgroup/memory/vessel/c1/memory.stat"),
+            }
         );
+    }
+
+    #[test]
+    fn v1_stats_from_fake_controller_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = |c: &str| {
+            let d = root.path().join(c).join("x");
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        };
+        let cpu = dir("cpuacct");
+        std::fs::write(cpu.join("cpuacct.usage"), "1500000\n").unwrap();
+        std::fs::write(cpu.join("cpuacct.stat"), "user 3\nsystem 1\n").unwrap();
+        let mem = dir("memory");
+        std::fs::write(mem.join("memory.usage_in_bytes"), "10000\n").unwrap();
+        std::fs::write(mem.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        std::fs::write(
+            mem.join("memory.stat"),
+            "cache 1\ntotal_inactive_file 2048\ntotal_rss 4096\ntotal_pgfault 33\ntotal_pgmajfault 2\n",
+        )
+        .unwrap();
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        std::fs::write(dir("pids").join("pids.current"), "3\n").unwrap();
+        let cg = Cgroup {
+            rel: PathBuf::from("/x"),
+            layout: Layout::V1 {
+                root: root.path().to_path_buf(),
+            },
+        };
+        let s = cg.stats();
+        assert_eq!(s.cpu_usage_ns, 1_500_000);
+        assert_eq!((s.cpu_user_ns, s.cpu_system_ns), (30_000_000, 10_000_000));
+        assert_eq!(s.memory_usage_bytes, 10000);
+        assert_eq!(s.memory_working_set_bytes, 10000 - 2048);
+        assert_eq!(s.memory_limit_bytes, 0, "no limit reads as 0");
+        assert_eq!(s.memory_rss_bytes, 4096);
+        assert_eq!((s.page_faults, s.major_page_faults, s.pids), (33, 2, 3));
+        assert_eq!(cg.oom_kills(), 2);
     }
 
     #[test]

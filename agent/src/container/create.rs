@@ -19,9 +19,6 @@ use super::tty::{self, ConsoleSocket};
 use super::Containers;
 use crate::storage::{self, StorageSpec};
 
-/// Bundles (config.json, exec process files) live here, one directory per container.
-pub const BUNDLE_ROOT: &str = "/run/vessel/bundles";
-
 /// What CreateContainer asks for, in domain terms.
 pub struct CreateParams {
     pub id: String,
@@ -43,8 +40,9 @@ impl Containers {
     pub async fn create(&self, p: CreateParams) -> Result<()> {
         spec::validate_id("container_id", &p.id)?;
         let mut oci = spec::parse_spec(&p.spec_json)?;
+        spec::for_this_agent(&mut oci);
         let _reservation = self.reserve(&p.id)?;
-        let bundle = Path::new(BUNDLE_ROOT).join(&p.id);
+        let bundle = crate::paths::bundles().join(&p.id);
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(&bundle).map_err(|e| ContainerError::io(bundle.display(), e))?;
         let mounted = match storage::mount_all(&p.storages) {
@@ -153,6 +151,7 @@ impl Containers {
             });
         }
         let mut process = spec::parse_process(&p.process_json)?;
+        spec::cap_rlimits(&mut process);
         spec::ensure_path(&mut process);
         check_executable(&container.rootfs, &process)?;
         let file = container.bundle.join(format!("exec-{}.json", p.exec_id));

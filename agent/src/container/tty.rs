@@ -42,8 +42,6 @@ fn io_error(context: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> T
     move |source| TerminalError::Io { context, source }
 }
 
-/// Directory of the console sockets.
-pub const CONSOLE_DIR: &str = "/run/vessel/consoles";
 /// How long the container may take to send its pty master.
 const MASTER_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -56,14 +54,15 @@ pub struct ConsoleSocket {
 }
 
 impl ConsoleSocket {
-    /// Listens at `<CONSOLE_DIR>/<n>.sock`, `n` unique in this agent: a name from the
+    /// Listens at `<consoles dir>/<n>.sock`, `n` unique in this agent: a name from the
     /// container and exec ids would pass the 108 bytes a socket path may have. Must run
     /// inside the tokio runtime.
     pub fn listen() -> Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        std::fs::create_dir_all(CONSOLE_DIR).map_err(io_error(CONSOLE_DIR))?;
+        let dir = crate::paths::consoles();
+        std::fs::create_dir_all(&dir).map_err(io_error(dir.display()))?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = Path::new(CONSOLE_DIR).join(format!("{n}.sock"));
+        let path = dir.join(format!("{n}.sock"));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .map_err(io_error(format!("console socket {}", path.display())))?;

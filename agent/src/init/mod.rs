@@ -4,6 +4,7 @@
 
 pub mod cmdline;
 pub mod console;
+pub mod host;
 pub mod modprobe;
 pub mod modules;
 pub mod mounts;

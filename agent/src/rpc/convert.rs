@@ -8,10 +8,15 @@ use crate::container::Stats;
 use crate::storage::StorageSpec;
 
 pub fn storage(s: &api::Storage) -> Result<StorageSpec> {
+    let relocate = |p: &str| {
+        crate::paths::relocate(std::path::Path::new(p))
+            .to_string_lossy()
+            .into_owned()
+    };
     Ok(StorageSpec::new(
         &s.driver,
-        &s.source,
-        &s.mount_point,
+        &relocate(&s.source),
+        &relocate(&s.mount_point),
         s.options.clone(),
         s.read_only,
     )?)

@@ -47,6 +47,11 @@ pub async fn set_date_time(
         }
         .into());
     }
+    if crate::paths::on_host() {
+        // A native pod's agent shares the host's clock: never set it.
+        tracing::debug!("clock left alone: the agent runs on the host");
+        return Ok(api::Empty::new());
+    }
     let ts = TimeSpec::new(req.sec as _, req.nsec as _);
     clock_settime(ClockId::CLOCK_REALTIME, ts).map_err(GuestError::SetClock)?;
     tracing::info!(sec = req.sec, "guest clock set");

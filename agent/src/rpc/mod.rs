@@ -47,6 +47,9 @@ impl AgentService {
 pub async fn serve(listen: &str, pid1: bool) -> anyhow::Result<()> {
     let reaper = Reaper::new();
     reaper.start()?;
+    if crate::init::host::in_pod_network() {
+        crate::network::loopback_up().await?;
+    }
     let svc = Arc::new(AgentService::new(pid1, reaper));
     if let Some(path) = listen.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);

@@ -1,7 +1,7 @@
 //! `ephemeral`: a pod's memory-backed emptyDir. kubelet backs an emptyDir of medium Memory
 //! with a tmpfs on the node; for a pod in a VM the tmpfs belongs in the guest, shared by every
 //! container of the pod that mounts the volume. The first container's storage mounts it below
-//! [`EPHEMERAL_ROOT`]; later ones find it mounted. It lives until the pod is torn down
+//! [`crate::paths::ephemeral`]; later ones find it mounted. It lives until the pod is torn down
 //! ([`unmount_all_ephemeral`]), not with any one container.
 
 use std::os::unix::fs::MetadataExt;
@@ -9,12 +9,9 @@ use std::path::Path;
 
 use super::{tmpfs, StorageError, StorageSpec};
 
-/// Where the pod's memory-backed volumes are mounted.
-pub const EPHEMERAL_ROOT: &str = "/run/vessel/ephemeral";
-
 /// Mounts the volume unless an earlier container of the pod did.
 pub fn mount(spec: &StorageSpec) -> Result<(), StorageError> {
-    let inside_root = spec.mount_point.parent() == Some(Path::new(EPHEMERAL_ROOT))
+    let inside_root = spec.mount_point.parent() == Some(crate::paths::ephemeral().as_path())
         && spec.mount_point.file_name().is_some();
     if !inside_root {
         return Err(StorageError::OutsideEphemeralRoot(spec.mount_point.clone()));
@@ -39,7 +36,7 @@ fn is_mount_point(path: &Path) -> bool {
 
 /// Unmounts every memory-backed volume of the pod (teardown).
 pub fn unmount_all_ephemeral() {
-    let Ok(entries) = std::fs::read_dir(EPHEMERAL_ROOT) else {
+    let Ok(entries) = std::fs::read_dir(crate::paths::ephemeral()) else {
         return;
     };
     for entry in entries.flatten() {

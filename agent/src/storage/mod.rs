@@ -19,7 +19,7 @@ use vessel_protocols::ttrpc::Code;
 pub enum StorageError {
     #[error("storage driver {0:?} is not supported (virtiofs, bind, tmpfs, ephemeral)")]
     UnknownDriver(String),
-    #[error("ephemeral storage mount_point {0:?} must be directly below /run/vessel/ephemeral")]
+    #[error("ephemeral storage mount_point {0:?} must be directly below {root}", root = crate::paths::ephemeral().display())]
     OutsideEphemeralRoot(PathBuf),
     #[error("storage mount_point {0:?} must be an absolute path")]
     RelativeMountPoint(String),

@@ -205,6 +205,7 @@ mod tests {
             kernel_params: "vessel.log=debug".into(),
             nic: None,
             cgroup: None,
+            native: None,
         };
         let vm = BuiltinVm::new(
             config,

@@ -7,6 +7,7 @@
 
 pub mod builtin;
 mod exit;
+pub mod native;
 mod probe;
 mod process;
 pub mod qemu;
@@ -55,6 +56,8 @@ pub enum HypervisorError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cleanup(#[from] crate::host_mounts::MountError),
 }
 
 /// Everything a backend needs to start one pod VM.
@@ -80,6 +83,18 @@ pub struct VmConfig {
     /// The host cgroup every process of the VM runs in; none: the daemon's own.
     #[serde(default)]
     pub cgroup: Option<crate::host_cgroup::HostCgroup>,
+    /// A native pod's namespaces (see [`native`]); none for a VM.
+    #[serde(default)]
+    pub native: Option<native::NativeNamespaces>,
+}
+
+/// Where the shim reaches a pod's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentEndpoint {
+    /// A VM's hybrid-vsock socket: `CONNECT <port>` picks the guest port.
+    HybridVsock(PathBuf),
+    /// A host agent's ttrpc socket; its streams are on `<path>.streams`.
+    Unix(PathBuf),
 }
 
 /// A virtio-net device on a tap the shim opened in the pod's network namespace: the VMM
@@ -138,8 +153,13 @@ pub fn new_vm(
     config: VmConfig,
     backend: Backend,
     hypervisor: &crate::config::HypervisorConfig,
+    native_agent: &Path,
 ) -> Result<Box<dyn Hypervisor>, HypervisorError> {
     match backend {
+        Backend::Native => Ok(Box::new(native::NativePod::new(
+            config,
+            native_agent.to_owned(),
+        ))),
         Backend::Qemu { kvm } => Ok(Box::new(qemu::QemuVm::new(
             config,
             qemu::QemuBinaries::from(hypervisor),
@@ -157,8 +177,14 @@ pub fn new_vm(
 pub fn adopt_vm(
     record: &VmRecord,
     hypervisor: &crate::config::HypervisorConfig,
+    native_agent: &Path,
 ) -> Result<Box<dyn Hypervisor>, HypervisorError> {
     match record.backend {
+        Backend::Native => Ok(Box::new(native::NativePod::adopt(
+            record.config.clone(),
+            native_agent.to_owned(),
+            &record.processes,
+        ))),
         Backend::Qemu { kvm } => Ok(Box::new(qemu::QemuVm::adopt(
             record.config.clone(),
             qemu::QemuBinaries::from(hypervisor),
@@ -207,9 +233,9 @@ pub trait Hypervisor: Send + Sync {
         Some(vm_exit(self.classify(exited), self.config()))
     }
 
-    /// The hybrid-vsock Unix socket of the guest.
-    fn agent_socket(&self) -> PathBuf {
-        self.config().agent_socket()
+    /// Where the agent is reached: the guest's hybrid-vsock socket for a VM.
+    fn agent_endpoint(&self) -> AgentEndpoint {
+        AgentEndpoint::HybridVsock(self.config().agent_socket())
     }
 
     /// The guest console log.

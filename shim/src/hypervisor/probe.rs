@@ -46,6 +46,8 @@ fn probe_kvm_at(dev: &Path, cpuinfo: &Path) -> KvmSupport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backend {
     Builtin,
+    /// No VM: the pod's agent runs on the host (native handlers; see `super::native`).
+    Native,
     /// QEMU; `kvm` false means TCG.
     Qemu {
         kvm: bool,
@@ -57,6 +59,7 @@ impl Backend {
     pub fn vmm_name(self) -> &'static str {
         match self {
             Self::Builtin => super::builtin::VMM,
+            Self::Native => super::native::AGENT,
             Self::Qemu { .. } => super::qemu::QEMU,
         }
     }

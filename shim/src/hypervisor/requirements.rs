@@ -10,6 +10,8 @@ use crate::config::HypervisorConfig;
 /// The programs and files `backend` uses, each with the config key that names it.
 fn requirements(backend: Backend, config: &HypervisorConfig) -> Vec<(&'static str, &Path)> {
     let mut needs = match backend {
+        // A native pod needs only its agent (`native.agent`), checked when it starts.
+        Backend::Native => return Vec::new(),
         Backend::Builtin => vec![("hypervisor.vmm", config.vmm.as_path())],
         Backend::Qemu { .. } => vec![
             ("hypervisor.qemu", config.qemu.as_path()),

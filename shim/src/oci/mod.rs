@@ -27,7 +27,7 @@ pub(crate) mod testing;
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{RootBuilder, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, RootBuilder, Spec};
 use vessel_protocols::cri;
 
 pub use resources::{cri_to_oci_resources, oci_to_cri_resources};
@@ -119,11 +119,22 @@ pub struct ContainerSpecInput<'a> {
     pub rootfs_guest: String,
     /// The guest view of `container.mounts`, in the same order.
     pub mounts: Vec<GuestMount>,
+    /// Set for a native pod's container, which runs on the host; none: in a pod VM.
+    pub host: Option<HostPlacement>,
     /// Guest paths of the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname, bind-mounted
     /// unless the container mounts its own there.
     pub etc_hosts: Option<String>,
     pub resolv_conf: Option<String>,
     pub hostname_file: Option<String>,
+}
+
+/// A native pod's container on the host: it joins the IPC and UTS namespaces of the pod's
+/// agent (the pod's, or the host's for hostIPC/hostNetwork) instead of taking its own, and
+/// runs in a host cgroup beside the agent's.
+#[derive(Debug, Clone)]
+pub struct HostPlacement {
+    /// Its cgroup, under kubelet's pod cgroup.
+    pub cgroup: String,
 }
 
 /// Guest path of a container's rootfs, below the shared dir.
@@ -180,7 +191,20 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
     // The pod's pid namespace, by the contract's path, when the pod shares one.
     let pid_ns = shares_pid_namespace(input.pod).then_some(POD_PID_NAMESPACE);
     let mut linux = security.linux(pid_ns)?;
-    linux.set_cgroups_path(Some(PathBuf::from(container_cgroup(input.container_id))));
+    let cgroup = match &input.host {
+        Some(host) => {
+            let shared_with_pod = [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
+            let own = linux.namespaces().clone().unwrap_or_default();
+            linux.set_namespaces(Some(
+                own.into_iter()
+                    .filter(|ns| !shared_with_pod.contains(&ns.typ()))
+                    .collect(),
+            ));
+            host.cgroup.clone()
+        }
+        None => container_cgroup(input.container_id),
+    };
+    linux.set_cgroups_path(Some(PathBuf::from(cgroup)));
     linux.set_rootfs_propagation(rootfs_propagation);
     linux.set_seccomp(seccomp);
     let mut oci_resources = match resources {
@@ -194,7 +218,9 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
     linux.set_resources(Some(oci_resources));
 
     let mut spec = Spec::default();
-    spec.set_hostname((!hostname.is_empty()).then_some(hostname));
+    // A native pod's container has the agent's UTS namespace, whose name is the pod's.
+    let own_uts = input.host.is_none();
+    spec.set_hostname((own_uts && !hostname.is_empty()).then_some(hostname));
     spec.set_root(Some(
         RootBuilder::default()
             .path(&input.rootfs_guest)
@@ -215,8 +241,6 @@ pub fn to_json(spec: &Spec) -> Result<Vec<u8>, SpecError> {
 
 #[cfg(test)]
 mod tests {
-    use oci_spec::runtime::LinuxNamespaceType;
-
     use super::testing::{container, input, pod, with_namespaces, Rootfs};
     use super::*;
 

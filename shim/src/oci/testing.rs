@@ -126,6 +126,7 @@ pub fn input<'a>(
         image,
         rootfs_host: rootfs,
         rootfs_guest: guest_rootfs(id),
+        host: None,
         mounts: Vec::new(),
         etc_hosts: None,
         resolv_conf: None,

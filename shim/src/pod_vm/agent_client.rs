@@ -12,6 +12,8 @@ use tokio::net::UnixStream;
 use vessel_protocols::agent::{self as api, AgentClient as TtrpcAgentClient};
 use vessel_protocols::ttrpc;
 
+pub use crate::hypervisor::AgentEndpoint;
+
 /// Timeout of an ordinary control RPC.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Timeout of one health check while waiting for the agent to come up.
@@ -97,6 +99,37 @@ pub async fn connect_hybrid_vsock(path: &Path, port: u32) -> Result<UnixStream, 
     Ok(stream)
 }
 
+impl AgentEndpoint {
+    /// Opens a stream to the agent's `port` (the ttrpc or the stream port).
+    pub async fn connect(&self, port: u32) -> Result<UnixStream, AgentError> {
+        match self {
+            AgentEndpoint::HybridVsock(path) => connect_hybrid_vsock(path, port).await,
+            AgentEndpoint::Unix(path) => {
+                let path = if port == vessel_protocols::stream::STREAM_VSOCK_PORT {
+                    let mut streams = path.clone().into_os_string();
+                    streams.push(".streams");
+                    std::path::PathBuf::from(streams)
+                } else {
+                    path.clone()
+                };
+                UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| AgentError::Connect {
+                        path: path.display().to_string(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// The socket path (for logs).
+    pub fn path(&self) -> &Path {
+        match self {
+            AgentEndpoint::HybridVsock(path) | AgentEndpoint::Unix(path) => path,
+        }
+    }
+}
+
 /// Accepts exactly `OK <decimal>`.
 fn parse_ok_reply(line: &[u8]) -> Result<u32, AgentError> {
     let text =
@@ -118,8 +151,8 @@ fn ctx(timeout: Option<Duration>) -> ttrpc::context::Context {
 #[derive(Clone)]
 pub struct AgentClient {
     inner: TtrpcAgentClient,
-    /// The VM's hybrid-vsock socket, where streams open connections of their own.
-    socket: std::sync::Arc<Path>,
+    /// Where the agent is reached; streams open connections of their own there.
+    endpoint: std::sync::Arc<AgentEndpoint>,
 }
 
 macro_rules! rpc {
@@ -136,24 +169,24 @@ macro_rules! rpc {
 
 impl AgentClient {
     /// Connects once; the agent must already listen.
-    pub async fn connect(socket: &Path) -> Result<Self, AgentError> {
-        let stream = connect_hybrid_vsock(socket, vessel_protocols::AGENT_VSOCK_PORT).await?;
+    pub async fn connect(endpoint: &AgentEndpoint) -> Result<Self, AgentError> {
+        let stream = endpoint.connect(vessel_protocols::AGENT_VSOCK_PORT).await?;
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::from(stream));
         Ok(Self {
             inner: TtrpcAgentClient::new(client),
-            socket: socket.into(),
+            endpoint: std::sync::Arc::new(endpoint.clone()),
         })
     }
 
-    /// The VM's hybrid-vsock socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where this client reaches the agent.
+    pub fn endpoint(&self) -> &AgentEndpoint {
+        &self.endpoint
     }
 
     /// Connects and checks health, retrying until the agent answers or `deadline` passes.
     /// `alive` is asked between tries; when it returns `Some(reason)` the wait ends at once.
     pub async fn wait_ready(
-        socket: &Path,
+        socket: &AgentEndpoint,
         deadline: Instant,
         mut alive: impl FnMut() -> Option<String>,
     ) -> Result<Self, WaitError> {

@@ -12,7 +12,7 @@ use tokio_util::codec::Framed;
 use vessel_protocols::agent as api;
 use vessel_protocols::stream::{Frame, StreamCodec, STREAM_VSOCK_PORT};
 
-use super::agent_client::{connect_hybrid_vsock, AgentClient, AgentError};
+use super::agent_client::{AgentClient, AgentError};
 
 /// How long the agent may take to answer an open frame (a port connect included).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,7 +67,7 @@ impl AgentClient {
             .write_to_bytes()
             .map_err(|e| StreamError::Protocol(format!("encode open frame: {e}")))?;
         let opening = async {
-            let conn = connect_hybrid_vsock(self.socket(), STREAM_VSOCK_PORT).await?;
+            let conn = self.endpoint().connect(STREAM_VSOCK_PORT).await?;
             let mut conn = Framed::new(conn, StreamCodec::default());
             conn.send(Frame::Open(open.into()))
                 .await

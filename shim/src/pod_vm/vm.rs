@@ -18,6 +18,7 @@ use super::network::{self, NetworkError, VmNetwork};
 use crate::config::HypervisorConfig;
 use crate::host_cgroup::{CgroupError, HostCgroup};
 use crate::host_mounts::{self, MountError};
+use crate::hypervisor::native::NativeNamespaces;
 use crate::hypervisor::{
     adopt_vm, new_vm, tail_file, Backend, Exited, Hypervisor, HypervisorError, VmConfig, VmExit,
     VmRecord, SHARED_FS_TAG,
@@ -86,6 +87,12 @@ pub struct PodVmSpec {
     /// The host cgroup (path below each hierarchy's root) the VM's processes run in; `None`:
     /// the daemon's own.
     pub cgroup: Option<String>,
+    /// The host agent of a native pod ([`Backend::Native`]).
+    pub native_agent: PathBuf,
+    /// A native pod shares the host's network (and UTS) namespace: hostNetwork.
+    pub host_network: bool,
+    /// A native pod shares the host's IPC namespace: hostIPC.
+    pub host_ipc: bool,
 }
 
 /// A running pod VM with a healthy agent.
@@ -151,7 +158,10 @@ impl PodVm {
             let _ = host_mounts::remove_dir_unmounted(&run_dir);
             return Err(e.into());
         }
+        let native = spec.backend == Backend::Native;
         let (nic, pod_interface) = match &spec.network {
+            // A native pod's agent joins the namespace itself: no tap, no NIC.
+            Some(_) if native => (None, None),
             Some(net) => match network::prepare(net).await {
                 Ok((nic, pod)) => (Some(nic), Some(pod)),
                 Err(source) => {
@@ -177,14 +187,21 @@ impl PodVm {
             kernel_params: spec.hypervisor.kernel_params.clone(),
             nic,
             cgroup,
+            native: native.then(|| NativeNamespaces {
+                netns: spec.network.as_ref().map(|n| n.netns.clone()),
+                own_net: !spec.host_network,
+                own_uts: !spec.host_network,
+                own_ipc: !spec.host_ipc,
+            }),
         };
-        let mut hypervisor = match new_vm(config, spec.backend, &spec.hypervisor) {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = host_mounts::remove_dir_unmounted(&run_dir);
-                return Err(e.into());
-            }
-        };
+        let mut hypervisor =
+            match new_vm(config, spec.backend, &spec.hypervisor, &spec.native_agent) {
+                Ok(h) => h,
+                Err(e) => {
+                    let _ = host_mounts::remove_dir_unmounted(&run_dir);
+                    return Err(e.into());
+                }
+            };
         let timeout = Duration::from_secs(spec.hypervisor.agent_ready_timeout_secs);
         let started = Instant::now();
         let booted = match boot(hypervisor.as_mut(), &spec.id, timeout).await {
@@ -223,6 +240,7 @@ impl PodVm {
     pub async fn adopt(
         record: &PodVmRecord,
         hypervisor: &HypervisorConfig,
+        native_agent: &Path,
     ) -> Result<Self, AdoptFailure> {
         let remains = |hv, reason: String| AdoptFailure {
             reason,
@@ -233,7 +251,7 @@ impl PodVm {
                 cgroup: record.vm.config.cgroup.clone(),
             },
         };
-        let mut hv = match adopt_vm(&record.vm, hypervisor) {
+        let mut hv = match adopt_vm(&record.vm, hypervisor, native_agent) {
             Ok(hv) => hv,
             Err(e) => {
                 return Err(AdoptFailure {
@@ -251,7 +269,7 @@ impl PodVm {
             let exit = host_oom(exit, hv.config());
             return Err(remains(Some(hv), exit.to_string()));
         }
-        let agent = match AgentClient::connect(&hv.agent_socket()).await {
+        let agent = match AgentClient::connect(&hv.agent_endpoint()).await {
             Ok(agent) => agent,
             Err(e) => return Err(remains(Some(hv), format!("agent unreachable: {e}"))),
         };
@@ -455,6 +473,16 @@ async fn setup_sandbox(
                 source,
             })?;
     }
+    let native = spec.backend == Backend::Native;
+    let mut req = api::CreateSandboxRequest::new();
+    req.sandbox_id = spec.id.clone();
+    req.hostname = spec.hostname.clone();
+    req.share_pid_namespace = spec.share_pid_namespace;
+    if native {
+        // On the host: the clock is the host's and the shared dir is already in place.
+        agent.create_sandbox(req).await?;
+        return Ok(guest);
+    }
     // The guest booted with the RTC's whole seconds: give it the host's time, so times the
     // agent reports (process exits) compare with the host's.
     let now = std::time::SystemTime::now()
@@ -468,11 +496,7 @@ async fn setup_sandbox(
     shared.driver = "virtiofs".into();
     shared.source = SHARED_FS_TAG.into();
     shared.mount_point = GUEST_SHARED_DIR.into();
-    let mut req = api::CreateSandboxRequest::new();
-    req.sandbox_id = spec.id.clone();
-    req.hostname = spec.hostname.clone();
     req.shared_fs = protobuf::MessageField::some(shared);
-    req.share_pid_namespace = spec.share_pid_namespace;
     agent.create_sandbox(req).await?;
     if let (Some(net), Some(pod)) = (&spec.network, pod_interface) {
         let device = network::configure_guest(agent, &guest, net, pod)
@@ -494,7 +518,7 @@ async fn boot(
 ) -> Result<AgentClient, VmError> {
     let deadline = Instant::now() + timeout;
     hypervisor.start().await?;
-    let socket = hypervisor.agent_socket();
+    let socket = hypervisor.agent_endpoint();
     let console = hypervisor.console_log();
     let secs = timeout.as_secs();
     let vmm_log = hypervisor.vmm_log();

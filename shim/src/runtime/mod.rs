@@ -33,9 +33,6 @@ use crate::hypervisor::Selection;
 use crate::image::ImageStore;
 use crate::metadata::Store;
 
-/// Runtime handler names this runtime serves; the empty handler is the default (microVM).
-pub const HANDLERS: &[&str] = &["kata", ""];
-
 /// Where the daemon keeps state.
 #[derive(Debug, Clone)]
 pub struct Dirs {
@@ -85,6 +82,9 @@ impl Runtime {
             hypervisor: config.hypervisor.clone(),
             backend: selection.backend,
             cgroup_driver,
+            handlers: config.handlers.clone(),
+            default_handler: config.default_handler.clone(),
+            native_agent: config.native.agent.clone(),
         };
         let network = NetworkSettings {
             cni: config.cni.clone(),

@@ -99,6 +99,7 @@ async fn main() -> Result<()> {
 
 async fn measure(env: &TestEnv, backend: Backend, runs: usize) -> Result<Figures> {
     let name = match backend {
+        Backend::Native => anyhow::bail!("bench_boot measures pod VMs; a native pod boots none"),
         Backend::Builtin => "vessel-vmm",
         Backend::Qemu { kvm: true } => "qemu -accel kvm",
         Backend::Qemu { kvm: false } => "qemu -accel tcg",
@@ -141,8 +142,10 @@ fn bare_boot(env: &TestEnv, backend: Backend, i: usize) -> Result<Duration> {
         kernel_params: "vessel.floor".into(),
         nic: None,
         cgroup: None,
+        native: None,
     };
     let mut command = match backend {
+        Backend::Native => anyhow::bail!("a native pod boots no VM"),
         Backend::Builtin => {
             let mut c = Command::new(&h.vmm);
             c.args(["--kernel".as_ref(), h.kernel.as_os_str()])

@@ -161,6 +161,7 @@ async fn main() -> Result<()> {
         Backend::Qemu { kvm: true } => "qemu/kvm",
         Backend::Qemu { kvm: false } => "qemu/tcg",
         Backend::Builtin => "builtin",
+        Backend::Native => "native",
     };
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(

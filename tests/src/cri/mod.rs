@@ -276,12 +276,17 @@ pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
 
 /// RunPodSandbox of `config` on handler `kata`; returns the pod's id.
 pub async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
+    run_pod_on(cri, config, "kata").await
+}
+
+/// RunPodSandbox of `config` on `handler`; returns the pod's id.
+pub async fn run_pod_on(cri: &mut Client, config: &cri::PodSandboxConfig, handler: &str) -> String {
     cri.run_pod_sandbox(cri::RunPodSandboxRequest {
         config: Some(config.clone()),
-        runtime_handler: "kata".into(),
+        runtime_handler: handler.into(),
     })
     .await
-    .expect("RunPodSandbox")
+    .unwrap_or_else(|e| panic!("RunPodSandbox on {handler:?}: {e:?}"))
     .into_inner()
     .pod_sandbox_id
 }

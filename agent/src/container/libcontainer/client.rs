@@ -30,8 +30,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::init::reaper::Reaper;
 
-/// Where libcontainer keeps its per-container state.
-pub const LIBCONTAINER_ROOT: &str = "/run/vessel/libcontainer";
 /// The argument that turns the agent binary into the helper.
 pub const HELPER_ARG: &str = "__vessel-libcontainer";
 /// Largest request or reply.

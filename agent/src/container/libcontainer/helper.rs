@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::IoSliceMut;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 // tracing-subscriber writes through std's Mutex (it implements MakeWriter).
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags};
 
-use super::client::{Reply, Request, HELPER_ARG, LIBCONTAINER_ROOT, MAX_MESSAGE};
+use super::client::{Reply, Request, HELPER_ARG, MAX_MESSAGE};
 use super::exec_filter::FilteredExec;
 use crate::error::chain;
 use crate::init::{console, LOG_ENV};
@@ -105,7 +105,7 @@ fn reply(answer: &Reply) -> Result<(), String> {
 }
 
 fn run(req: Request, fds: Vec<OwnedFd>) -> Result<Option<i32>, LibcontainerError> {
-    std::fs::create_dir_all(LIBCONTAINER_ROOT).map_err(LibcontainerError::OtherIO)?;
+    std::fs::create_dir_all(crate::paths::libcontainer()).map_err(LibcontainerError::OtherIO)?;
     match req {
         Request::CreateInit {
             id,
@@ -151,8 +151,8 @@ fn builder(
     fds: Vec<OwnedFd>,
     console_socket: Option<PathBuf>,
 ) -> Result<ContainerBuilder, LibcontainerError> {
-    let mut b =
-        ContainerBuilder::new(id, SyscallType::default()).with_root_path(LIBCONTAINER_ROOT)?;
+    let mut b = ContainerBuilder::new(id, SyscallType::default())
+        .with_root_path(crate::paths::libcontainer())?;
     if console_socket.is_some() {
         b = b.with_console_socket(console_socket);
     } else {
@@ -168,7 +168,7 @@ fn builder(
 }
 
 fn state_dir(id: &str) -> PathBuf {
-    Path::new(LIBCONTAINER_ROOT).join(id)
+    crate::paths::libcontainer().join(id)
 }
 
 fn load(id: &str) -> Result<Container, LibcontainerError> {

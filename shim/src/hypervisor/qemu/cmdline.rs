@@ -149,6 +149,7 @@ mod tests {
             kernel_params: " vessel.log=debug ".into(),
             nic: None,
             cgroup: None,
+            native: None,
         }
     }
 

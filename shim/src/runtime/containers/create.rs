@@ -53,6 +53,23 @@ struct NewContainer<'a> {
     config: &'a cri::ContainerConfig,
     image_name: &'a str,
     agent: &'a crate::pod_vm::AgentClient,
+    /// Where a native pod's container runs on the host; none in a VM.
+    host: Option<oci::HostPlacement>,
+}
+
+/// A native pod's container runs in `<pod cgroup's parent>/vessel-<id>`: beside the pod's
+/// agent, under kubelet's pod cgroup (`linux.cgroup_parent`), as runc's containers run beside
+/// the pause container. None for a pod VM's container (the guest has its own cgroups).
+fn host_placement(pod: &crate::runtime::SandboxRecord, id: &str) -> Option<oci::HostPlacement> {
+    let vm = pod.vm.as_ref()?;
+    if vm.vm.backend != crate::hypervisor::Backend::Native {
+        return None;
+    }
+    let pod_cgroup = vm.vm.config.cgroup.as_ref()?;
+    let parent = std::path::Path::new(&pod_cgroup.path).parent()?;
+    Some(oci::HostPlacement {
+        cgroup: parent.join(format!("vessel-{id}")).display().to_string(),
+    })
 }
 
 /// Host-side files of a container being created, removed again if creation fails.
@@ -128,6 +145,7 @@ impl Containers {
             config: &config,
             image_name: &image_name,
             agent: &agent,
+            host: host_placement(&pod.record(), &id),
         };
         let created = self.create_in_pod(&new, log_path).await;
         match created {
@@ -227,6 +245,7 @@ impl Containers {
             pod_config,
             config,
             agent,
+            ref host,
             ..
         } = *new;
         let internal =
@@ -252,6 +271,7 @@ impl Containers {
             etc_hosts: Some(pod_files.hosts),
             resolv_conf: Some(pod_files.resolv_conf),
             hostname_file: Some(pod_files.hostname),
+            host: host.clone(),
         })
         .map_err(spec_error)?;
         let mut req = api::CreateContainerRequest::new();

@@ -4,15 +4,13 @@
 
 use vessel_protocols::cri;
 
-use crate::runtime::{RuntimeError, HANDLERS};
+use crate::handlers::HandlerKind;
+use crate::runtime::RuntimeError;
 
-pub(super) fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<(), RuntimeError> {
-    if !HANDLERS.contains(&handler) {
-        return Err(RuntimeError::invalid(
-            "runtime_handler",
-            format!("unknown runtime handler {handler:?} (this runtime serves \"kata\")"),
-        ));
-    }
+pub(super) fn validate(
+    config: &cri::PodSandboxConfig,
+    kind: HandlerKind,
+) -> Result<(), RuntimeError> {
     let meta = config
         .metadata
         .as_ref()
@@ -29,7 +27,7 @@ pub(super) fn validate(config: &cri::PodSandboxConfig, handler: &str) -> Result<
     if !config.hostname.is_empty() {
         validate_hostname(&config.hostname)?;
     }
-    validate_namespaces(config)?;
+    validate_namespaces(config, kind)?;
     if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
         return Err(RuntimeError::invalid(
             "config.log_directory",
@@ -63,18 +61,45 @@ fn validate_hostname(hostname: &str) -> Result<(), RuntimeError> {
     ))
 }
 
-/// A VM cannot share the node's network, pid or ipc namespace: a pod asking for one is refused
-/// (kubelet's user then picks a RuntimeClass that can) rather than started with private ones.
-fn validate_namespaces(config: &cri::PodSandboxConfig) -> Result<(), RuntimeError> {
-    let Some(options) = config
+/// The pod's namespace options (all POD when it gives none).
+fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-    else {
-        return Ok(());
-    };
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
+/// The pod runs in the host's network namespace (hostNetwork).
+pub(super) fn host_network(config: &cri::PodSandboxConfig) -> bool {
+    namespace_options(config).network == cri::NamespaceMode::Node as i32
+}
+
+/// The pod shares the host's IPC namespace (hostIPC).
+pub(super) fn host_ipc(config: &cri::PodSandboxConfig) -> bool {
+    namespace_options(config).ipc == cri::NamespaceMode::Node as i32
+}
+
+/// A VM cannot share the node's network, pid or ipc namespace: a pod asking for one is refused
+/// (kubelet's user then picks a RuntimeClass that can) rather than started with private ones.
+/// A native pod can have the host's network and IPC namespaces; the host's pid namespace is
+/// not served yet.
+fn validate_namespaces(
+    config: &cri::PodSandboxConfig,
+    kind: HandlerKind,
+) -> Result<(), RuntimeError> {
+    let options = namespace_options(config);
     let node = cri::NamespaceMode::Node as i32;
+    if kind == HandlerKind::Native {
+        if options.pid == node {
+            return Err(RuntimeError::invalid(
+                "config.linux.security_context.namespace_options.pid",
+                "NODE (host pid) is not served by native handlers yet",
+            ));
+        }
+        return Ok(());
+    }
     for (field, mode) in [
         ("network", options.network),
         ("pid", options.pid),
@@ -109,13 +134,6 @@ mod tests {
     use crate::oci::testing::with_namespaces;
 
     #[test]
-    fn unknown_handler_is_named() {
-        let config = cri::PodSandboxConfig::default();
-        let err = validate(&config, "runc").unwrap_err();
-        assert!(err.to_string().contains("runtime_handler") && err.to_string().contains("runc"));
-    }
-
-    #[test]
     fn metadata_fields_are_named() {
         let mut config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
@@ -126,12 +144,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(validate(&config, "kata")
+        assert!(validate(&config, HandlerKind::Vm)
             .unwrap_err()
             .to_string()
             .contains("config.metadata.uid"));
         config.metadata.as_mut().unwrap().uid = "u".into();
-        validate(&config, "").unwrap();
+        validate(&config, HandlerKind::Vm).unwrap();
     }
 
     fn named_pod() -> cri::PodSandboxConfig {
@@ -151,7 +169,7 @@ mod tests {
         let mut config = named_pod();
         for good in ["web-0", "a", "node_1.example.com", &"x".repeat(64)] {
             config.hostname = good.into();
-            validate(&config, "kata").unwrap();
+            validate(&config, HandlerKind::Vm).unwrap();
         }
         for bad in [
             &"x".repeat(65),
@@ -162,7 +180,7 @@ mod tests {
             "a/b",
         ] {
             config.hostname = bad.into();
-            let err = validate(&config, "kata").unwrap_err();
+            let err = validate(&config, HandlerKind::Vm).unwrap_err();
             assert!(
                 matches!(err, RuntimeError::InvalidArgument { .. })
                     && err.to_string().contains("config.hostname"),
@@ -182,7 +200,7 @@ mod tests {
                 _ => options.ipc = node,
             }
             let config = with_namespaces(named_pod(), options);
-            let err = validate(&config, "kata").unwrap_err();
+            let err = validate(&config, HandlerKind::Vm).unwrap_err();
             assert!(
                 err.to_string()
                     .contains(&format!("namespace_options.{field}")),
@@ -196,6 +214,28 @@ mod tests {
                 ..Default::default()
             },
         );
-        validate(&config, "kata").unwrap();
+        validate(&config, HandlerKind::Vm).unwrap();
+    }
+
+    #[test]
+    fn native_pods_may_share_the_hosts_network_and_ipc() {
+        let node = cri::NamespaceMode::Node as i32;
+        let options = cri::NamespaceOption {
+            network: node,
+            ipc: node,
+            ..Default::default()
+        };
+        let config = with_namespaces(named_pod(), options);
+        validate(&config, HandlerKind::Native).unwrap();
+        assert!(host_network(&config) && host_ipc(&config));
+        let config = with_namespaces(
+            named_pod(),
+            cri::NamespaceOption {
+                pid: node,
+                ..Default::default()
+            },
+        );
+        let err = validate(&config, HandlerKind::Native).unwrap_err();
+        assert!(err.to_string().contains("namespace_options.pid"), "{err}");
     }
 }

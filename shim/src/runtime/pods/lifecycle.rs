@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use vessel_protocols::cri;
 
-use super::config::{node_hostname, validate};
+use super::config::{host_ipc, host_network, node_hostname, validate};
 use super::monitor::monitor_vm;
 use super::network;
 use super::sizing;
 use super::{Pod, Pods};
+use crate::handlers::HandlerKind;
 use crate::host_cgroup::CgroupError;
+use crate::hypervisor::Backend;
 use crate::metadata::Kind;
 use crate::oci::{pod_hostname, shares_pid_namespace};
 use crate::pod_vm::{PodVm, PodVmSpec, VmNetwork};
@@ -28,8 +30,19 @@ impl Pods {
         mut config: cri::PodSandboxConfig,
         handler: &str,
     ) -> Result<String, RuntimeError> {
-        validate(&config, handler)?;
-        let size = sizing::vm_size(&config, &self.vm.hypervisor, sizing::host_cpus())?;
+        let (handler, kind) =
+            crate::handlers::resolve(&self.vm.handlers, &self.vm.default_handler, handler)
+                .map_err(|reason| RuntimeError::invalid("runtime_handler", reason))?;
+        validate(&config, kind)?;
+        // A native pod has no VM to size: kubelet's cgroup limits are all it gets.
+        let size = match kind {
+            HandlerKind::Vm => Some(sizing::vm_size(
+                &config,
+                &self.vm.hypervisor,
+                sizing::host_cpus(),
+            )?),
+            HandlerKind::Native => None,
+        };
         if config.hostname.is_empty() {
             // Recorded with the pod, so its containers keep the name it started with.
             config.hostname = node_hostname()?;
@@ -73,7 +86,7 @@ impl Pods {
             reason: "starting".into(),
             vm: None,
             network: None,
-            size: Some(size),
+            size,
             config,
         };
         let pod = Arc::new(Pod::new(record));
@@ -92,7 +105,8 @@ impl Pods {
 
     /// The pod's network (unless networking is off), then its VM; a failure undoes both.
     async fn boot(self: &Arc<Self>, pod: &Arc<Pod>, cgroup: String) -> Result<(), RuntimeError> {
-        let network = if self.network.cni.enabled {
+        // A hostNetwork pod (native handlers only) uses the host's network: no CNI.
+        let network = if self.network.cni.enabled && !host_network(&pod.record().config) {
             let config = pod.record().config;
             let (net_record, vm_network) = network::attach(&self.network, &pod.id, &config).await?;
             let record = pod.update(|r| r.network = Some(net_record));
@@ -132,28 +146,53 @@ impl Pods {
         cgroup: String,
     ) -> Result<(), RuntimeError> {
         let record = pod.record();
-        let size = record
+        let kind = crate::handlers::resolve(
+            &self.vm.handlers,
+            &self.vm.default_handler,
+            &record.runtime_handler,
+        )
+        .map(|(_, kind)| kind)
+        .map_err(RuntimeError::Internal)?;
+        let backend = match kind {
+            HandlerKind::Vm => self.vm.backend,
+            HandlerKind::Native => Backend::Native,
+        };
+        if kind == HandlerKind::Vm && record.size.is_none() {
+            return Err(RuntimeError::Internal(
+                "pod recorded without a VM size".into(),
+            ));
+        }
+        let (memory_mib, vcpus) = record
             .size
-            .clone()
-            .ok_or_else(|| RuntimeError::Internal("pod recorded without a VM size".into()))?;
+            .as_ref()
+            .map_or((0, 0), |s| (s.memory_mib, s.vcpus));
         let meta = record.config.metadata.clone().unwrap_or_default();
         let spec = PodVmSpec {
             id: pod.id.clone(),
             state_dir: self.vm.state_dir.clone(),
             hypervisor: self.vm.hypervisor.clone(),
-            backend: self.vm.backend,
-            hostname: pod_hostname(&record.config),
+            backend,
+            // A pod on the host's network has the host's UTS namespace too: never rename it.
+            hostname: if host_network(&record.config) {
+                String::new()
+            } else {
+                pod_hostname(&record.config)
+            },
             share_pid_namespace: shares_pid_namespace(&record.config),
             network,
-            memory_mib: size.memory_mib,
-            vcpus: size.vcpus,
+            memory_mib,
+            vcpus,
             cgroup: Some(cgroup.clone()),
+            native_agent: self.vm.native_agent.clone(),
+            host_network: host_network(&record.config),
+            host_ipc: host_ipc(&record.config),
         };
         tracing::info!(
             pod_id = %pod.id,
             pod = %format!("{}/{}", meta.namespace, meta.name),
-            memory_mib = size.memory_mib,
-            vcpus = size.vcpus,
+            memory_mib,
+            vcpus,
+            ?backend,
             %cgroup,
             "starting pod VM"
         );
@@ -207,7 +246,7 @@ impl Pods {
             }
         } else if let Some(vm_record) = record.vm.as_ref() {
             // Adopted VM that could not be reconnected, or a failed earlier stop.
-            match PodVm::adopt(vm_record, &self.vm.hypervisor).await {
+            match PodVm::adopt(vm_record, &self.vm.hypervisor, &self.vm.native_agent).await {
                 Ok(vm) => vm.destroy().await?,
                 Err(failure) => failure.remains.destroy().await?,
             }
@@ -251,7 +290,7 @@ impl Pods {
         let (PodState::Ready, Some(vm_record)) = (record.state, record.vm.as_ref()) else {
             return;
         };
-        match PodVm::adopt(vm_record, &self.vm.hypervisor).await {
+        match PodVm::adopt(vm_record, &self.vm.hypervisor, &self.vm.native_agent).await {
             Ok(vm) => {
                 pod.set_agent(Some(&vm));
                 *pod.vm.lock().await = Some(vm);

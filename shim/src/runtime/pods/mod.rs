@@ -44,6 +44,11 @@ pub struct VmSettings {
     pub backend: Backend,
     /// How pod cgroups are named (the config's `cgroup_driver`, resolved).
     pub cgroup_driver: CgroupDriver,
+    /// The runtime handlers served and the default one.
+    pub handlers: std::collections::BTreeMap<String, crate::handlers::Handler>,
+    pub default_handler: String,
+    /// The host agent of native pods.
+    pub native_agent: PathBuf,
 }
 
 pub struct Pods {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use vessel_protocols::cri;
 
 use crate::hypervisor;
-use crate::runtime::{Runtime, RuntimeError, HANDLERS};
+use crate::runtime::{Runtime, RuntimeError};
 
 fn condition(kind: &str, ok: bool, reason: &str, message: String) -> cri::RuntimeCondition {
     cri::RuntimeCondition {
@@ -72,10 +72,15 @@ pub async fn status(
             conditions: vec![runtime_ready, network_ready],
         }),
         info,
-        runtime_handlers: HANDLERS
-            .iter()
+        // Every configured handler by name, and the default again as the empty name.
+        runtime_handlers: rt
+            .config
+            .handlers
+            .keys()
+            .map(String::as_str)
+            .chain([""])
             .map(|name| cri::RuntimeHandler {
-                name: (*name).into(),
+                name: name.into(),
                 features: Some(cri::RuntimeHandlerFeatures::default()),
             })
             .collect(),

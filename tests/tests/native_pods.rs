@@ -1,0 +1,250 @@
+//! The native handler (`runc`): pods whose containers run on the host, served by a host
+//! agent per pod, beside microVM pods on the same daemon. A pod gets its own network, UTS and
+//! IPC namespaces, or the host's network and IPC with hostNetwork/hostIPC; its containers run
+//! in host cgroups under the pod's `cgroup_parent`; exec, logs and stats go through the same
+//! paths as a VM pod's; teardown leaves nothing.
+
+use vessel_protocols::cri;
+use vessel_tests::cgroups::{procs, ParentCgroup};
+use vessel_tests::cri::{
+    container_config, exec_sh, pod_config, pod_info, remove_pod_checked, run_container, run_pod,
+    run_pod_on, with_namespaces, CriTest,
+};
+
+/// The inode of a namespace link, as `readlink` prints it (`net:[4026531840]`).
+fn own_namespace(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_pods_run_on_the_host_beside_vm_pods() {
+    let test = "native_pods_run_on_the_host_beside_vm_pods";
+    let Some(CriTest {
+        daemon,
+        mut cri,
+        image,
+        env,
+        ..
+    }) = CriTest::setup(test).await
+    else {
+        return;
+    };
+    let logs = env.state_dir().join("logs");
+
+    // The handlers are listed: kata (vm), runc (native) and the default as "".
+    let status = cri
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["kata", "runc", ""], "{names:?}");
+    let unknown = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("unknown", &logs)),
+            runtime_handler: "gvisor".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::InvalidArgument);
+    assert!(unknown.message().contains("\"gvisor\""), "{unknown:?}");
+
+    // A native pod: its own namespaces, the host's kernel.
+    let parent = ParentCgroup::new("native");
+    let mut config = pod_config("native", &logs);
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        cgroup_parent: parent.path.clone(),
+        ..Default::default()
+    });
+    let pod = run_pod_on(&mut cri, &config, "runc").await;
+    let info = pod_info(&mut cri, &pod).await;
+    assert_eq!(info["vmm"], "vessel-agent", "{info}");
+    let agent_pid = info["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("agent pid");
+    let ctr = run_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config(
+            "web",
+            &image,
+            &["sh", "-c", "echo native-ready; exec sleep 1000"],
+        ),
+    )
+    .await;
+    let (code, out) = exec_sh(&mut cri, &ctr, "hostname; cat /proc/sys/kernel/osrelease").await;
+    assert_eq!(code, 0, "{out}");
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(out, format!("native\n{host_kernel}"), "the host's kernel");
+    for kind in ["net", "uts", "ipc", "pid", "mnt"] {
+        let (_, theirs) = exec_sh(&mut cri, &ctr, &format!("readlink /proc/self/ns/{kind}")).await;
+        assert_ne!(
+            theirs.trim(),
+            own_namespace(kind),
+            "{kind} namespace is the host's"
+        );
+    }
+    let (_, links) = exec_sh(&mut cri, &ctr, "ls /sys/class/net").await;
+    assert_eq!(links.trim(), "lo", "no CNI here: loopback only");
+    let (_, lo) = exec_sh(
+        &mut cri,
+        &ctr,
+        "cat /sys/class/net/lo/operstate /sys/class/net/lo/flags",
+    )
+    .await;
+    assert!(lo.contains("0x9"), "loopback is up: {lo}");
+
+    // Its processes are the host's, in cgroups under the pod's parent: the agent in the
+    // pod's, each container in one beside it.
+    for (h, dir) in parent.dirs() {
+        if !(h.has("memory") || h.has("pids") || h.is_unified()) {
+            continue;
+        }
+        let agent = procs(&dir.join(format!("vessel-{pod}")));
+        assert!(
+            agent.contains(&agent_pid),
+            "the agent in the pod's cgroup {}",
+            dir.display()
+        );
+        if h.is_unified() && !h.has("memory") {
+            // A hybrid host's unified hierarchy has no controllers: libcontainer leaves the
+            // containers there in the agent's cgroup, still under the pod's parent.
+            continue;
+        }
+        assert_eq!(agent, [agent_pid], "the agent alone in {}", dir.display());
+        let members = procs(&dir.join(format!("vessel-{ctr}")));
+        assert!(
+            !members.is_empty(),
+            "container processes in {}",
+            dir.display()
+        );
+        let status = std::fs::read_to_string(format!("/proc/{}/status", members[0])).unwrap();
+        assert!(status.contains("sleep"), "{status}");
+    }
+    let stats = cri
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map_or(0, |v| v.value);
+    assert!(memory > 0, "stats come from the host cgroup: {stats:?}");
+
+    // Its log is the CRI log, as a VM pod's.
+    let log = logs.join("web/0.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("native-ready")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line in {}",
+            log.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A VM pod beside it.
+    let vm_config = pod_config("vm", &logs);
+    let vm_pod = run_pod(&mut cri, &vm_config).await;
+    let vm_ctr = run_container(
+        &mut cri,
+        &vm_pod,
+        &vm_config,
+        container_config("guest", &image, &["sleep", "1000"]),
+    )
+    .await;
+    let (_, guest_kernel) = exec_sh(&mut cri, &vm_ctr, "cat /proc/sys/kernel/osrelease").await;
+    assert_ne!(
+        guest_kernel, host_kernel,
+        "the VM pod runs the guest kernel"
+    );
+    assert_ne!(pod_info(&mut cri, &vm_pod).await["vmm"], "vessel-agent");
+
+    // hostNetwork + hostIPC: the host's network, UTS and IPC namespaces; its own pid one.
+    let node = cri::NamespaceMode::Node as i32;
+    let host_config = with_namespaces(
+        pod_config("hostnet", &logs),
+        cri::NamespaceOption {
+            network: node,
+            ipc: node,
+            ..Default::default()
+        },
+    );
+    let host_pod = run_pod_on(&mut cri, &host_config, "runc").await;
+    let host_ctr = run_container(
+        &mut cri,
+        &host_pod,
+        &host_config,
+        container_config("agent", &image, &["sleep", "1000"]),
+    )
+    .await;
+    for (kind, shared) in [("net", true), ("uts", true), ("ipc", true), ("pid", false)] {
+        let (_, theirs) = exec_sh(
+            &mut cri,
+            &host_ctr,
+            &format!("readlink /proc/self/ns/{kind}"),
+        )
+        .await;
+        assert_eq!(
+            theirs.trim() == own_namespace(kind),
+            shared,
+            "{kind}: {theirs}"
+        );
+    }
+    let host_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let (_, name) = exec_sh(&mut cri, &host_ctr, "hostname").await;
+    assert_eq!(name.trim(), host_name, "the host's name, left as it was");
+
+    // The VM handler still refuses what only the host can give.
+    let refused = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(host_config.clone()),
+            runtime_handler: "kata".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().contains("namespace_options.network"),
+        "{refused:?}"
+    );
+
+    for pod in [&pod, &vm_pod, &host_pod] {
+        remove_pod_checked(&mut cri, &daemon, pod).await;
+    }
+    for (_, dir) in parent.dirs() {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "cgroups left under the pod's parent: {left:?}"
+        );
+    }
+    let agents = daemon.state().join("agents");
+    let left: Vec<_> = std::fs::read_dir(&agents)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "agent dirs left: {left:?}");
+}
