@@ -8,7 +8,7 @@ use vessel_protocols::cri;
 use vessel_tests::cgroups::{procs, ParentCgroup};
 use vessel_tests::cri::{
     container_config, exec_sh, pod_config, pod_info, remove_pod_checked, run_container, run_pod,
-    run_pod_on, with_namespaces, CriTest,
+    run_pod_on, wait_state, with_namespaces, CriTest,
 };
 
 /// The inode of a namespace link, as `readlink` prints it (`net:[4026531840]`).
@@ -93,8 +93,11 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
             "{kind} namespace is the host's"
         );
     }
+    // No CNI here: loopback only (and the ifb devices a kernel with that module loaded puts
+    // in every new namespace).
     let (_, links) = exec_sh(&mut cri, &ctr, "ls /sys/class/net").await;
-    assert_eq!(links.trim(), "lo", "no CNI here: loopback only");
+    let links: Vec<&str> = links.lines().filter(|l| !l.starts_with("ifb")).collect();
+    assert_eq!(links, ["lo"], "loopback only");
     let (_, lo) = exec_sh(
         &mut cri,
         &ctr,
@@ -103,29 +106,35 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
     .await;
     assert!(lo.contains("0x9"), "loopback is up: {lo}");
 
-    // Its processes are the host's, in cgroups under the pod's parent: the agent in the
-    // pod's, each container in one beside it.
+    // Its processes are the host's, in cgroups under the pod's parent: the agent in a leaf
+    // of the pod's cgroup, each container in a cgroup of its own beside that leaf.
     for (h, dir) in parent.dirs() {
         if !(h.has("memory") || h.has("pids") || h.is_unified()) {
             continue;
         }
-        let agent = procs(&dir.join(format!("vessel-{pod}")));
+        let pod_dir = dir.join(format!("vessel-{pod}"));
+        let agent = procs(&pod_dir.join("agent"));
         assert!(
             agent.contains(&agent_pid),
-            "the agent in the pod's cgroup {}",
-            dir.display()
+            "the agent in its leaf of {}",
+            pod_dir.display()
         );
         if h.is_unified() && !h.has("memory") {
             // A hybrid host's unified hierarchy has no controllers: libcontainer leaves the
-            // containers there in the agent's cgroup, still under the pod's parent.
+            // containers there in the agent's cgroup, still under the pod's.
             continue;
         }
-        assert_eq!(agent, [agent_pid], "the agent alone in {}", dir.display());
-        let members = procs(&dir.join(format!("vessel-{ctr}")));
+        assert_eq!(
+            agent,
+            [agent_pid],
+            "the agent alone in {}",
+            pod_dir.display()
+        );
+        let members = procs(&pod_dir.join(&ctr));
         assert!(
             !members.is_empty(),
             "container processes in {}",
-            dir.display()
+            pod_dir.display()
         );
         let status = std::fs::read_to_string(format!("/proc/{}/status", members[0])).unwrap();
         assert!(status.contains("sleep"), "{status}");
@@ -247,4 +256,115 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "agent dirs left: {left:?}");
+}
+
+/// The pod's state (READY or NOTREADY).
+async fn pod_state(cri: &mut vessel_tests::cri::Client, pod: &str) -> i32 {
+    cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .expect("pod status")
+    .into_inner()
+    .status
+    .expect("status")
+    .state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_pods_survive_a_daemon_sigkill_and_die_whole() {
+    let test = "native_pods_survive_a_daemon_sigkill_and_die_whole";
+    let Some(CriTest {
+        mut daemon,
+        mut cri,
+        image,
+        env,
+        ..
+    }) = CriTest::setup(test).await
+    else {
+        return;
+    };
+    let logs = env.state_dir().join("logs");
+    let parent = ParentCgroup::new("restart");
+    let mut config = pod_config("survivor", &logs);
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        cgroup_parent: parent.path.clone(),
+        ..Default::default()
+    });
+    let pod = run_pod_on(&mut cri, &config, "runc").await;
+    let long = run_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config("long", &image, &["sleep", "1000"]),
+    )
+    .await;
+    let short = run_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config("short", &image, &["sh", "-c", "sleep 2; exit 7"]),
+    )
+    .await;
+
+    // The daemon dies; the pod's agent and containers run on, and the exit while it is down
+    // is recorded by the agent.
+    daemon.kill();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    daemon.restart().await;
+    let mut cri = daemon.client().await;
+    assert_eq!(
+        pod_state(&mut cri, &pod).await,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    let status = wait_state(&mut cri, &short, cri::ContainerState::ContainerExited).await;
+    assert_eq!(status.exit_code, 7);
+    let (code, out) = exec_sh(&mut cri, &long, "echo still-here").await;
+    assert_eq!((code, out.as_str()), (0, "still-here\n"));
+
+    // The agent dies: the pod turns NOTREADY, its container exits, and nothing of it runs on.
+    let agent = pod_info(&mut cri, &pod).await["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+        .expect("agent pid");
+    let pod_dirs: Vec<_> = parent
+        .dirs()
+        .into_iter()
+        .map(|(_, dir)| dir.join(format!("vessel-{pod}")))
+        .collect();
+    let running: Vec<i32> = pod_dirs
+        .iter()
+        .flat_map(|d| procs(&d.join(&long)))
+        .collect();
+    assert!(!running.is_empty(), "the long container's processes");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = wait_state(&mut cri, &long, cri::ContainerState::ContainerExited).await;
+    assert_ne!(status.exit_code, 0, "{status:?}");
+    assert_eq!(
+        pod_state(&mut cri, &pod).await,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alive: Vec<i32> = running
+            .iter()
+            .copied()
+            .filter(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        let dirs: Vec<_> = pod_dirs.iter().filter(|d| d.exists()).collect();
+        if alive.is_empty() && dirs.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running after the agent died: {alive:?}, cgroups {dirs:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
 }

@@ -61,24 +61,38 @@ pub struct HostCgroup {
     pub path: String,
     /// The hierarchies it was created in.
     pub hierarchies: Vec<Hierarchy>,
+    /// A child cgroup the processes join instead (`<path>/<leaf>`): a native pod's agent sits
+    /// beside its containers' cgroups, since v2 keeps processes out of a cgroup whose children
+    /// have controllers. None: they join `path` itself (a VM's processes).
+    #[serde(default)]
+    pub leaf: Option<String>,
 }
 
 impl HostCgroup {
     /// Creates the cgroup `path` (and any missing parent) in every mounted hierarchy; a
     /// failure removes what was created.
-    pub fn create(path: &str) -> Result<Self, CgroupError> {
+    pub fn create(path: &str, leaf: Option<&str>) -> Result<Self, CgroupError> {
         let hierarchies = hierarchy::mounted()?;
         let this = Self {
             path: path.to_owned(),
             hierarchies,
+            leaf: leaf.map(str::to_owned),
         };
         for h in &this.hierarchies {
-            if let Err(e) = make(h, path) {
+            if let Err(e) = make(h, &this.member_path()) {
                 let _ = this.remove_now();
                 return Err(e);
             }
         }
         Ok(this)
+    }
+
+    /// The path of the cgroup the processes join (the leaf, if any).
+    fn member_path(&self) -> String {
+        match &self.leaf {
+            Some(leaf) => format!("{}/{leaf}", self.path.trim_end_matches('/')),
+            None => self.path.clone(),
+        }
     }
 
     /// The cgroup's directory in `h`.
@@ -92,13 +106,16 @@ impl HostCgroup {
         self.hierarchies
             .iter()
             .filter_map(|h| {
-                CString::new(self.dir(h).join("cgroup.procs").as_os_str().as_bytes()).ok()
+                let dir = h.mount.join(self.member_path().trim_start_matches('/'));
+                CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
             })
             .collect()
     }
 
-    /// Whether `pid` is in this cgroup in every hierarchy (from `/proc/<pid>/cgroup`).
+    /// Whether `pid` is where this cgroup's processes go (its leaf, if any) in every hierarchy
+    /// (from `/proc/<pid>/cgroup`).
     pub fn contains(&self, pid: u32) -> bool {
+        let member = self.member_path();
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
             return false;
         };
@@ -117,7 +134,7 @@ impl HostCgroup {
                     listed.sort_unstable();
                     listed.join(",") == h.controllers
                 };
-                same && path == self.path
+                same && path == member
             })
         })
     }
@@ -168,33 +185,56 @@ impl HostCgroup {
         }
     }
 
-    /// SIGKILLs every process in the cgroup, in any hierarchy.
+    /// SIGKILLs every process in the cgroup and the cgroups below it, in any hierarchy.
     fn kill_all(&self) {
         for h in &self.hierarchies {
-            let Ok(procs) = std::fs::read_to_string(self.dir(h).join("cgroup.procs")) else {
-                continue;
-            };
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                tracing::warn!(cgroup = %self.path, pid, "killing a process left in a pod VM's cgroup");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            for dir in subtree(&self.dir(h)) {
+                let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                    continue;
+                };
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    tracing::warn!(cgroup = %dir.display(), pid, "killing a process left in a pod's cgroup");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
             }
         }
     }
 
+    /// Removes the cgroup and every cgroup below it (deepest first) from each hierarchy.
     fn remove_now(&self) -> Result<(), CgroupError> {
         for h in &self.hierarchies {
-            let dir = self.dir(h);
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err(&dir)(e)),
+            for dir in subtree(&self.dir(h)).into_iter().rev() {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&dir)(e)),
+                }
             }
         }
         Ok(())
     }
+}
+
+/// `dir` and every cgroup directory below it, parents before children.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < all.len() {
+        if let Ok(entries) = std::fs::read_dir(&all[i]) {
+            let mut children: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            children.sort();
+            all.extend(children);
+        }
+        i += 1;
+    }
+    all
 }
 
 /// Creates `path` in `h`, parents first. In v2, the levels vessel creates and the leaf's
@@ -323,7 +363,7 @@ mod tests {
             std::fs::create_dir(h.mount.join(&top)).unwrap();
         }
         let path = format!("/{top}/vessel-test");
-        let cg = HostCgroup::create(&path).unwrap();
+        let cg = HostCgroup::create(&path, None).unwrap();
         assert!(cg.exists());
         let files = cg.procs_files();
         let mut cmd = std::process::Command::new("/bin/sleep");
@@ -347,6 +387,64 @@ mod tests {
         );
         for h in &cg.hierarchies {
             std::fs::remove_dir(h.mount.join(&top)).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leaf_holds_the_processes_and_removal_takes_the_whole_tree() {
+        if !root() {
+            eprintln!("SKIPPED a_leaf_holds_the_processes: needs root to create cgroups");
+            return;
+        }
+        let path = format!("/vessel-unit-leaf-{}/pod", std::process::id());
+        let cg = HostCgroup::create(&path, Some("agent")).unwrap();
+        let files = cg.procs_files();
+        let spawn = |files: Vec<CString>| {
+            let mut cmd = std::process::Command::new("/bin/sleep");
+            cmd.arg("30");
+            // SAFETY: the closure only makes open/write/close system calls on C strings
+            // built before the fork; nothing allocates.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || join_in_child(&files));
+            }
+            cmd.spawn().unwrap()
+        };
+        let mut agent = spawn(files);
+        assert!(cg.contains(agent.id()), "{cg:?}");
+        // A container's cgroup below the pod's, as libcontainer makes it for a native pod.
+        let h = cg
+            .hierarchies
+            .iter()
+            .find(|h| h.has("pids") || h.is_unified())
+            .unwrap();
+        let ctr_dir = cg.dir(h).join("ctr");
+        std::fs::create_dir(&ctr_dir).unwrap();
+        let ctr_procs = CString::new(ctr_dir.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
+        let mut ctr = spawn(vec![ctr_procs]);
+        assert_eq!(
+            std::fs::read_to_string(ctr_dir.join("cgroup.procs"))
+                .unwrap()
+                .trim(),
+            ctr.id().to_string()
+        );
+        cg.remove().await.unwrap();
+        assert!(!cg.exists() && !ctr_dir.exists());
+        for child in [&mut agent, &mut ctr] {
+            let status = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9)
+            );
+        }
+        for h in &cg.hierarchies {
+            let top = h
+                .mount
+                .join(path.trim_start_matches('/'))
+                .parent()
+                .unwrap()
+                .to_owned();
+            std::fs::remove_dir(top).unwrap();
         }
     }
 }

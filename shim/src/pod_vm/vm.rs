@@ -125,7 +125,14 @@ impl PodVm {
         if run_dir.exists() {
             return Err(VmError::AlreadyExists(spec.id));
         }
-        let cgroup = match spec.cgroup.as_deref().map(HostCgroup::create).transpose() {
+        // A native pod's agent joins a leaf, beside its containers' cgroups.
+        let leaf = (spec.backend == Backend::Native).then_some("agent");
+        let cgroup = match spec
+            .cgroup
+            .as_deref()
+            .map(|path| HostCgroup::create(path, leaf))
+            .transpose()
+        {
             Ok(cgroup) => cgroup,
             Err(source) => {
                 return Err(VmError::Cgroup {

@@ -57,18 +57,18 @@ struct NewContainer<'a> {
     host: Option<oci::HostPlacement>,
 }
 
-/// A native pod's container runs in `<pod cgroup's parent>/vessel-<id>`: beside the pod's
-/// agent, under kubelet's pod cgroup (`linux.cgroup_parent`), as runc's containers run beside
-/// the pause container. None for a pod VM's container (the guest has its own cgroups).
+/// A native pod's container runs in `<pod's host cgroup>/<id>`, beside the agent's leaf and
+/// under kubelet's pod cgroup (`linux.cgroup_parent`), as runc's containers run beside the
+/// pause container; removing the pod's cgroup takes whatever is left of them. None for a pod
+/// VM's container (the guest has its own cgroups).
 fn host_placement(pod: &crate::runtime::SandboxRecord, id: &str) -> Option<oci::HostPlacement> {
     let vm = pod.vm.as_ref()?;
     if vm.vm.backend != crate::hypervisor::Backend::Native {
         return None;
     }
     let pod_cgroup = vm.vm.config.cgroup.as_ref()?;
-    let parent = std::path::Path::new(&pod_cgroup.path).parent()?;
     Some(oci::HostPlacement {
-        cgroup: parent.join(format!("vessel-{id}")).display().to_string(),
+        cgroup: format!("{}/{id}", pod_cgroup.path.trim_end_matches('/')),
     })
 }
 
