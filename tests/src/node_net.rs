@@ -21,6 +21,40 @@ pub const GATEWAY: &str = "10.88.0.1";
 /// The bridge the conflist makes.
 pub const BRIDGE: &str = "vessel0";
 
+/// What a pod networking test needs: a registry holding busybox, a node namespace of its own
+/// with a daemon in it that pulled busybox, a client, and the test environment.
+pub struct NodeTest {
+    pub daemon: Daemon,
+    pub cri: crate::cri::Client,
+    pub image: String,
+    pub node: NodeNet,
+    pub env: crate::TestEnv,
+    pub registry: crate::registry::Registry,
+}
+
+impl NodeTest {
+    /// `None`, after a printed SKIPPED line, when the machine lacks what the test needs.
+    pub async fn setup(test: &str) -> Option<Self> {
+        let env = crate::TestEnv::detect(test)?;
+        if !crate::registry::available(test) || !plugins_available(test) {
+            return None;
+        }
+        let (registry, image) = crate::cri::registry_with_busybox().await;
+        let node = NodeNet::create();
+        let daemon = node.daemon(&registry, &image).await;
+        crate::check_backend(test, &daemon.vmm().await);
+        let cri = daemon.client().await;
+        Some(Self {
+            daemon,
+            cri,
+            image,
+            node,
+            env,
+            registry,
+        })
+    }
+}
+
 /// The node's namespace and CNI config; unpinned when dropped.
 pub struct NodeNet {
     pub dir: tempfile::TempDir,
@@ -163,6 +197,21 @@ impl NodeNet {
             .await
             .expect("pull through the node's loopback");
         daemon
+    }
+
+    /// GET / from `ip:port` in the node namespace, retried while the server starts (60 s);
+    /// the body.
+    pub fn get_until_served(&self, ip: &str, port: u16) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.http_get(ip, port, "/") {
+                Ok(body) if !body.is_empty() => return body,
+                other if std::time::Instant::now() > deadline => {
+                    panic!("GET http://{ip}:{port}/ from the node: {other:?}")
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+            }
+        }
     }
 
     /// An HTTP GET of `path` from `ip:port`, made inside the node namespace; the body.

@@ -5,12 +5,10 @@
 //! across a daemon SIGKILL, map host ports; a failing plugin fails RunPodSandbox naming it;
 //! nothing (namespace, veth, tap, lease) outlives a pod.
 
-use std::time::{Duration, Instant};
-
 use vessel_protocols::cri;
 use vessel_shim::network::netns::NetNs;
 use vessel_tests::cri::*;
-use vessel_tests::node_net::{self, NodeNet, BRIDGE, GATEWAY};
+use vessel_tests::node_net::{self, NodeNet, NodeTest, BRIDGE, GATEWAY};
 use vessel_tests::registry::Registry;
 use vessel_tests::TestEnv;
 
@@ -27,15 +25,14 @@ struct NetTest {
 
 impl NetTest {
     async fn setup(test: &str) -> Option<Self> {
-        let env = TestEnv::detect(test)?;
-        if !vessel_tests::registry::available(test) || !node_net::plugins_available(test) {
-            return None;
-        }
-        let (registry, image) = registry_with_busybox().await;
-        let node = NodeNet::create();
-        let daemon = node.daemon(&registry, &image).await;
-        vessel_tests::check_backend(test, &daemon.vmm().await);
-        let cri = daemon.client().await;
+        let NodeTest {
+            daemon,
+            cri,
+            image,
+            node,
+            env,
+            registry,
+        } = NodeTest::setup(test).await?;
         Some(Self {
             daemon,
             cri,
@@ -86,32 +83,11 @@ impl NetTest {
     }
 
     async fn pod_ip(&mut self, pod: &str) -> String {
-        self.cri
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: pod.into(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .status
-            .and_then(|s| s.network)
-            .map(|n| n.ip)
-            .unwrap_or_default()
+        pod_ip(&mut self.cri, pod).await
     }
 
-    /// GET / from `ip:port` in the node namespace, retried while the server starts.
     fn get_until_served(&self, ip: &str, port: u16) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match self.node.http_get(ip, port, "/") {
-                Ok(body) if !body.is_empty() => return body,
-                other if Instant::now() > deadline => {
-                    panic!("GET http://{ip}:{port}/ from the node: {other:?}")
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        self.node.get_until_served(ip, port)
     }
 
     /// What may be left of pods: pinned namespaces, leases, interfaces other than the

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use vessel_protocols::cri;
 use vessel_shim::network::netns::NetNs;
 use vessel_tests::cri::*;
-use vessel_tests::node_net::{self, NodeNet};
+use vessel_tests::node_net::{NodeNet, NodeTest};
 use vessel_tests::registry::Registry;
 use vessel_tests::streams::{exit_status, http_status, quote, run_with_input, Crictl, WsClient};
 use vessel_tests::TestEnv;
@@ -34,15 +34,14 @@ struct StreamTest {
 
 impl StreamTest {
     async fn setup(test: &str) -> Option<Self> {
-        let env = TestEnv::detect(test)?;
-        if !vessel_tests::registry::available(test) || !node_net::plugins_available(test) {
-            return None;
-        }
-        let (registry, image) = registry_with_busybox().await;
-        let node = NodeNet::create();
-        let daemon = node.daemon(&registry, &image).await;
-        vessel_tests::check_backend(test, &daemon.vmm().await);
-        let mut cri = daemon.client().await;
+        let NodeTest {
+            daemon,
+            mut cri,
+            image,
+            node,
+            env,
+            registry,
+        } = NodeTest::setup(test).await?;
         let pod_config = pod_config("streams", &env.state_dir().join("logs"));
         let pod = run_pod(&mut cri, &pod_config).await;
         let serve = format!(

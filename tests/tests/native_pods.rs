@@ -5,11 +5,13 @@
 //! paths as a VM pod's; teardown leaves nothing.
 
 use vessel_protocols::cri;
+use vessel_shim::network::netns::NetNs;
 use vessel_tests::cgroups::{procs, ParentCgroup};
 use vessel_tests::cri::{
-    container_config, exec_sh, pod_config, pod_info, remove_pod_checked, run_container, run_pod,
-    run_pod_on, wait_state, with_namespaces, CriTest,
+    container_config, exec_sh, pod_config, pod_info, pod_ip, remove_pod_checked, run_container,
+    run_pod, run_pod_on, wait_state, with_namespaces, CriTest,
 };
+use vessel_tests::node_net::{self, links_of, NodeTest, BRIDGE, GATEWAY};
 
 /// The inode of a namespace link, as `readlink` prints it (`net:[4026531840]`).
 fn own_namespace(kind: &str) -> String {
@@ -186,13 +188,14 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
     );
     assert_ne!(pod_info(&mut cri, &vm_pod).await["vmm"], "vessel-agent");
 
-    // hostNetwork + hostIPC: the host's network, UTS and IPC namespaces; its own pid one.
+    // hostNetwork + hostIPC + hostPID: the host's network, UTS, IPC and pid namespaces.
     let node = cri::NamespaceMode::Node as i32;
     let host_config = with_namespaces(
         pod_config("hostnet", &logs),
         cri::NamespaceOption {
             network: node,
             ipc: node,
+            pid: node,
             ..Default::default()
         },
     );
@@ -204,7 +207,7 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
         container_config("agent", &image, &["sleep", "1000"]),
     )
     .await;
-    for (kind, shared) in [("net", true), ("uts", true), ("ipc", true), ("pid", false)] {
+    for (kind, shared) in [("net", true), ("uts", true), ("ipc", true), ("pid", true)] {
         let (_, theirs) = exec_sh(
             &mut cri,
             &host_ctr,
@@ -217,6 +220,12 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
             "{kind}: {theirs}"
         );
     }
+    let (_, init) = exec_sh(&mut cri, &host_ctr, "cat /proc/1/cmdline").await;
+    assert_eq!(
+        init.as_bytes(),
+        std::fs::read("/proc/1/cmdline").unwrap(),
+        "the host's PID 1"
+    );
     let host_name = nix::unistd::gethostname().unwrap().into_string().unwrap();
     let (_, name) = exec_sh(&mut cri, &host_ctr, "hostname").await;
     assert_eq!(name.trim(), host_name, "the host's name, left as it was");
@@ -367,4 +376,130 @@ async fn native_pods_survive_a_daemon_sigkill_and_die_whole() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     remove_pod_checked(&mut cri, &daemon, &pod).await;
+}
+
+/// `httpd` serving `page` on `port`.
+fn web_server(image: &str, page: &str, port: u16) -> cri::ContainerConfig {
+    let serve = format!(
+        "mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p {port} -h /www"
+    );
+    container_config("web", image, &["sh", "-c", &serve])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_pods_share_the_pod_network_and_host_network_pods_the_nodes() {
+    let test = "native_pods_share_the_pod_network_and_host_network_pods_the_nodes";
+    let Some(NodeTest {
+        daemon,
+        mut cri,
+        image,
+        node,
+        env,
+        registry: _registry,
+    }) = NodeTest::setup(test).await
+    else {
+        return;
+    };
+    let logs = env.state_dir().join("logs");
+
+    // A native pod and a VM pod on one pod network.
+    let native_config = pod_config("native-web", &logs);
+    let native = run_pod_on(&mut cri, &native_config, "runc").await;
+    let native_ctr = run_container(
+        &mut cri,
+        &native,
+        &native_config,
+        web_server(&image, "from-native", 80),
+    )
+    .await;
+    let vm_config = pod_config("vm-web", &logs);
+    let vm = run_pod(&mut cri, &vm_config).await;
+    let vm_ctr = run_container(&mut cri, &vm, &vm_config, web_server(&image, "from-vm", 80)).await;
+    let (native_ip, vm_ip) = (pod_ip(&mut cri, &native).await, pod_ip(&mut cri, &vm).await);
+    assert!(
+        native_ip.starts_with("10.88.") && vm_ip.starts_with("10.88."),
+        "{native_ip} {vm_ip}"
+    );
+    assert_eq!(node.get_until_served(&native_ip, 80), "from-native\n");
+    assert_eq!(node.get_until_served(&vm_ip, 80), "from-vm\n");
+    let (code, out) = exec_sh(
+        &mut cri,
+        &native_ctr,
+        &format!("wget -q -O - http://{vm_ip}/"),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "from-vm\n"));
+    let (code, out) = exec_sh(
+        &mut cri,
+        &vm_ctr,
+        &format!("wget -q -O - http://{native_ip}/"),
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "from-native\n"));
+
+    // The CNI interface is the container's own: no tap in the native pod's namespace.
+    let pod_ns = NetNs::at(&daemon.state().join("netns").join(&native));
+    let links = links_of(&pod_ns);
+    assert!(
+        links.iter().any(|l| l == "eth0") && !links.iter().any(|l| l.starts_with("vtap")),
+        "{links:?}"
+    );
+    // (sysfs shows the namespace of its mount, so the host's view comes from netlink.)
+    let link = node_net::sh_in(&pod_ns, "ip -o link show eth0");
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(|m| format!("{m}\n"))
+        .unwrap_or_else(|| panic!("no MAC in {link:?}"));
+    let (_, seen) = exec_sh(&mut cri, &native_ctr, "cat /sys/class/net/eth0/address").await;
+    assert_eq!(seen, mac, "the container has the CNI veth itself");
+
+    // A DaemonSet-style hostNetwork pod: it serves on a port of the node's namespace, with
+    // no CNI attachment of its own.
+    let leased = node.leased().len();
+    let host_config = with_namespaces(
+        pod_config("node-agent", &logs),
+        cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+    );
+    let host = run_pod_on(&mut cri, &host_config, "runc").await;
+    run_container(
+        &mut cri,
+        &host,
+        &host_config,
+        web_server(&image, "from-the-node", 8089),
+    )
+    .await;
+    assert_eq!(node.get_until_served("127.0.0.1", 8089), "from-the-node\n");
+    assert_eq!(node.get_until_served(GATEWAY, 8089), "from-the-node\n");
+    assert_eq!(
+        pod_ip(&mut cri, &host).await,
+        "",
+        "a hostNetwork pod reports no pod IP"
+    );
+    assert_eq!(
+        node.leased().len(),
+        leased,
+        "no lease for a hostNetwork pod"
+    );
+
+    for pod in [&native, &vm, &host] {
+        remove_pod_checked(&mut cri, &daemon, pod).await;
+    }
+    let netns: Vec<_> = std::fs::read_dir(daemon.state().join("netns"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    let links: Vec<String> = node
+        .links()
+        .into_iter()
+        .filter(|l| l != "lo" && l != BRIDGE)
+        .collect();
+    assert!(
+        netns.is_empty() && node.leased().is_empty() && links.is_empty(),
+        "left behind: netns {netns:?}, leases {:?}, interfaces {links:?}",
+        node.leased()
+    );
 }

@@ -135,6 +135,9 @@ pub struct ContainerSpecInput<'a> {
 pub struct HostPlacement {
     /// Its cgroup, under kubelet's pod cgroup.
     pub cgroup: String,
+    /// The pod shares the host's pid namespace (hostPID): the container takes none of its
+    /// own and sees the host's processes, as the agent does.
+    pub host_pid: bool,
 }
 
 /// Guest path of a container's rootfs, below the shared dir.
@@ -193,7 +196,10 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
     let mut linux = security.linux(pid_ns)?;
     let cgroup = match &input.host {
         Some(host) => {
-            let shared_with_pod = [LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
+            let mut shared_with_pod = vec![LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts];
+            if host.host_pid {
+                shared_with_pod.push(LinuxNamespaceType::Pid);
+            }
             let own = linux.namespaces().clone().unwrap_or_default();
             linux.set_namespaces(Some(
                 own.into_iter()

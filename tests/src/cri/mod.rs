@@ -274,6 +274,21 @@ pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
     (vmm, pid)
 }
 
+/// The pod's primary IP (empty without a network), from PodSandboxStatus.
+pub async fn pod_ip(cri: &mut Client, pod: &str) -> String {
+    cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .expect("PodSandboxStatus")
+    .into_inner()
+    .status
+    .and_then(|s| s.network)
+    .map(|n| n.ip)
+    .unwrap_or_default()
+}
+
 /// RunPodSandbox of `config` on handler `kata`; returns the pod's id.
 pub async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
     run_pod_on(cri, config, "kata").await

@@ -83,8 +83,7 @@ pub(super) fn host_ipc(config: &cri::PodSandboxConfig) -> bool {
 
 /// A VM cannot share the node's network, pid or ipc namespace: a pod asking for one is refused
 /// (kubelet's user then picks a RuntimeClass that can) rather than started with private ones.
-/// A native pod can have the host's network and IPC namespaces; the host's pid namespace is
-/// not served yet.
+/// A native pod can have any of them: its agent runs in the host's.
 fn validate_namespaces(
     config: &cri::PodSandboxConfig,
     kind: HandlerKind,
@@ -92,12 +91,6 @@ fn validate_namespaces(
     let options = namespace_options(config);
     let node = cri::NamespaceMode::Node as i32;
     if kind == HandlerKind::Native {
-        if options.pid == node {
-            return Err(RuntimeError::invalid(
-                "config.linux.security_context.namespace_options.pid",
-                "NODE (host pid) is not served by native handlers yet",
-            ));
-        }
         return Ok(());
     }
     for (field, mode) in [
@@ -218,7 +211,7 @@ mod tests {
     }
 
     #[test]
-    fn native_pods_may_share_the_hosts_network_and_ipc() {
+    fn native_pods_may_share_the_hosts_namespaces() {
         let node = cri::NamespaceMode::Node as i32;
         let options = cri::NamespaceOption {
             network: node,
@@ -235,7 +228,8 @@ mod tests {
                 ..Default::default()
             },
         );
-        let err = validate(&config, HandlerKind::Native).unwrap_err();
+        validate(&config, HandlerKind::Native).unwrap();
+        let err = validate(&config, HandlerKind::Vm).unwrap_err();
         assert!(err.to_string().contains("namespace_options.pid"), "{err}");
     }
 }
