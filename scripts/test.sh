@@ -2,7 +2,8 @@
 # Runs every test of vessel: installs what is missing, builds the guest image, then the unit and
 # end-to-end tests (real microVMs, virtiofsd, vhost-device-vsock, a registry), and the
 # end-to-end families where the backend matters once more on the other backend, so both
-# vessel-vmm and QEMU run them on every machine. Run as root.
+# vessel-vmm and QEMU run them on every machine, and the CRI families once more on the native
+# handler. Run as root.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,8 +31,15 @@ full_kvm=false
 if [ -r /dev/kvm ] && [ -w /dev/kvm ] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
     full_kvm=true
 fi
-VESSEL_TEST_BACKEND=$($full_kvm && echo builtin || echo qemu) \
-    cargo test --workspace -- --test-threads=2
+backend=$($full_kvm && echo builtin || echo qemu)
+VESSEL_TEST_BACKEND=$backend cargo test --workspace -- --test-threads=2
+# The CRI families again with their pods on the native handler (`runc`: host containers);
+# their VM pods, where a test has some beside, stay on the backend above.
+native_families=(cri_containers cri_conformance cri_volumes cri_security cri_image_run
+                 cri_network cri_streaming)
+echo "test: ${native_families[*]} again on the native handler (runc)" >&2
+VESSEL_TEST_HANDLER=runc VESSEL_TEST_BACKEND=$backend \
+    cargo test -p vessel-tests $(printf -- '--test %s ' "${native_families[@]}") -- --test-threads=2
 if $full_kvm; then
     mapfile -t families < <(scripts/test-nested.sh --list | grep -vx builtin_vm)
     echo "test: ${families[*]} again on QEMU (-accel kvm)" >&2

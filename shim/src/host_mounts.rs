@@ -54,6 +54,37 @@ fn select_mounts_under(mounts: &MountInfos, dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Whether the mount `path` lies on is shared (in a peer group): what a Bidirectional mount of
+/// it needs for a container's mounts to reach the host, as containerd checks too. Returns
+/// the mount point when it is not.
+pub fn shared_mount_of(path: &Path) -> Result<Result<(), PathBuf>, MountError> {
+    Ok(select_shared_mount_of(&mountinfo()?, path))
+}
+
+fn select_shared_mount_of(mounts: &MountInfos, path: &Path) -> Result<(), PathBuf> {
+    // The deepest mount point above the path; the last one there is the one in view.
+    let Some(mount) = mounts
+        .iter()
+        .filter(|m| path.starts_with(mount_point(m)))
+        .max_by_key(|m| mount_point(m).components().count())
+        .and_then(|deepest| {
+            let at = mount_point(deepest);
+            mounts.iter().rfind(|m| mount_point(m) == at)
+        })
+    else {
+        return Err(PathBuf::from("/"));
+    };
+    let shared = mount
+        .opt_fields
+        .iter()
+        .any(|f| matches!(f, procfs::process::MountOptFields::Shared(_)));
+    if shared {
+        Ok(())
+    } else {
+        Err(mount_point(mount))
+    }
+}
+
 /// A tmpfs mount point's options that matter to a copy of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tmpfs {
@@ -122,6 +153,9 @@ pub enum Propagation<'a> {
     /// outside any shared mount, and made private there: a bind of a shared source would
     /// otherwise join its peer group, and so would the copies virtiofsd's namespace gets.
     Private { staging: &'a Path },
+    /// Both ways (CRI Bidirectional, `rshared`; native pods only): the bind joins the
+    /// source's peer group, so a container's mounts below it reach the host's path.
+    Shared,
 }
 
 /// Bind-mounts `source` (recursively) at `target`, creating the target (a file for a file
@@ -145,6 +179,15 @@ pub fn bind(
                 .map_err(failed(target))?;
             let slave = MsFlags::MS_REC | MsFlags::MS_SLAVE;
             if let Err(e) = mount(None::<&str>, target, None::<&str>, slave, None::<&str>) {
+                let _ = umount2(target, MntFlags::MNT_DETACH);
+                return Err(failed(target)(e));
+            }
+        }
+        Propagation::Shared => {
+            mount(Some(source), target, None::<&str>, rbind, None::<&str>)
+                .map_err(failed(target))?;
+            let shared = MsFlags::MS_REC | MsFlags::MS_SHARED;
+            if let Err(e) = mount(None::<&str>, target, None::<&str>, shared, None::<&str>) {
                 let _ = umount2(target, MntFlags::MNT_DETACH);
                 return Err(failed(target)(e));
             }
@@ -243,6 +286,19 @@ mod tests {
 32 22 0:7 / /run/vessel/pods/ab rw - tmpfs tmpfs rw
 33 22 0:8 / /run/vessel/pods/a/with\\040space rw - tmpfs tmpfs rw
 ";
+
+    #[test]
+    fn a_path_is_on_a_shared_mount_only_where_its_deepest_mount_is() {
+        let mounts = parse(INFO);
+        assert_eq!(
+            select_shared_mount_of(&mounts, Path::new("/var/lib/kubelet/x")),
+            Ok(())
+        );
+        assert_eq!(
+            select_shared_mount_of(&mounts, Path::new("/run/vessel/pods/ab/vol")),
+            Err(PathBuf::from("/run/vessel/pods/ab"))
+        );
+    }
 
     #[test]
     fn finds_nested_mounts_deepest_first_and_not_siblings() {

@@ -305,7 +305,13 @@ async fn logs_stats_updates_and_reopen() {
     let limits = exec_sh(
         &mut cri,
         &spinner,
-        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max",
+        // cgroup v2 in a pod VM; on a v1 host (a native pod) the same limits in v1's files.
+        "if [ -f /sys/fs/cgroup/memory.max ]; then \
+           cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; \
+         else \
+           cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+           echo $(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us); \
+         fi",
     )
     .await
     .1;

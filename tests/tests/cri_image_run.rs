@@ -78,7 +78,7 @@ async fn pulled_image_runs_with_whiteouts_and_config_defaults() {
     let pod = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: "kata".into(),
+            runtime_handler: vessel_tests::cri::test_handler(),
         })
         .await
         .expect("RunPodSandbox")

@@ -263,7 +263,7 @@ async fn a_failing_plugin_fails_the_pod_by_name_and_leaks_nothing() {
         .cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config),
-            runtime_handler: "kata".into(),
+            runtime_handler: vessel_tests::cri::test_handler(),
         })
         .await
         .expect_err("RunPodSandbox with a failing plugin");

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
-    container_config, create_container, exec_sh, expect_err, pod_config, remove_pod_checked,
-    run_pod, start_container, wait_exec_output, CriTest,
+    container_config, create_container, exec_sh, expect_err, native_run, pod_config,
+    remove_pod_checked, run_pod, start_container, wait_exec_output, CriTest,
 };
 
 /// Writes `key` = `value` into `dir` as kubelet's atomic writer does for configMap, secret and
@@ -267,6 +267,46 @@ async fn host_mounts_reach_rslave_volumes_not_rprivate_ones() {
         seen, "none\n",
         "the rprivate mount saw the host's later mount"
     );
+
+    // On the host (a native pod), Bidirectional: a mount the container makes below the
+    // volume reaches the host's path. (In a VM it is refused; see the test above.)
+    if native_run() {
+        let mut c = container_config("shared", &image, &["sleep", "1000"]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/vol".into(),
+            host_path: volume.display().to_string(),
+            propagation: cri::MountPropagation::PropagationBidirectional as i32,
+            ..Default::default()
+        }];
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: vec!["SYS_ADMIN".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let shared = create_container(&mut cri, &pod, &config, c)
+            .await
+            .expect("CreateContainer with a Bidirectional mount");
+        start_container(&mut cri, &shared).await;
+        std::fs::create_dir_all(volume.join("back")).expect("mount point");
+        let (code, out) = exec_sh(
+            &mut cri,
+            &shared,
+            "mount -t tmpfs back /vol/back && echo from-the-container > /vol/back/g 2>&1",
+        )
+        .await;
+        assert_eq!(code, 0, "{out}");
+        let seen = std::fs::read_to_string(volume.join("back/g"));
+        let _ = umount2(&volume.join("back"), MntFlags::MNT_DETACH);
+        assert_eq!(
+            seen.expect("the container's mount on the host"),
+            "from-the-container\n"
+        );
+    }
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
     let _ = umount2(&volume.join("sub"), MntFlags::MNT_DETACH);

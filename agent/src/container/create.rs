@@ -10,6 +10,7 @@ use oci_spec::runtime::Process as OciProcess;
 use super::cgroup::Cgroup;
 use super::error::{ContainerError, Result, SpecError};
 use super::libcontainer::Request;
+use super::on_host;
 use super::process::Process;
 use super::resolve::find_executable;
 use super::spec::{self, DEFAULT_PATH};
@@ -40,7 +41,7 @@ impl Containers {
     pub async fn create(&self, p: CreateParams) -> Result<()> {
         spec::validate_id("container_id", &p.id)?;
         let mut oci = spec::parse_spec(&p.spec_json)?;
-        spec::for_this_agent(&mut oci);
+        on_host::adapt(&mut oci);
         let _reservation = self.reserve(&p.id)?;
         let bundle = crate::paths::bundles().join(&p.id);
         let _ = std::fs::remove_dir_all(&bundle);
@@ -151,7 +152,7 @@ impl Containers {
             });
         }
         let mut process = spec::parse_process(&p.process_json)?;
-        spec::cap_rlimits(&mut process);
+        on_host::adapt_process(&mut process);
         spec::ensure_path(&mut process);
         check_executable(&container.rootfs, &process)?;
         let file = container.bundle.join(format!("exec-{}.json", p.exec_id));

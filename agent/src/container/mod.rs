@@ -8,6 +8,7 @@ mod create;
 mod error;
 mod guest_devices;
 pub mod libcontainer;
+mod on_host;
 mod process;
 mod resolve;
 mod signal;

@@ -112,67 +112,6 @@ pub fn prepare(
     Ok(cgroup)
 }
 
-/// Adapts the shim's spec to where this agent runs. In a guest: nothing. On the host (a
-/// native pod): the contract's paths (the rootfs and mount sources in the shared dir) move to
-/// where they are ([`crate::paths::relocate`]), and the open-files limit is capped at this
-/// agent's own hard limit, which a runtime without CAP_SYS_RESOURCE cannot raise (the guest's
-/// limit is the VM's own; on the host a container inherits the runtime's, as with containerd).
-pub fn for_this_agent(spec: &mut Spec) {
-    if !crate::paths::on_host() {
-        return;
-    }
-    if let Some(mut root) = spec.root().clone() {
-        root.set_path(crate::paths::relocate(root.path()));
-        spec.set_root(Some(root));
-    }
-    if let Some(mounts) = spec.mounts().clone() {
-        let mounts = mounts
-            .into_iter()
-            .map(|mut m| {
-                if let Some(source) = m.source().clone() {
-                    m.set_source(Some(crate::paths::relocate(&source)));
-                }
-                m
-            })
-            .collect();
-        spec.set_mounts(Some(mounts));
-    }
-    if let Some(mut process) = spec.process().clone() {
-        cap_rlimits(&mut process);
-        spec.set_process(Some(process));
-    }
-}
-
-/// On the host, caps a process's open-files limit at this agent's own hard limit (see
-/// [`for_this_agent`]); in a guest, leaves it.
-pub fn cap_rlimits(process: &mut Process) {
-    if !crate::paths::on_host() {
-        return;
-    }
-    let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-    else {
-        return;
-    };
-    let Some(limits) = process.rlimits().clone() else {
-        return;
-    };
-    let capped = limits
-        .into_iter()
-        .map(|l| {
-            if l.typ() != oci_spec::runtime::PosixRlimitType::RlimitNofile {
-                return l;
-            }
-            oci_spec::runtime::PosixRlimitBuilder::default()
-                .typ(l.typ())
-                .hard(l.hard().min(hard))
-                .soft(l.soft().min(hard))
-                .build()
-                .unwrap_or(l)
-        })
-        .collect();
-    process.set_rlimits(Some(capped));
-}
-
 /// Checks the namespaces the shim chose: a pid and a mount namespace, never a network one
 /// (containers share the guest's, which is the pod's), and no path but the contract's
 /// [`POD_PID_NAMESPACE`] for pid, which becomes the pause process's namespace.

@@ -190,6 +190,7 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
         etc_hosts: input.etc_hosts.as_deref(),
         resolv_conf: input.resolv_conf.as_deref(),
         hostname_file: input.hostname_file.as_deref(),
+        on_host: input.host.is_some(),
     })?;
     // The pod's pid namespace, by the contract's path, when the pod shares one.
     let pid_ns = shares_pid_namespace(input.pod).then_some(POD_PID_NAMESPACE);

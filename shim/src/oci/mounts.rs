@@ -21,6 +21,8 @@ pub(super) struct MountInput<'a> {
     pub etc_hosts: Option<&'a str>,
     pub resolv_conf: Option<&'a str>,
     pub hostname_file: Option<&'a str>,
+    /// The container runs on the host (a native pod): a Bidirectional mount is possible.
+    pub on_host: bool,
 }
 
 /// The OCI default filesystems: (destination, type, source, options).
@@ -71,14 +73,15 @@ const DEFAULTS: [(&str, &str, &str, &[&str]); 7] = [
     ),
 ];
 
-/// The mounts, and the rootfs propagation the CRI mounts need: `slave` for a host-to-container
-/// one (the OCI value; libcontainer applies it recursively and refuses containerd's `rslave`
-/// there). Bidirectional is refused: a container's mounts cannot reach the host from a VM.
+/// The mounts, and the rootfs propagation the CRI mounts need: `shared` for a bidirectional
+/// one, else `slave` for a host-to-container one (the OCI values; libcontainer applies them
+/// recursively and refuses containerd's `rslave` there). Bidirectional is refused in a VM: a
+/// container's mounts cannot reach the host from there.
 pub(super) fn build(input: &MountInput<'_>) -> Result<(Vec<Mount>, Option<String>), SpecError> {
     let mut binds = Vec::new();
     for (i, m) in input.cri_mounts.iter().enumerate() {
         let dest = destination(i, &m.container_path)?;
-        let propagation = propagation(i, m.propagation)?;
+        let propagation = propagation(i, m.propagation, input.on_host)?;
         binds.push(bind(&dest, &m.guest_source, m.readonly, propagation)?);
     }
     let cri_dests: Vec<PathBuf> = binds.iter().map(|m| m.destination().clone()).collect();
@@ -178,11 +181,12 @@ fn clean(path: &str) -> String {
 }
 
 /// The OCI propagation option of a CRI `MountPropagation`.
-fn propagation(i: usize, value: i32) -> Result<&'static str, SpecError> {
+fn propagation(i: usize, value: i32, on_host: bool) -> Result<&'static str, SpecError> {
     use cri::MountPropagation as P;
     match P::try_from(value) {
         Ok(P::PropagationPrivate) => Ok("rprivate"),
         Ok(P::PropagationHostToContainer) => Ok("rslave"),
+        Ok(P::PropagationBidirectional) if on_host => Ok("rshared"),
         Ok(P::PropagationBidirectional) => Err(SpecError::invalid(
             format!("mounts[{i}].propagation"),
             "BIDIRECTIONAL cannot cross the pod's VM: mounts made in the container would never \
@@ -197,10 +201,12 @@ fn propagation(i: usize, value: i32) -> Result<&'static str, SpecError> {
 
 fn rootfs_propagation(mounts: &[GuestMount]) -> Option<String> {
     use cri::MountPropagation as P;
-    mounts
-        .iter()
-        .any(|m| m.propagation == P::PropagationHostToContainer as i32)
-        .then(|| "slave".into())
+    let any = |p: P| mounts.iter().any(|m| m.propagation == p as i32);
+    if any(P::PropagationBidirectional) {
+        Some("shared".into())
+    } else {
+        any(P::PropagationHostToContainer).then(|| "slave".into())
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +224,7 @@ mod tests {
 
     fn input(cri_mounts: &[GuestMount]) -> MountInput<'_> {
         MountInput {
+            on_host: false,
             cri_mounts,
             privileged: false,
             readonly_rootfs: false,

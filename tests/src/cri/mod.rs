@@ -289,9 +289,26 @@ pub async fn pod_ip(cri: &mut Client, pod: &str) -> String {
     .unwrap_or_default()
 }
 
-/// RunPodSandbox of `config` on handler `kata`; returns the pod's id.
+/// The environment variable naming the runtime handler the CRI test families run their pods
+/// on: `kata` (microVM) when unset; `scripts/test.sh` runs them again with `runc` (native).
+pub const HANDLER_ENV: &str = "VESSEL_TEST_HANDLER";
+
+/// The handler this run's pods use (see [`HANDLER_ENV`]).
+pub fn test_handler() -> String {
+    std::env::var(HANDLER_ENV)
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kata".into())
+}
+
+/// Whether this run's pods are native (host containers), not microVMs.
+pub fn native_run() -> bool {
+    test_handler() == "runc"
+}
+
+/// RunPodSandbox of `config` on this run's handler ([`test_handler`]); returns the pod's id.
 pub async fn run_pod(cri: &mut Client, config: &cri::PodSandboxConfig) -> String {
-    run_pod_on(cri, config, "kata").await
+    run_pod_on(cri, config, &test_handler()).await
 }
 
 /// RunPodSandbox of `config` on `handler`; returns the pod's id.

@@ -266,6 +266,7 @@ impl Containers {
             config,
             &staged.mount_dir,
             &staged.scratch.join("mounts"),
+            host.is_some(),
         )?;
         let pod_files = pod_files::guest_paths();
         let spec = oci::build_container_spec(&ContainerSpecInput {
@@ -320,6 +321,7 @@ fn bind_cri_mounts(
     config: &cri::ContainerConfig,
     mount_dir: &Path,
     staging_dir: &Path,
+    on_host: bool,
 ) -> Result<(Vec<GuestMount>, Vec<api::Storage>), RuntimeError> {
     let mut out = Vec::new();
     let mut storages = Vec::new();
@@ -356,10 +358,29 @@ fn bind_cri_mounts(
         }
         let target = mount_dir.join(i.to_string());
         let staging = staging_dir.join(i.to_string());
+        let bidirectional = m.propagation == cri::MountPropagation::PropagationBidirectional as i32;
         let propagation = if m.propagation == cri::MountPropagation::PropagationPrivate as i32 {
             host_mounts::Propagation::Private { staging: &staging }
+        } else if bidirectional && on_host {
+            // As containerd: the container's mounts reach the host only through a shared
+            // mount, so one that is not is refused rather than silently one-way.
+            match host_mounts::shared_mount_of(source) {
+                Ok(Ok(())) => host_mounts::Propagation::Shared,
+                Ok(Err(mount_point)) => {
+                    return Err(RuntimeError::invalid(
+                        format!("mounts[{i}].propagation"),
+                        format!(
+                            "BIDIRECTIONAL needs {} on a shared mount; its mount {} is not \
+                             (mount --make-rshared it)",
+                            m.host_path,
+                            mount_point.display()
+                        ),
+                    ))
+                }
+                Err(e) => return Err(RuntimeError::Internal(e.to_string())),
+            }
         } else {
-            // HostToContainer; Bidirectional is refused with the spec.
+            // HostToContainer; in a VM Bidirectional is refused with the spec.
             host_mounts::Propagation::FromHost
         };
         host_mounts::bind(source, &target, is_file, m.readonly, propagation)
