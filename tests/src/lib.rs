@@ -2,6 +2,7 @@
 //! printed SKIPPED line when something real is missing), pod VMs on the real guest image, and
 //! busybox container rootfs trees, a real registry and the test images pushed to it.
 
+pub mod bench;
 pub mod cgroups;
 pub mod cri;
 pub mod images;

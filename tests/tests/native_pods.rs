@@ -282,8 +282,8 @@ async fn pod_state(cri: &mut vessel_tests::cri::Client, pod: &str) -> i32 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn native_pods_survive_a_daemon_sigkill_and_die_whole() {
-    let test = "native_pods_survive_a_daemon_sigkill_and_die_whole";
+async fn native_and_vm_pods_survive_a_daemon_sigkill_and_native_ones_die_whole() {
+    let test = "native_and_vm_pods_survive_a_daemon_sigkill_and_native_ones_die_whole";
     let Some(CriTest {
         mut daemon,
         mut cri,
@@ -317,8 +317,19 @@ async fn native_pods_survive_a_daemon_sigkill_and_die_whole() {
     )
     .await;
 
-    // The daemon dies; the pod's agent and containers run on, and the exit while it is down
-    // is recorded by the agent.
+    // A VM pod beside it.
+    let vm_config = pod_config("vm-survivor", &logs);
+    let vm_pod = run_pod(&mut cri, &vm_config).await;
+    let vm_ctr = run_container(
+        &mut cri,
+        &vm_pod,
+        &vm_config,
+        container_config("guest", &image, &["sleep", "1000"]),
+    )
+    .await;
+
+    // The daemon dies; the pods run on, and the exit while it is down is recorded by the
+    // native pod's agent.
     daemon.kill();
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     daemon.restart().await;
@@ -329,8 +340,15 @@ async fn native_pods_survive_a_daemon_sigkill_and_die_whole() {
     );
     let status = wait_state(&mut cri, &short, cri::ContainerState::ContainerExited).await;
     assert_eq!(status.exit_code, 7);
-    let (code, out) = exec_sh(&mut cri, &long, "echo still-here").await;
-    assert_eq!((code, out.as_str()), (0, "still-here\n"));
+    for ctr in [&long, &vm_ctr] {
+        let (code, out) = exec_sh(&mut cri, ctr, "echo still-here").await;
+        assert_eq!((code, out.as_str()), (0, "still-here\n"));
+    }
+    assert_eq!(
+        pod_state(&mut cri, &vm_pod).await,
+        cri::PodSandboxState::SandboxReady as i32
+    );
+    remove_pod_checked(&mut cri, &daemon, &vm_pod).await;
 
     // The agent dies: the pod turns NOTREADY, its container exits, and nothing of it runs on.
     let agent = pod_info(&mut cri, &pod).await["pid"]

@@ -17,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use vessel_shim::hypervisor::qemu::{boot_args, kernel_params, machine_args};
 use vessel_shim::hypervisor::{probe_kvm, Backend, KvmSupport, VmConfig};
 use vessel_shim::pod_vm::PodVm;
+use vessel_tests::bench::ms;
 use vessel_tests::leftovers::pss_kib;
 use vessel_tests::TestEnv;
 
@@ -206,8 +207,4 @@ fn summary(samples: &mut [Duration]) -> (Duration, Duration) {
     let p50 = samples[(samples.len() - 1) / 2];
     let max = samples[samples.len() - 1];
     (p50, max)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }

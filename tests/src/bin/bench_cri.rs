@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use vessel_protocols::cri;
 use vessel_protocols::cri::runtime_service_client::RuntimeServiceClient;
 use vessel_shim::hypervisor::Backend;
+use vessel_tests::bench::{ms, percentile};
 use vessel_tests::cri::{
     container_config, pod_config, pull, registry_with_busybox, shim_binary, Daemon,
 };
@@ -317,19 +318,4 @@ fn row(what: &str, samples: &[Duration], unit: Unit, note: &str) {
         show(percentile(samples, 50.0)),
         show(percentile(samples, 95.0)),
     );
-}
-
-/// The nearest-rank percentile `p` (0..=100) of `samples`; zero when there are none.
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted
-        .get(rank.saturating_sub(1))
-        .copied()
-        .unwrap_or_default()
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
