@@ -24,6 +24,7 @@ mod rpc;
 mod sandbox;
 mod storage;
 mod streams;
+mod sysctls;
 
 use std::process::ExitCode;
 

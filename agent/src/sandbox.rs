@@ -17,8 +17,12 @@ pub enum SandboxError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Container(#[from] ContainerError),
+    #[error(transparent)]
+    Sysctl(#[from] crate::sysctls::SysctlError),
     #[error("sandbox {0} already exists")]
     Exists(String),
+    #[error("hostname {0:?}: a pod on the host's UTS namespace cannot rename the host")]
+    HostHostname(String),
     #[error("hostname {hostname:?}: {errno}")]
     Hostname {
         hostname: String,
@@ -34,7 +38,8 @@ impl SandboxError {
             SandboxError::Storage(e) => e.code(),
             SandboxError::Container(e) => e.code(),
             SandboxError::Exists(_) => Code::ALREADY_EXISTS,
-            SandboxError::Hostname { .. } => Code::INVALID_ARGUMENT,
+            SandboxError::Sysctl(_) => Code::INVALID_ARGUMENT,
+            SandboxError::Hostname { .. } | SandboxError::HostHostname(_) => Code::INVALID_ARGUMENT,
         }
     }
 }
@@ -46,6 +51,8 @@ pub struct SandboxParams {
     pub shared_fs: Option<StorageSpec>,
     pub storages: Vec<StorageSpec>,
     pub share_pid_namespace: bool,
+    /// The pod's sysctls to set once, for the pod.
+    pub sysctls: Vec<(String, String)>,
 }
 
 struct Active {
@@ -74,11 +81,15 @@ impl Sandbox {
             return Err(SandboxError::Exists(a.id.clone()));
         }
         if !p.hostname.is_empty() {
+            if !crate::init::host::may_set_hostname() {
+                return Err(SandboxError::HostHostname(p.hostname));
+            }
             nix::unistd::sethostname(&p.hostname).map_err(|errno| SandboxError::Hostname {
                 hostname: p.hostname.clone(),
                 errno,
             })?;
         }
+        crate::sysctls::apply(&p.sysctls, crate::init::host::owned_namespaces())?;
         let specs: Vec<StorageSpec> = p.shared_fs.into_iter().chain(p.storages).collect();
         let mounted = storage::mount_all(&specs)?;
         if p.share_pid_namespace {

@@ -38,14 +38,17 @@ pub enum Capability {
     /// The agent serves byte streams (exec and attach I/O, port forwarding) on
     /// [`crate::stream::STREAM_VSOCK_PORT`].
     Streams,
+    /// The agent sets the pod's sysctls of CreateSandbox (`sysctls`).
+    PodSysctls,
 }
 
 impl Capability {
     /// Every capability this version of the contract defines.
-    pub const ALL: [Capability; 3] = [
+    pub const ALL: [Capability; 4] = [
         Capability::PodPidNamespace,
         Capability::PodNetwork,
         Capability::Streams,
+        Capability::PodSysctls,
     ];
 
     /// The name on the wire.
@@ -54,6 +57,7 @@ impl Capability {
             Capability::PodPidNamespace => "pod-pid-namespace",
             Capability::PodNetwork => "pod-network",
             Capability::Streams => "streams",
+            Capability::PodSysctls => "pod-sysctls",
         }
     }
 

@@ -54,6 +54,31 @@ fn select_mounts_under(mounts: &MountInfos, dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Mount points at or below `dir` (shallowest first) in a peer group that also has a mount
+/// outside `dir`: binds that share mounts with the host (a Bidirectional volume's).
+fn select_peers_of_outside(mounts: &MountInfos, dir: &Path) -> Vec<PathBuf> {
+    let group = |m: &MountInfo| {
+        m.opt_fields.iter().find_map(|f| match f {
+            procfs::process::MountOptFields::Shared(id) => Some(*id),
+            _ => None,
+        })
+    };
+    let outside: std::collections::HashSet<u32> = mounts
+        .iter()
+        .filter(|m| !mount_point(m).starts_with(dir))
+        .filter_map(group)
+        .collect();
+    let mut found: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|m| mount_point(m).starts_with(dir))
+        .filter(|m| group(m).is_some_and(|id| outside.contains(&id)))
+        .map(mount_point)
+        .collect();
+    found.sort_by_key(|p| p.components().count());
+    found.dedup();
+    found
+}
+
 /// Whether the mount `path` lies on is shared (in a peer group): what a Bidirectional mount of
 /// it needs for a container's mounts to reach the host, as containerd checks too. Returns
 /// the mount point when it is not.
@@ -130,7 +155,22 @@ fn unescape(field: &str) -> String {
 
 /// Detaches every mount at or below `dir`, deepest first.
 pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
-    for mount in mounts_under(dir)? {
+    let mounts = mountinfo()?;
+    // A Bidirectional volume's bind is a peer of the host's mount (and so is everything
+    // mounted below it): unmounting it, or the host's submounts that show up below it, would
+    // unmount them on the host too. Made private first, the copies here go alone.
+    for mount in select_peers_of_outside(&mounts, dir) {
+        let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
+        if let Err(source) =
+            nix::mount::mount(None::<&str>, &mount, None::<&str>, private, None::<&str>)
+        {
+            return Err(MountError::Unmount {
+                path: mount,
+                source,
+            });
+        }
+    }
+    for mount in select_mounts_under(&mounts, dir) {
         match umount2(&mount, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
             Err(source) => {
@@ -286,6 +326,23 @@ mod tests {
 32 22 0:7 / /run/vessel/pods/ab rw - tmpfs tmpfs rw
 33 22 0:8 / /run/vessel/pods/a/with\\040space rw - tmpfs tmpfs rw
 ";
+
+    #[test]
+    fn only_binds_sharing_a_peer_group_with_the_host_are_made_private() {
+        let mounts = parse(
+            "22 1 8:1 / / rw - ext4 /dev/vda rw
+40 22 0:9 / /var/lib/kubelet/vol rw shared:7 - tmpfs tmpfs rw
+41 22 0:10 / /run/vessel/pods/a/shared rw shared:8 - tmpfs tmpfs rw
+42 41 0:9 / /run/vessel/pods/a/shared/c1/mounts/0 rw shared:7 - tmpfs tmpfs rw
+43 41 0:5 / /run/vessel/pods/a/shared/c1/rootfs rw shared:9 - overlay overlay rw
+44 41 0:9 / /run/vessel/pods/a/shared/c1/mounts/1 rw master:7 - tmpfs tmpfs rw
+",
+        );
+        assert_eq!(
+            select_peers_of_outside(&mounts, Path::new("/run/vessel/pods/a")),
+            [PathBuf::from("/run/vessel/pods/a/shared/c1/mounts/0")]
+        );
+    }
 
     #[test]
     fn a_path_is_on_a_shared_mount_only_where_its_deepest_mount_is() {

@@ -160,6 +160,7 @@ impl TestEnv {
             native_agent: vessel_shim::config::NativeConfig::default().agent,
             host_network: false,
             host_ipc: false,
+            sysctls: Default::default(),
         }
     }
 

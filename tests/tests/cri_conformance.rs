@@ -351,3 +351,70 @@ async fn privileged_containers_get_the_kernel_features_they_ask_for() {
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
 }
+
+/// The pod's sysctls take effect for the pod, IPC and network ones alike, on either handler
+/// (in a VM: IPC ones in each container's namespace, the rest in the guest; on the host: all
+/// in the pod's own namespaces, by its agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_sysctls_take_effect_in_the_pod() {
+    let Some(CriTest {
+        env,
+        daemon,
+        mut cri,
+        image,
+        registry: _registry,
+    }) = CriTest::setup("pod_sysctls_take_effect_in_the_pod").await
+    else {
+        return;
+    };
+    let mut config = pod_config("sysctls", &env.state_dir().join("logs"));
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [
+            ("kernel.shm_rmid_forced", "1"),
+            ("net.ipv4.ip_unprivileged_port_start", "80"),
+            ("net/ipv4/ping_group_range", "0 1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        ..Default::default()
+    });
+    let pod = run_pod(&mut cri, &config).await;
+    let ctr = create_container(
+        &mut cri,
+        &pod,
+        &config,
+        container_config("reader", &image, &["sleep", "1000"]),
+    )
+    .await
+    .expect("CreateContainer");
+    start_container(&mut cri, &ctr).await;
+    let (code, out) = exec_sh(
+        &mut cri,
+        &ctr,
+        "cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start \
+         /proc/sys/net/ipv4/ping_group_range",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["1", "80", "0", "1"], "{out:?}");
+    remove_pod_checked(&mut cri, &daemon, &pod).await;
+
+    // A name that is no sysctl is refused by name, before anything of the pod exists.
+    let mut bad = pod_config("badsysctl", &env.state_dir().join("logs"));
+    bad.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: [("net..x".to_owned(), "1".to_owned())]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    });
+    let r = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad),
+            runtime_handler: vessel_tests::cri::test_handler(),
+        })
+        .await;
+    expect_err(r, Code::InvalidArgument, "sysctls[net..x]");
+    assert!(list_pods(&mut cri).await.is_empty());
+}

@@ -410,7 +410,7 @@ async fn a_pod_from_an_older_guest_image_is_served_after_an_upgrade() {
     let guest = &pod_info(&mut cri, &shared_pod).await["guest"];
     assert_eq!(
         guest["capabilities"],
-        serde_json::json!(["pod-pid-namespace", "pod-network", "streams"]),
+        serde_json::json!(["pod-pid-namespace", "pod-network", "streams", "pod-sysctls"]),
         "{guest}"
     );
     let ctr = start_container(

@@ -309,6 +309,15 @@ async fn host_mounts_reach_rslave_volumes_not_rprivate_ones() {
     }
 
     remove_pod_checked(&mut cri, &daemon, &pod).await;
+    // Tearing the container's binds down left the host's own mounts below the volume alone
+    // (a Bidirectional bind is a peer of them).
+    assert_eq!(
+        std::fs::read_to_string(volume.join("sub/f"))
+            .ok()
+            .as_deref(),
+        Some("late"),
+        "the host's mount below the volume"
+    );
     let _ = umount2(&volume.join("sub"), MntFlags::MNT_DETACH);
     let _ = umount2(&volume, MntFlags::MNT_DETACH);
 }

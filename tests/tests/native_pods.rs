@@ -462,15 +462,17 @@ async fn native_pods_share_the_pod_network_and_host_network_pods_the_nodes() {
         links.iter().any(|l| l == "eth0") && !links.iter().any(|l| l.starts_with("vtap")),
         "{links:?}"
     );
-    // (sysfs shows the namespace of its mount, so the host's view comes from netlink.)
-    let link = node_net::sh_in(&pod_ns, "ip -o link show eth0");
-    let mac = link
-        .split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .map(|m| format!("{m}\n"))
-        .unwrap_or_else(|| panic!("no MAC in {link:?}"));
-    let (_, seen) = exec_sh(&mut cri, &native_ctr, "cat /sys/class/net/eth0/address").await;
+    // The MAC by netlink on both sides (sysfs shows the namespace it was mounted in).
+    let mac_of = |link: &str| {
+        link.split_whitespace()
+            .skip_while(|w| *w != "link/ether")
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no MAC in {link:?}"))
+    };
+    let mac = mac_of(&node_net::sh_in(&pod_ns, "ip -o link show eth0"));
+    let (_, link) = exec_sh(&mut cri, &native_ctr, "ip -o link show eth0").await;
+    let seen = mac_of(&link);
     assert_eq!(seen, mac, "the container has the CNI veth itself");
 
     // A DaemonSet-style hostNetwork pod: it serves on a port of the node's namespace, with

@@ -86,7 +86,8 @@ impl Containers {
             .clone()
             .ok_or(SpecError::Missing("spec_json: process"))?;
         check_executable(&rootfs, &process)?;
-        if may_admin_network(&process) {
+        // The guest loads its own modules; a native pod's host kernel is the node's business.
+        if may_admin_network(&process) && !crate::paths::on_host() {
             crate::init::modprobe::preload(&["ip_tables", "ip6_tables"]);
         }
         let config = bundle.join("config.json");

@@ -5,6 +5,8 @@
 //!   are ([`crate::paths::relocate`]);
 //! - a process gets no capability this agent lacks: a privileged container's "all
 //!   capabilities" means those the runtime has, as containerd's `WithAllCurrentCapabilities`;
+//! - a process without an OOM score gets 0, not the agent's (which is shielded as the pod's
+//!   infra process);
 //! - the open-files limit is capped at this agent's own hard limit, which a runtime without
 //!   CAP_SYS_RESOURCE cannot raise (in a VM the limit is the VM's own; on the host a container
 //!   inherits the runtime's, as with containerd).
@@ -43,10 +45,15 @@ pub fn adapt(spec: &mut Spec) {
     }
 }
 
-/// Adapts a process (a container's init or an exec): capabilities and limits.
+/// Adapts a process (a container's init or an exec): capabilities, limits and OOM score.
 pub fn adapt_process(process: &mut Process) {
     if !crate::paths::on_host() {
         return;
+    }
+    // This agent is shielded from the OOM killer (the pod's infra process); a process the
+    // pod gives no score of its own must not inherit that.
+    if process.oom_score_adj().is_none() {
+        process.set_oom_score_adj(Some(0));
     }
     if let (Some(caps), Ok(ours)) = (
         process.capabilities().clone(),

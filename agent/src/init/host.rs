@@ -56,7 +56,12 @@ pub fn parse(args: &[String]) -> Result<HostPod, String> {
             "--shared" => pod.shared = PathBuf::from(value),
             "--listen" => pod.listen = value.to_owned(),
             "--netns-fd" => {
-                pod.netns_fd = Some(value.parse().map_err(|_| format!("--netns-fd {value:?}"))?)
+                // Past stdin, stdout and stderr: a descriptor the shim passed.
+                let fd: RawFd = value.parse().map_err(|_| format!("--netns-fd {value:?}"))?;
+                if fd < 3 {
+                    return Err(format!("--netns-fd {fd}: not a passed descriptor"));
+                }
+                pod.netns_fd = Some(fd);
             }
             "--unshare" => {
                 for ns in value.split(',').filter(|s| !s.is_empty()) {
@@ -87,6 +92,36 @@ pub fn parse(args: &[String]) -> Result<HostPod, String> {
 /// loopback it then brings up.
 static POD_NETWORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set once the agent has a UTS namespace of its own.
+static OWN_UTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set once the agent has an IPC namespace of its own.
+static OWN_IPC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Which of the pod's namespaces are this agent's own, for the pod's sysctls.
+pub fn owned_namespaces() -> crate::sysctls::Owned {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !crate::paths::on_host() {
+        return crate::sysctls::Owned {
+            ipc: true,
+            uts: true,
+            net: true,
+            kernel: true,
+        };
+    }
+    crate::sysctls::Owned {
+        ipc: OWN_IPC.load(Relaxed),
+        uts: OWN_UTS.load(Relaxed),
+        net: POD_NETWORK.load(Relaxed),
+        kernel: false,
+    }
+}
+
+/// Whether the pod's hostname may be set here: always in a guest; on the host only in a UTS
+/// namespace of the agent's own (never the host's name).
+pub fn may_set_hostname() -> bool {
+    !crate::paths::on_host() || OWN_UTS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether the agent left the host's network namespace for the pod's.
 pub fn in_pod_network() -> bool {
     POD_NETWORK.load(std::sync::atomic::Ordering::Relaxed)
@@ -96,6 +131,8 @@ pub fn in_pod_network() -> bool {
 /// before any other thread exists: setns and unshare change the calling thread only.
 pub fn enter(pod: &HostPod) -> Result<(), String> {
     if let Some(fd) = pod.netns_fd {
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD)
+            .map_err(|e| format!("--netns-fd {fd}: {e}"))?;
         // SAFETY: the shim passes the descriptor open for exactly this use, and nothing else
         // in this process refers to it; the OwnedFd closes it once it is joined.
         let netns = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -107,6 +144,12 @@ pub fn enter(pod: &HostPod) -> Result<(), String> {
     }
     if pod.netns_fd.is_some() || pod.unshare.contains(CloneFlags::CLONE_NEWNET) {
         POD_NETWORK.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if pod.unshare.contains(CloneFlags::CLONE_NEWUTS) {
+        OWN_UTS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    if pod.unshare.contains(CloneFlags::CLONE_NEWIPC) {
+        OWN_IPC.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     std::fs::create_dir_all(&pod.root)
         .map_err(|e| format!("create {}: {e}", pod.root.display()))?;

@@ -11,7 +11,7 @@ use super::AgentService;
 
 /// The parts of the guest contract this agent implements beyond the first one, reported in
 /// GetGuestDetails so that a newer shim knows what it may ask of this guest image.
-pub const CAPABILITIES: [Capability; 3] = Capability::ALL;
+pub const CAPABILITIES: [Capability; 4] = Capability::ALL;
 
 pub async fn check(_: &AgentService, _: api::CheckRequest) -> Result<api::CheckResponse> {
     let mut r = api::CheckResponse::new();
@@ -133,7 +133,7 @@ mod tests {
         assert_eq!(d.agent_version, env!("CARGO_PKG_VERSION"));
         assert_eq!(
             d.capabilities,
-            ["pod-pid-namespace", "pod-network", "streams"]
+            ["pod-pid-namespace", "pod-network", "streams", "pod-sysctls"]
         );
         assert!(d.online_cpus >= 1);
     }

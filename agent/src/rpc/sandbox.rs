@@ -23,6 +23,7 @@ pub async fn create(svc: &AgentService, req: api::CreateSandboxRequest) -> Resul
         shared_fs,
         storages: convert::storages(&req.storages)?,
         share_pid_namespace: req.share_pid_namespace,
+        sysctls: req.sysctls.into_iter().collect(),
     };
     svc.sandbox.create(params, &svc.containers).await?;
     Ok(api::Empty::new())

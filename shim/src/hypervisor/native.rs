@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -19,6 +20,9 @@ use super::{
 
 /// The agent's name among the pod's processes (and its log's).
 pub const AGENT: &str = "vessel-agent";
+
+/// The agent's OOM score: kubelet's for the pause container.
+const AGENT_OOM_SCORE_ADJ: &str = "-998";
 
 /// How much of the pod id names the agent's dir: 64 bits of a random id, and a clash is
 /// refused at start (the dir exists), never shared.
@@ -44,6 +48,9 @@ pub struct NativePod {
     config: VmConfig,
     agent: PathBuf,
     processes: VmProcesses,
+    /// The agent's dir is this pod's (created by this start, or adopted with the pod), so
+    /// stopping removes it; a start that found it taken leaves it to its owner.
+    owns_root: bool,
 }
 
 impl NativePod {
@@ -53,6 +60,7 @@ impl NativePod {
             config,
             agent,
             processes,
+            owns_root: false,
         }
     }
 
@@ -67,6 +75,7 @@ impl NativePod {
             config,
             agent,
             processes,
+            owns_root: true,
         }
     }
 
@@ -151,11 +160,16 @@ impl Hypervisor for NativePod {
                 source,
             })?;
         }
-        // Exclusively: an existing dir is another pod's (or a clash of id prefixes).
-        std::fs::create_dir(&root).map_err(|source| HypervisorError::Io {
-            path: root.clone(),
-            source,
-        })?;
+        // Exclusively: an existing dir is another pod's (or a clash of id prefixes). Only
+        // root may reach the agent's sockets: whoever can talk to it starts host processes.
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .map_err(|source| HypervisorError::Io {
+                path: root.clone(),
+                source,
+            })?;
+        self.owns_root = true;
         let args = self.agent_args();
         let socket = Self::socket(&self.config);
         let agent = self.agent.clone();
@@ -168,6 +182,15 @@ impl Hypervisor for NativePod {
                 netns.as_ref().map(|fd| fd.as_fd()),
             )
             .await?;
+        if let Some(pid) = self.processes.vmm_pid() {
+            // The pod's infra process goes last to the OOM killer, as kubelet's pause
+            // container does: losing it ends the pod. Lowering the score needs
+            // CAP_SYS_RESOURCE, so it is best effort. (Its containers get their own score.)
+            let path = format!("/proc/{pid}/oom_score_adj");
+            if let Err(e) = std::fs::write(&path, AGENT_OOM_SCORE_ADJ) {
+                tracing::warn!(pod_id = %self.config.id, error = %e, "cannot protect the host agent from the OOM killer");
+            }
+        }
         tracing::info!(pod_id = %self.config.id, pid = ?self.processes.vmm_pid(), "host agent started");
         Ok(())
     }
@@ -176,7 +199,9 @@ impl Hypervisor for NativePod {
     /// removes its dir, unmounting what it left mounted there (memory-backed volumes).
     async fn stop(&mut self) -> Result<(), HypervisorError> {
         self.processes.stop().await;
-        crate::host_mounts::remove_dir_unmounted(&Self::agent_root(&self.config))?;
+        if self.owns_root {
+            crate::host_mounts::remove_dir_unmounted(&Self::agent_root(&self.config))?;
+        }
         Ok(())
     }
 

@@ -207,6 +207,9 @@ pub fn build_container_spec(input: &ContainerSpecInput<'_>) -> Result<Spec, Spec
                     .filter(|ns| !shared_with_pod.contains(&ns.typ()))
                     .collect(),
             ));
+            // The pod's sysctls are the agent's to set, in the namespaces the container
+            // shares with it (`pod_vm` sends them with CreateSandbox).
+            linux.set_sysctl(None);
             host.cgroup.clone()
         }
         None => container_cgroup(input.container_id),

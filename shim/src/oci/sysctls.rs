@@ -5,7 +5,9 @@
 //! namespaces the container owns (IPC: `kernel.msg*`, `kernel.sem`, `kernel.shm*`,
 //! `fs.mqueue.*`; UTS: `kernel.domainname`) and refuses `net.*` for a container without a
 //! network namespace of its own. Those go to the guest instead: its kernel is the pod's
-//! alone, so the pod's network sysctls (and any other) are set there once, for the pod.
+//! alone, so the pod's network sysctls (and any other) are set there once, for the pod, by
+//! the agent at CreateSandbox. A native pod's containers share its agent's IPC and UTS
+//! namespaces, so there every sysctl is the agent's to set ([`PodSysctls::for_agent`]).
 
 use std::collections::HashMap;
 
@@ -32,6 +34,17 @@ pub struct PodSysctls {
     pub container: HashMap<String, String>,
     /// In the guest, once per pod (network and the rest), before its containers start.
     pub guest: HashMap<String, String>,
+}
+
+impl PodSysctls {
+    /// What CreateSandbox carries: the guest's share in a VM, all of them for a native pod.
+    pub fn for_agent(self, native: bool) -> HashMap<String, String> {
+        if native {
+            self.container.into_iter().chain(self.guest).collect()
+        } else {
+            self.guest
+        }
+    }
 }
 
 /// Checks the pod's sysctls and splits them. Errors name

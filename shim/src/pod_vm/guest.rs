@@ -119,13 +119,15 @@ mod tests {
             "pod-pid-namespace",
             "pod-network",
             "streams",
+            "pod-sysctls",
             "from-the-future",
         ]));
         assert!(new.missing().is_empty());
         new.require(Capability::PodPidNamespace, "x").unwrap();
         new.require(Capability::PodNetwork, "x").unwrap();
         new.require(Capability::Streams, "x").unwrap();
-        assert_eq!(new.capabilities.len(), 3);
+        new.require(Capability::PodSysctls, "x").unwrap();
+        assert_eq!(new.capabilities.len(), 4);
         let mut long = details(&[]);
         long.agent_version = "9".repeat(10_000);
         assert_eq!(

@@ -93,6 +93,8 @@ pub struct PodVmSpec {
     pub host_network: bool,
     /// A native pod shares the host's IPC namespace: hostIPC.
     pub host_ipc: bool,
+    /// The pod's sysctls the agent sets once, for the pod (see `oci::PodSysctls::for_agent`).
+    pub sysctls: std::collections::HashMap<String, String>,
 }
 
 /// A running pod VM with a healthy agent.
@@ -480,8 +482,17 @@ async fn setup_sandbox(
                 source,
             })?;
     }
+    if !spec.sysctls.is_empty() {
+        guest
+            .require(Capability::PodSysctls, "a pod with sysctls")
+            .map_err(|source| VmError::Unsupported {
+                id: spec.id.clone(),
+                source,
+            })?;
+    }
     let native = spec.backend == Backend::Native;
     let mut req = api::CreateSandboxRequest::new();
+    req.sysctls = spec.sysctls.clone();
     req.sandbox_id = spec.id.clone();
     req.hostname = spec.hostname.clone();
     req.share_pid_namespace = spec.share_pid_namespace;

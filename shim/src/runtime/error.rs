@@ -54,6 +54,22 @@ pub enum Code {
     Internal,
 }
 
+/// A spec the CRI config could not make: the config's fault (naming the field) unless the
+/// builder failed.
+impl From<crate::oci::SpecError> for RuntimeError {
+    fn from(e: crate::oci::SpecError) -> Self {
+        use crate::oci::SpecError;
+        match e {
+            SpecError::Invalid { field, reason } => RuntimeError::InvalidArgument { field, reason },
+            SpecError::ImageUser { user, reason } => RuntimeError::InvalidArgument {
+                field: "user".into(),
+                reason: format!("{user:?}: {reason}"),
+            },
+            other => RuntimeError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl RuntimeError {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::InvalidArgument {

@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use vessel_protocols::cri;
 use vessel_tests::bench::{ms, percentile};
 use vessel_tests::cri::{
-    container_config, pod_config, registry_with_busybox, shim_binary, Client, Daemon,
+    container_config, pod_config, pod_info, registry_with_busybox, shim_binary, Client, Daemon,
 };
 use vessel_tests::TestEnv;
 
@@ -30,6 +30,8 @@ struct Round {
     start: Duration,
     exec: Duration,
     total: Duration,
+    /// A native pod's host agent, resident, right after RunPodSandbox.
+    agent_rss_kib: Option<u64>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -94,6 +96,13 @@ async fn main() -> Result<()> {
             col(|r| r.total),
         );
     }
+    let rss: Vec<u64> = figures[0].iter().filter_map(|r| r.agent_rss_kib).collect();
+    if let Some(max) = rss.iter().max() {
+        println!(
+            "native pod's host agent: {:.1} MiB resident at most (RuntimeClass runc's overhead)",
+            *max as f64 / 1024.0
+        );
+    }
     let total = |h: usize| {
         let samples: Vec<Duration> = figures[h].iter().map(|r| r.total).collect();
         ms(percentile(&samples, 50.0))
@@ -104,6 +113,16 @@ async fn main() -> Result<()> {
         total(0) / total(1)
     );
     Ok(())
+}
+
+/// The resident size of a native pod's agent (its pid from the verbose status).
+async fn agent_rss_kib(cri: &mut Client, pod: &str) -> Option<u64> {
+    let pid = pod_info(cri, pod).await["pid"].as_u64()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// One pod through the sequence on `handler`, then removed (not timed).
@@ -126,6 +145,11 @@ async fn sequence(
         .into_inner()
         .pod_sandbox_id;
     let run_pod = began.elapsed();
+    let agent_rss_kib = if handler == "runc" {
+        agent_rss_kib(cri, &pod).await
+    } else {
+        None
+    };
     let at = Instant::now();
     let ctr = cri
         .create_container(cri::CreateContainerRequest {
@@ -178,5 +202,6 @@ async fn sequence(
         start,
         exec,
         total,
+        agent_rss_kib,
     })
 }

@@ -282,27 +282,14 @@ impl Containers {
             hostname_file: Some(pod_files.hostname),
             host: host.clone(),
         })
-        .map_err(spec_error)?;
+        .map_err(RuntimeError::from)?;
         let mut req = api::CreateContainerRequest::new();
         req.container_id = id.to_owned();
-        req.spec_json = oci::to_json(&spec).map_err(spec_error)?;
+        req.spec_json = oci::to_json(&spec).map_err(RuntimeError::from)?;
         req.stdin = config.stdin;
         req.storages = storages;
         agent.create_container(req).await?;
         Ok(spec.process().clone().unwrap_or_default())
-    }
-}
-
-fn spec_error(e: oci::SpecError) -> RuntimeError {
-    match e {
-        oci::SpecError::Invalid { field, reason } => {
-            RuntimeError::InvalidArgument { field, reason }
-        }
-        oci::SpecError::ImageUser { user, reason } => RuntimeError::InvalidArgument {
-            field: "user".into(),
-            reason: format!("{user:?}: {reason}"),
-        },
-        other => RuntimeError::Internal(other.to_string()),
     }
 }
 
@@ -364,7 +351,8 @@ fn bind_cri_mounts(
         } else if bidirectional && on_host {
             // As containerd: the container's mounts reach the host only through a shared
             // mount, so one that is not is refused rather than silently one-way.
-            match host_mounts::shared_mount_of(source) {
+            let resolved = source.canonicalize().unwrap_or_else(|_| source.to_owned());
+            match host_mounts::shared_mount_of(&resolved) {
                 Ok(Ok(())) => host_mounts::Propagation::Shared,
                 Ok(Err(mount_point)) => {
                     return Err(RuntimeError::invalid(

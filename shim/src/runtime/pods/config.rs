@@ -28,6 +28,8 @@ pub(super) fn validate(
         validate_hostname(&config.hostname)?;
     }
     validate_namespaces(config, kind)?;
+    // Refused here, before anything of the pod exists, rather than when its agent sets them.
+    crate::oci::pod_sysctls(config)?;
     if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
         return Err(RuntimeError::invalid(
             "config.log_directory",

@@ -166,6 +166,8 @@ impl Pods {
             .size
             .as_ref()
             .map_or((0, 0), |s| (s.memory_mib, s.vcpus));
+        let sysctls =
+            crate::oci::pod_sysctls(&record.config)?.for_agent(kind == HandlerKind::Native);
         let meta = record.config.metadata.clone().unwrap_or_default();
         let spec = PodVmSpec {
             id: pod.id.clone(),
@@ -186,6 +188,7 @@ impl Pods {
             native_agent: self.vm.native_agent.clone(),
             host_network: host_network(&record.config),
             host_ipc: host_ipc(&record.config),
+            sysctls,
         };
         tracing::info!(
             pod_id = %pod.id,
