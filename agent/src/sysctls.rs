@@ -6,17 +6,7 @@
 
 use std::path::PathBuf;
 
-/// IPC-namespaced sysctls (besides the `fs.mqueue.` ones).
-const IPC: [&str; 8] = [
-    "kernel.msgmax",
-    "kernel.msgmnb",
-    "kernel.msgmni",
-    "kernel.sem",
-    "kernel.shmall",
-    "kernel.shmmax",
-    "kernel.shmmni",
-    "kernel.shm_rmid_forced",
-];
+use vessel_protocols::guest::IPC_SYSCTLS;
 
 /// Why a sysctl was not set (answered as INVALID_ARGUMENT).
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +82,7 @@ fn allowed(key: &str, owned: Owned) -> Result<(), SysctlError> {
             why,
         })
     };
-    if IPC.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+    if IPC_SYSCTLS.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
         return if owned.ipc {
             Ok(())
         } else {

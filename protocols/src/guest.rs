@@ -73,6 +73,19 @@ impl fmt::Display for Capability {
     }
 }
 
+/// The sysctls the kernel keeps per IPC namespace (besides the `fs.mqueue.` ones): where a pod's
+/// sysctls take effect depends on it, for the shim and the agent alike.
+pub const IPC_SYSCTLS: [&str; 8] = [
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
 /// The longest sandbox, container or exec id.
 pub const MAX_ID_LEN: usize = 128;
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use vessel_protocols::cri;
 use vessel_tests::cri::{
     container_config, container_status, exec_sh, expect_err, list_pods, pod_config, pod_info,
-    pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_container, run_pod, wait_state,
-    with_namespaces, Client, CriTest, Daemon,
+    pod_state, pod_vmm, pull, registry_with_busybox, remove_pod_checked, run_container, run_pod,
+    wait_state, with_namespaces, Client, CriTest, Daemon,
 };
 use vessel_tests::leftovers::leftovers;
 use vessel_tests::TestEnv;
@@ -54,19 +54,6 @@ async fn kill_vmm(cri: &mut Client, test: &str, pod: &str) -> String {
     )
     .unwrap_or_else(|e| panic!("kill {vmm}: {e}"));
     vmm
-}
-
-async fn pod_state(cri: &mut Client, pod: &str) -> i32 {
-    cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
-        pod_sandbox_id: pod.into(),
-        verbose: false,
-    })
-    .await
-    .expect("pod status")
-    .into_inner()
-    .status
-    .expect("status")
-    .state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

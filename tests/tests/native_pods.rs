@@ -8,8 +8,8 @@ use vessel_protocols::cri;
 use vessel_shim::network::netns::NetNs;
 use vessel_tests::cgroups::{procs, ParentCgroup};
 use vessel_tests::cri::{
-    container_config, exec_sh, pod_config, pod_info, pod_ip, remove_pod_checked, run_container,
-    run_pod, run_pod_on, wait_state, with_namespaces, CriTest,
+    container_config, exec_sh, pod_config, pod_info, pod_ip, pod_state, remove_pod_checked,
+    run_container, run_pod, run_pod_on, wait_state, with_namespaces, CriTest,
 };
 use vessel_tests::node_net::{self, links_of, NodeTest, BRIDGE, GATEWAY};
 
@@ -265,20 +265,6 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "agent dirs left: {left:?}");
-}
-
-/// The pod's state (READY or NOTREADY).
-async fn pod_state(cri: &mut vessel_tests::cri::Client, pod: &str) -> i32 {
-    cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
-        pod_sandbox_id: pod.into(),
-        verbose: false,
-    })
-    .await
-    .expect("pod status")
-    .into_inner()
-    .status
-    .expect("status")
-    .state
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,17 +15,7 @@ use vessel_protocols::cri;
 
 use super::SpecError;
 
-/// The IPC sysctls, which apply in a container's own IPC namespace.
-pub const IPC_SYSCTLS: [&str; 8] = [
-    "kernel.msgmax",
-    "kernel.msgmnb",
-    "kernel.msgmni",
-    "kernel.sem",
-    "kernel.shmall",
-    "kernel.shmmax",
-    "kernel.shmmni",
-    "kernel.shm_rmid_forced",
-];
+use vessel_protocols::guest::IPC_SYSCTLS;
 
 /// A pod's sysctls by where they take effect; keys as the pod gave them (`.` or `/`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

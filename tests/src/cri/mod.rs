@@ -274,6 +274,20 @@ pub async fn pod_vmm(cri: &mut Client, pod: &str) -> (String, Option<i32>) {
     (vmm, pid)
 }
 
+/// The pod's state (`PodSandboxState` as i32: READY or NOTREADY).
+pub async fn pod_state(cri: &mut Client, pod: &str) -> i32 {
+    cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
+        pod_sandbox_id: pod.into(),
+        verbose: false,
+    })
+    .await
+    .expect("pod status")
+    .into_inner()
+    .status
+    .expect("status")
+    .state
+}
+
 /// The pod's primary IP (empty without a network), from PodSandboxStatus.
 pub async fn pod_ip(cri: &mut Client, pod: &str) -> String {
     cri.pod_sandbox_status(cri::PodSandboxStatusRequest {
