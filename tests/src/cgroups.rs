@@ -59,28 +59,47 @@ impl ParentCgroup {
 }
 
 impl Drop for ParentCgroup {
-    /// After a failed test the daemon may not have removed its VM's cgroup: what runs there is
-    /// killed and the cgroup removed with the parent.
+    /// After a failed test the daemon may not have removed its pods' cgroups: what runs
+    /// there (a VM, or a native pod's agent and containers, in cgroups below the pod's) is
+    /// killed and the cgroups removed with the parent.
     fn drop(&mut self) {
         for (_, dir) in self.dirs() {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    for pid in procs(&e.path()) {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    while std::fs::remove_dir(e.path()).is_err() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
+            kill_and_remove_tree(&dir);
             if let Some(top) = dir.parent() {
                 let _ = std::fs::remove_dir(top);
             }
+        }
+    }
+}
+
+/// SIGKILLs every process in the cgroup `dir` and below, then removes the cgroups, deepest
+/// first, waiting up to 5 s for the killed to leave.
+pub fn kill_and_remove_tree(dir: &Path) {
+    let mut tree = vec![dir.to_owned()];
+    let mut i = 0;
+    while i < tree.len() {
+        if let Ok(entries) = std::fs::read_dir(&tree[i]) {
+            tree.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
+        }
+        i += 1;
+    }
+    for cgroup in &tree {
+        for pid in procs(cgroup) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for cgroup in tree.iter().rev() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while cgroup.exists() && std::fs::remove_dir(cgroup).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

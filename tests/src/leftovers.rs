@@ -34,7 +34,32 @@ pub fn kill_and_unmount(dir: &Path) {
     while !processes_naming(dir).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    kill_pod_cgroups(&dir.join("state").join("pods"));
     let _ = vessel_shim::host_mounts::unmount_all_under(dir);
+}
+
+/// Kills what runs in the host cgroups, below vessel's default parent, of the pods whose run
+/// dirs are below `pods`, and removes the cgroups: a failed test's native pods, whose
+/// containers outlive their killed agent (a restarted daemon would remove them).
+fn kill_pod_cgroups(pods: &Path) {
+    let Ok(entries) = std::fs::read_dir(pods) else {
+        return;
+    };
+    let hierarchies = vessel_shim::host_cgroup::hierarchy::mounted().unwrap_or_default();
+    for pod in entries.flatten() {
+        let id = pod.file_name().to_string_lossy().into_owned();
+        for h in &hierarchies {
+            for leaf in [
+                format!("vessel/vessel-{id}"),
+                format!("vessel.slice/vessel-{id}.scope"),
+            ] {
+                let dir = h.mount.join(leaf);
+                if dir.exists() {
+                    crate::cgroups::kill_and_remove_tree(&dir);
+                }
+            }
+        }
+    }
 }
 
 /// Every leftover of the pod whose runtime dir is `run_dir`, as readable lines.
