@@ -219,7 +219,7 @@ impl HostCgroup {
 }
 
 /// `dir` and every cgroup directory below it, parents before children.
-fn subtree(dir: &Path) -> Vec<PathBuf> {
+pub(super) fn subtree(dir: &Path) -> Vec<PathBuf> {
     let mut all = vec![dir.to_owned()];
     let mut i = 0;
     while i < all.len() {
@@ -428,6 +428,7 @@ mod tests {
                 .trim(),
             ctr.id().to_string()
         );
+        assert!(cg.usage().processes >= 2, "the subtree's processes count");
         cg.remove().await.unwrap();
         assert!(!cg.exists() && !ctr_dir.exists());
         for child in [&mut agent, &mut ctr] {

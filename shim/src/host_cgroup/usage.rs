@@ -1,4 +1,4 @@
-//! What a pod VM's host cgroup reports: CPU time, memory in use and its working set, the
+//! What a pod's host cgroup reports (its subtree's): CPU time, memory in use and its working set, the
 //! number of processes, and the OOM killer's kills, from v1 or v2 files alike.
 
 use std::path::Path;
@@ -52,11 +52,14 @@ pub(super) fn read(cg: &HostCgroup) -> CgroupUsage {
                 usage.working_set_bytes = Some(current.saturating_sub(inactive));
             }
         }
-        if usage.processes == 0 {
-            if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                usage.processes = procs.lines().count() as u64;
-            }
-        }
+        // The whole subtree (a native pod's processes sit in leaves below its cgroup), in the
+        // hierarchy that holds the most (a v1 hierarchy may lack some).
+        let processes = super::subtree(&dir)
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map(|procs| procs.lines().count() as u64)
+            .sum();
+        usage.processes = usage.processes.max(processes);
     }
     usage
 }

@@ -327,7 +327,14 @@ fn bind_cri_mounts(
             ));
         }
         let source = Path::new(&m.host_path);
-        if let Some(storage) = memory_empty_dir(source)? {
+        // On the host (a native pod) kubelet's own tmpfs is bound as it is, so kubelet's
+        // accounting, size limit and eviction see what the pod writes, as with runc.
+        let memory_volume = if on_host {
+            None
+        } else {
+            memory_empty_dir(source)?
+        };
+        if let Some(storage) = memory_volume {
             out.push(GuestMount {
                 container_path: m.container_path.clone(),
                 guest_source: storage.mount_point.clone(),
