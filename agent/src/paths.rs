@@ -36,12 +36,11 @@ pub fn relocate(path: &Path) -> PathBuf {
     if !on_host() {
         return path.to_path_buf();
     }
-    let shared = Path::new(vessel_protocols::guest::GUEST_SHARED_DIR);
-    match (path.strip_prefix(shared), std::env::var_os(SHARED_ENV)) {
-        (Ok(rest), Some(dir)) => return Path::new(&dir).join(rest),
-        // Without a shared dir nothing of the contract's may be reached.
-        (Ok(_), None) => return root().join("no-shared-dir"),
-        _ => {}
+    if let Ok(rest) = path.strip_prefix(vessel_protocols::guest::GUEST_SHARED_DIR) {
+        // `init::host` always sets the shared dir along with the root.
+        let shared =
+            std::env::var_os(SHARED_ENV).map_or_else(|| root().join("shared"), PathBuf::from);
+        return shared.join(rest);
     }
     match path.strip_prefix(GUEST_ROOT) {
         Ok(rest) => root().join(rest),

@@ -14,6 +14,10 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 /// The vsock port of the agent's stream listener.
 pub const STREAM_VSOCK_PORT: u32 = 1025;
 
+/// Where an agent serving ttrpc on a Unix socket (a native pod's, or a dev run) serves its
+/// streams: that socket's path with this appended.
+pub const UNIX_STREAM_SUFFIX: &str = ".streams";
+
 /// The most payload bytes one data frame carries.
 pub const MAX_CHUNK: usize = 128 * 1024;
 

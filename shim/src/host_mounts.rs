@@ -54,24 +54,26 @@ fn select_mounts_under(mounts: &MountInfos, dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The peer group of a shared mount; `None` for one that is not shared.
+fn peer_group(mount: &MountInfo) -> Option<u32> {
+    mount.opt_fields.iter().find_map(|f| match f {
+        procfs::process::MountOptFields::Shared(id) => Some(*id),
+        _ => None,
+    })
+}
+
 /// Mount points at or below `dir` (shallowest first) in a peer group that also has a mount
 /// outside `dir`: binds that share mounts with the host (a Bidirectional volume's).
 fn select_peers_of_outside(mounts: &MountInfos, dir: &Path) -> Vec<PathBuf> {
-    let group = |m: &MountInfo| {
-        m.opt_fields.iter().find_map(|f| match f {
-            procfs::process::MountOptFields::Shared(id) => Some(*id),
-            _ => None,
-        })
-    };
     let outside: std::collections::HashSet<u32> = mounts
         .iter()
         .filter(|m| !mount_point(m).starts_with(dir))
-        .filter_map(group)
+        .filter_map(peer_group)
         .collect();
     let mut found: Vec<PathBuf> = mounts
         .iter()
         .filter(|m| mount_point(m).starts_with(dir))
-        .filter(|m| group(m).is_some_and(|id| outside.contains(&id)))
+        .filter(|m| peer_group(m).is_some_and(|id| outside.contains(&id)))
         .map(mount_point)
         .collect();
     found.sort_by_key(|p| p.components().count());
@@ -99,11 +101,7 @@ fn select_shared_mount_of(mounts: &MountInfos, path: &Path) -> Result<(), PathBu
     else {
         return Err(PathBuf::from("/"));
     };
-    let shared = mount
-        .opt_fields
-        .iter()
-        .any(|f| matches!(f, procfs::process::MountOptFields::Shared(_)));
-    if shared {
+    if peer_group(mount).is_some() {
         Ok(())
     } else {
         Err(mount_point(mount))

@@ -45,6 +45,16 @@ impl ParentCgroup {
         Self { path }
     }
 
+    /// [`crate::cri::pod_config`] of a pod whose `cgroup_parent` is this cgroup.
+    pub fn pod_config(&self, name: &str, logs: &Path) -> vessel_protocols::cri::PodSandboxConfig {
+        let mut config = crate::cri::pod_config(name, logs);
+        config.linux = Some(vessel_protocols::cri::LinuxPodSandboxConfig {
+            cgroup_parent: self.path.clone(),
+            ..Default::default()
+        });
+        config
+    }
+
     /// Each hierarchy with the parent's directory in it.
     pub fn dirs(&self) -> Vec<(Hierarchy, PathBuf)> {
         mounted()

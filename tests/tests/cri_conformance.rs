@@ -11,8 +11,8 @@ use tonic::Code;
 use vessel_protocols::cri;
 use vessel_tests::cri::{
     container_config, container_status, create_container, exec_sh, expect_err, list_pods,
-    native_run, pod_config, pull, remove_pod_checked, run_pod, start_container, wait_state,
-    with_namespaces, CriTest,
+    native_run, pod_config, pull, remove_pod_checked, run_container, run_pod, start_container,
+    wait_state, with_namespaces, CriTest,
 };
 use vessel_tests::images;
 
@@ -380,15 +380,13 @@ async fn pod_sysctls_take_effect_in_the_pod() {
         ..Default::default()
     });
     let pod = run_pod(&mut cri, &config).await;
-    let ctr = create_container(
+    let ctr = run_container(
         &mut cri,
         &pod,
         &config,
         container_config("reader", &image, &["sleep", "1000"]),
     )
-    .await
-    .expect("CreateContainer");
-    start_container(&mut cri, &ctr).await;
+    .await;
     let (code, out) = exec_sh(
         &mut cri,
         &ctr,

@@ -60,11 +60,7 @@ async fn native_pods_run_on_the_host_beside_vm_pods() {
 
     // A native pod: its own namespaces, the host's kernel.
     let parent = ParentCgroup::new("native");
-    let mut config = pod_config("native", &logs);
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        cgroup_parent: parent.path.clone(),
-        ..Default::default()
-    });
+    let config = parent.pod_config("native", &logs);
     let pod = run_pod_on(&mut cri, &config, "runc").await;
     let info = pod_info(&mut cri, &pod).await;
     assert_eq!(info["vmm"], "vessel-agent", "{info}");
@@ -282,11 +278,7 @@ async fn native_and_vm_pods_survive_a_daemon_sigkill_and_native_ones_die_whole()
     };
     let logs = env.state_dir().join("logs");
     let parent = ParentCgroup::new("restart");
-    let mut config = pod_config("survivor", &logs);
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        cgroup_parent: parent.path.clone(),
-        ..Default::default()
-    });
+    let config = parent.pod_config("survivor", &logs);
     let pod = run_pod_on(&mut cri, &config, "runc").await;
     let long = run_container(
         &mut cri,

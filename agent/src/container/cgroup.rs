@@ -110,17 +110,16 @@ impl Cgroup {
         let cpu = self.keyed("cpu", "cpu.stat");
         let mem = self.keyed("memory", "memory.stat");
         let current = self.value("memory", "memory.current");
-        let key = |map: &HashMap<String, u64>, k: &str| map.get(k).copied().unwrap_or(0);
         Stats {
-            cpu_usage_ns: key(&cpu, "usage_usec") * 1000,
-            cpu_user_ns: key(&cpu, "user_usec") * 1000,
-            cpu_system_ns: key(&cpu, "system_usec") * 1000,
+            cpu_usage_ns: get(&cpu, "usage_usec") * 1000,
+            cpu_user_ns: get(&cpu, "user_usec") * 1000,
+            cpu_system_ns: get(&cpu, "system_usec") * 1000,
             memory_usage_bytes: current,
-            memory_working_set_bytes: current.saturating_sub(key(&mem, "inactive_file")),
+            memory_working_set_bytes: current.saturating_sub(get(&mem, "inactive_file")),
             memory_limit_bytes: self.value("memory", "memory.max"),
-            memory_rss_bytes: key(&mem, "anon"),
-            page_faults: key(&mem, "pgfault"),
-            major_page_faults: key(&mem, "pgmajfault"),
+            memory_rss_bytes: get(&mem, "anon"),
+            page_faults: get(&mem, "pgfault"),
+            major_page_faults: get(&mem, "pgmajfault"),
             pids: self.value("pids", "pids.current"),
         }
     }
@@ -130,18 +129,17 @@ impl Cgroup {
         let cpu = self.keyed("cpuacct", "cpuacct.stat");
         let mem = self.keyed("memory", "memory.stat");
         let usage = self.value("memory", "memory.usage_in_bytes");
-        let key = |map: &HashMap<String, u64>, k: &str| map.get(k).copied().unwrap_or(0);
         let limit = self.value("memory", "memory.limit_in_bytes");
         Stats {
             cpu_usage_ns: self.value("cpuacct", "cpuacct.usage"),
-            cpu_user_ns: key(&cpu, "user") * NS_PER_USER_HZ_TICK,
-            cpu_system_ns: key(&cpu, "system") * NS_PER_USER_HZ_TICK,
+            cpu_user_ns: get(&cpu, "user") * NS_PER_USER_HZ_TICK,
+            cpu_system_ns: get(&cpu, "system") * NS_PER_USER_HZ_TICK,
             memory_usage_bytes: usage,
-            memory_working_set_bytes: usage.saturating_sub(key(&mem, "total_inactive_file")),
+            memory_working_set_bytes: usage.saturating_sub(get(&mem, "total_inactive_file")),
             memory_limit_bytes: if limit >= V1_NO_LIMIT { 0 } else { limit },
-            memory_rss_bytes: key(&mem, "total_rss"),
-            page_faults: key(&mem, "total_pgfault"),
-            major_page_faults: key(&mem, "total_pgmajfault"),
+            memory_rss_bytes: get(&mem, "total_rss"),
+            page_faults: get(&mem, "total_pgfault"),
+            major_page_faults: get(&mem, "total_pgmajfault"),
             pids: self.value("pids", "pids.current"),
         }
     }
@@ -206,6 +204,11 @@ impl Cgroup {
         }
         Ok(())
     }
+}
+
+/// A flat-keyed file's value of `k`, 0 when absent.
+fn get(map: &HashMap<String, u64>, k: &str) -> u64 {
+    map.get(k).copied().unwrap_or(0)
 }
 
 /// Parses `key value` lines, skipping any that are not. (libcgroups 0.7 has this parser but

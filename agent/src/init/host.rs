@@ -88,43 +88,30 @@ pub fn parse(args: &[String]) -> Result<HostPod, String> {
     Ok(pod)
 }
 
-/// Set once the agent is in a network namespace of the pod's (joined or its own), whose
-/// loopback it then brings up.
-static POD_NETWORK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The namespaces this agent took or joined for its pod; unset in a guest.
+static OWNED: std::sync::OnceLock<crate::sysctls::Owned> = std::sync::OnceLock::new();
 
-/// Set once the agent has a UTS namespace of its own.
-static OWN_UTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// Set once the agent has an IPC namespace of its own.
-static OWN_IPC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Which of the pod's namespaces are this agent's own, for the pod's sysctls.
+/// Which of the pod's namespaces are this agent's own: all of them, and the kernel, in a
+/// guest.
 pub fn owned_namespaces() -> crate::sysctls::Owned {
-    use std::sync::atomic::Ordering::Relaxed;
-    if !crate::paths::on_host() {
-        return crate::sysctls::Owned {
-            ipc: true,
-            uts: true,
-            net: true,
-            kernel: true,
-        };
-    }
-    crate::sysctls::Owned {
-        ipc: OWN_IPC.load(Relaxed),
-        uts: OWN_UTS.load(Relaxed),
-        net: POD_NETWORK.load(Relaxed),
-        kernel: false,
-    }
+    OWNED.get().copied().unwrap_or(crate::sysctls::Owned {
+        ipc: true,
+        uts: true,
+        net: true,
+        kernel: true,
+    })
 }
 
 /// Whether the pod's hostname may be set here: always in a guest; on the host only in a UTS
 /// namespace of the agent's own (never the host's name).
 pub fn may_set_hostname() -> bool {
-    !crate::paths::on_host() || OWN_UTS.load(std::sync::atomic::Ordering::Relaxed)
+    owned_namespaces().uts
 }
 
-/// Whether the agent left the host's network namespace for the pod's.
+/// Whether the agent left the host's network namespace for the pod's (and so brings its
+/// loopback up).
 pub fn in_pod_network() -> bool {
-    POD_NETWORK.load(std::sync::atomic::Ordering::Relaxed)
+    OWNED.get().is_some_and(|owned| owned.net)
 }
 
 /// Enters the pod's namespaces and sets the agent's root and listen address. Must run
@@ -142,15 +129,12 @@ pub fn enter(pod: &HostPod) -> Result<(), String> {
     if !pod.unshare.is_empty() {
         nix::sched::unshare(pod.unshare).map_err(|e| format!("unshare {:?}: {e}", pod.unshare))?;
     }
-    if pod.netns_fd.is_some() || pod.unshare.contains(CloneFlags::CLONE_NEWNET) {
-        POD_NETWORK.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    if pod.unshare.contains(CloneFlags::CLONE_NEWUTS) {
-        OWN_UTS.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    if pod.unshare.contains(CloneFlags::CLONE_NEWIPC) {
-        OWN_IPC.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+    let _ = OWNED.set(crate::sysctls::Owned {
+        ipc: pod.unshare.contains(CloneFlags::CLONE_NEWIPC),
+        uts: pod.unshare.contains(CloneFlags::CLONE_NEWUTS),
+        net: pod.netns_fd.is_some() || pod.unshare.contains(CloneFlags::CLONE_NEWNET),
+        kernel: false,
+    });
     std::fs::create_dir_all(&pod.root)
         .map_err(|e| format!("create {}: {e}", pod.root.display()))?;
     // Single-threaded still (above), so changing the environment races with nothing.

@@ -34,7 +34,7 @@ pub fn address(ttrpc_listen: &str) -> Option<String> {
     }
     ttrpc_listen
         .strip_prefix("unix://")
-        .map(|path| format!("{path}.streams"))
+        .map(|path| format!("{path}{}", vessel_protocols::stream::UNIX_STREAM_SUFFIX))
 }
 
 /// Accepts stream connections until the agent ends; each is served on a task of its own.

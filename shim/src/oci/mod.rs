@@ -31,7 +31,7 @@ use oci_spec::runtime::{LinuxNamespaceType, RootBuilder, Spec};
 use vessel_protocols::cri;
 
 pub use resources::{cri_to_oci_resources, oci_to_cri_resources};
-pub use security::shares_pid_namespace;
+pub use security::{host_ipc, host_network, host_pid, namespace_options, shares_pid_namespace};
 pub use sysctls::{pod_sysctls, PodSysctls};
 
 /// Where the agent mounts the pod's shared dir (virtio-fs) in the guest.

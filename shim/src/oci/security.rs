@@ -130,6 +130,15 @@ impl<'a> Security<'a> {
     }
 }
 
+/// The pod's namespace options (all POD when it gives none): the one place they are read.
+pub fn namespace_options(pod: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    pod.linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
 /// Whether the pod asks for one pid namespace for all its containers (CRI NamespaceMode
 /// POD): the agent then runs a pause process as its init.
 pub fn shares_pid_namespace(pod: &cri::PodSandboxConfig) -> bool {
@@ -138,6 +147,21 @@ pub fn shares_pid_namespace(pod: &cri::PodSandboxConfig) -> bool {
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
         .is_some_and(|n| n.pid == cri::NamespaceMode::Pod as i32)
+}
+
+/// The pod runs in the host's network namespace (hostNetwork).
+pub fn host_network(pod: &cri::PodSandboxConfig) -> bool {
+    namespace_options(pod).network == cri::NamespaceMode::Node as i32
+}
+
+/// The pod shares the host's IPC namespace (hostIPC).
+pub fn host_ipc(pod: &cri::PodSandboxConfig) -> bool {
+    namespace_options(pod).ipc == cri::NamespaceMode::Node as i32
+}
+
+/// The pod shares the host's pid namespace (hostPID).
+pub fn host_pid(pod: &cri::PodSandboxConfig) -> bool {
+    namespace_options(pod).pid == cri::NamespaceMode::Node as i32
 }
 
 /// A container's namespaces, all its own but network (the pod's, which is the guest's); pid

@@ -107,7 +107,7 @@ impl AgentEndpoint {
             AgentEndpoint::Unix(path) => {
                 let path = if port == vessel_protocols::stream::STREAM_VSOCK_PORT {
                     let mut streams = path.clone().into_os_string();
-                    streams.push(".streams");
+                    streams.push(vessel_protocols::stream::UNIX_STREAM_SUFFIX);
                     std::path::PathBuf::from(streams)
                 } else {
                     path.clone()

@@ -67,16 +67,9 @@ fn host_placement(pod: &crate::runtime::SandboxRecord, id: &str) -> Option<oci::
         return None;
     }
     let pod_cgroup = vm.vm.config.cgroup.as_ref()?;
-    let host_pid = pod
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.pid == cri::NamespaceMode::Node as i32);
     Some(oci::HostPlacement {
         cgroup: format!("{}/{id}", pod_cgroup.path.trim_end_matches('/')),
-        host_pid,
+        host_pid: oci::host_pid(&pod.config),
     })
 }
 

@@ -5,6 +5,7 @@
 use vessel_protocols::cri;
 
 use crate::handlers::HandlerKind;
+use crate::oci::namespace_options;
 use crate::runtime::RuntimeError;
 
 pub(super) fn validate(
@@ -61,26 +62,6 @@ fn validate_hostname(hostname: &str) -> Result<(), RuntimeError> {
         "config.hostname",
         format!("{hostname:?} {problem}"),
     ))
-}
-
-/// The pod's namespace options (all POD when it gives none).
-fn namespace_options(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone())
-        .unwrap_or_default()
-}
-
-/// The pod runs in the host's network namespace (hostNetwork).
-pub(super) fn host_network(config: &cri::PodSandboxConfig) -> bool {
-    namespace_options(config).network == cri::NamespaceMode::Node as i32
-}
-
-/// The pod shares the host's IPC namespace (hostIPC).
-pub(super) fn host_ipc(config: &cri::PodSandboxConfig) -> bool {
-    namespace_options(config).ipc == cri::NamespaceMode::Node as i32
 }
 
 /// A VM cannot share the node's network, pid or ipc namespace: a pod asking for one is refused
@@ -222,7 +203,7 @@ mod tests {
         };
         let config = with_namespaces(named_pod(), options);
         validate(&config, HandlerKind::Native).unwrap();
-        assert!(host_network(&config) && host_ipc(&config));
+        assert!(crate::oci::host_network(&config) && crate::oci::host_ipc(&config));
         let config = with_namespaces(
             named_pod(),
             cri::NamespaceOption {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use vessel_protocols::cri;
 
-use super::config::{host_ipc, host_network, node_hostname, validate};
+use super::config::{node_hostname, validate};
 use super::monitor::monitor_vm;
 use super::network;
 use super::sizing;
@@ -18,7 +18,7 @@ use crate::handlers::HandlerKind;
 use crate::host_cgroup::CgroupError;
 use crate::hypervisor::Backend;
 use crate::metadata::Kind;
-use crate::oci::{pod_hostname, shares_pid_namespace};
+use crate::oci::{host_ipc, host_network, pod_hostname, shares_pid_namespace};
 use crate::pod_vm::{PodVm, PodVmSpec, VmNetwork};
 use crate::runtime::names::pod_key;
 use crate::runtime::{new_id, now_ns, pod_files, PodState, RuntimeError, SandboxRecord};
@@ -92,7 +92,7 @@ impl Pods {
         let pod = Arc::new(Pod::new(record));
         let guard = pod.lifecycle.lock().await;
         self.table.write().insert(id.clone(), pod.clone());
-        let result = self.boot(&pod, cgroup).await;
+        let result = self.boot(&pod, kind, cgroup).await;
         drop(guard);
         if let Err(e) = result {
             self.table.write().remove(&id);
@@ -104,7 +104,12 @@ impl Pods {
     }
 
     /// The pod's network (unless networking is off), then its VM; a failure undoes both.
-    async fn boot(self: &Arc<Self>, pod: &Arc<Pod>, cgroup: String) -> Result<(), RuntimeError> {
+    async fn boot(
+        self: &Arc<Self>,
+        pod: &Arc<Pod>,
+        kind: HandlerKind,
+        cgroup: String,
+    ) -> Result<(), RuntimeError> {
         // A hostNetwork pod (native handlers only) uses the host's network: no CNI.
         let network = if self.network.cni.enabled && !host_network(&pod.record().config) {
             let config = pod.record().config;
@@ -118,7 +123,7 @@ impl Pods {
         } else {
             None
         };
-        let started = self.start_vm(pod, network, cgroup).await;
+        let started = self.start_vm(pod, kind, network, cgroup).await;
         if started.is_err() {
             self.release_network(pod).await;
         }
@@ -142,17 +147,11 @@ impl Pods {
     async fn start_vm(
         self: &Arc<Self>,
         pod: &Arc<Pod>,
+        kind: HandlerKind,
         network: Option<VmNetwork>,
         cgroup: String,
     ) -> Result<(), RuntimeError> {
         let record = pod.record();
-        let kind = crate::handlers::resolve(
-            &self.vm.handlers,
-            &self.vm.default_handler,
-            &record.runtime_handler,
-        )
-        .map(|(_, kind)| kind)
-        .map_err(RuntimeError::Internal)?;
         let backend = match kind {
             HandlerKind::Vm => self.vm.backend,
             HandlerKind::Native => Backend::Native,
